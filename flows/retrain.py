@@ -1,0 +1,31 @@
+"""The ``retrain`` flow: validate -> tune -> evaluate vs baseline -> gate -> register.
+
+Run: .venv/bin/tunegate run [--params params/demo.yaml] [--set section.key=value]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from tasks.data import prepare_data, validate_data
+from tasks.evaluate import evaluate, resolve_baseline
+from tasks.promote import gate, register_candidate
+from tasks.tracking import finish_run, load_run_params, record_failure, start_run
+from tasks.train import tune
+
+
+@flow(name="retrain", on_failure=[record_failure], log_prints=True)
+def retrain(params_file: str = "params/demo.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
+    params = load_run_params(params_file, overrides or [])
+    ctx = start_run(params, params_file)
+    data = prepare_data(params, ctx)
+    validate_data(params, data, ctx)
+    tuned = tune(params, data, ctx)
+    baseline = resolve_baseline(params, ctx)
+    baseline_metrics = evaluate(params, data, ctx, "baseline", baseline.model_dir)
+    candidate_metrics = evaluate(params, data, ctx, "candidate", tuned.model_dir)
+    decision = gate(params, baseline_metrics, candidate_metrics, ctx)
+    version = register_candidate(params, ctx, data, baseline, decision) if decision["passed"] else None
+    return finish_run(params, ctx, data, baseline, baseline_metrics, candidate_metrics, tuned, decision, version)

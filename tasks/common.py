@@ -1,0 +1,29 @@
+"""Small values passed between tasks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RunContext:
+    run_id: str
+    commit: str
+    work_dir: str
+    audit_log: str
+
+
+@dataclass(frozen=True)
+class DataRef:
+    train_path: str
+    eval_path: str
+    data_md5: str
+    n_train: int
+    n_eval: int
+
+
+@dataclass(frozen=True)
+class BaselineRef:
+    source: str  # "champion" | "base_model"
+    version: str | None
+    model_dir: str | None  # None: the base model itself

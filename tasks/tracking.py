@@ -1,0 +1,125 @@
+"""Tasks that open, annotate and close the MLflow run of a flow run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
+
+from tasks.common import BaselineRef, DataRef, RunContext
+from tunegate import audit, tracking
+from tunegate.gitinfo import git_commit
+from tunegate.params import Params, dump_params, load_params
+from tunegate.paths import repo_root, tunegate_home
+from tunegate.summary import build_summary, render_markdown
+
+
+@task(cache_policy=NONE)
+def load_run_params(params_file: str, overrides: list[str]) -> Params:
+    return load_params(Path(params_file), overrides)
+
+
+@task(cache_policy=NONE, retries=2, retry_delay_seconds=3)
+def start_run(params: Params, params_file: str) -> RunContext:
+    """Open the MLflow run, log every resolved param and the code version."""
+    logger = get_run_logger()
+    commit, dirty = git_commit(repo_root())
+    flow_run_id = str(flow_run.get_id() or "")
+    run_id = tracking.start_run(
+        params.project.name,
+        run_name=flow_run.get_name() or "retrain",
+        tags={
+            "mlflow.source.git.commit": commit,
+            "tunegate.git_dirty": str(dirty).lower(),
+            "tunegate.params_file": params_file,
+            "tunegate.prefect_flow_run_id": flow_run_id,
+            "tunegate.model_name": params.model.registered_name,
+        },
+    )
+    tracking.log_params(run_id, params.flat())
+    tracking.log_text(run_id, dump_params(params), "params/resolved_params.yaml")
+    work_dir = tunegate_home() / "runs" / run_id
+    work_dir.mkdir(parents=True, exist_ok=True)
+    audit_log = tunegate_home() / "audit" / "events.jsonl"
+    audit.append_event(audit_log, "run_started", {"run_id": run_id, "flow_run_id": flow_run_id, "params_file": params_file}, commit=commit)
+    logger.info("MLflow run %s (commit %s%s)", run_id, commit[:12], ", dirty tree" if dirty else "")
+    return RunContext(run_id=run_id, commit=commit, work_dir=str(work_dir), audit_log=str(audit_log))
+
+
+@task(cache_policy=NONE, retries=2, retry_delay_seconds=3)
+def finish_run(
+    params: Params,
+    ctx: RunContext,
+    data: DataRef,
+    baseline: BaselineRef,
+    baseline_metrics: dict[str, Any],
+    candidate_metrics: dict[str, Any],
+    tuned: Any,
+    decision: dict[str, Any],
+    registered_version: str | None,
+) -> dict[str, Any]:
+    """Build the run summary, attach it to MLflow and Prefect, close the run successfully."""
+    summary = build_summary(
+        run_id=ctx.run_id,
+        flow_run_id=str(flow_run.get_id() or ""),
+        model_name=params.model.registered_name,
+        tracking_uri=tracking.tracking_uri(),
+        commit=ctx.commit,
+        data=asdict(data),
+        baseline=asdict(baseline),
+        baseline_metrics=baseline_metrics,
+        candidate_metrics=candidate_metrics,
+        train=asdict(tuned),
+        gate=decision,
+        registered_version=registered_version,
+    )
+    markdown = render_markdown(summary)
+    tracking.log_dict(ctx.run_id, summary, "summary/summary.json")
+    tracking.log_text(ctx.run_id, markdown, "summary/summary.md")
+    create_markdown_artifact(key="run-summary", markdown=markdown, description="tunegate run summary")
+    tracking.end_run(ctx.run_id, "FINISHED")
+    audit.append_event(
+        Path(ctx.audit_log),
+        "run_finished",
+        {"run_id": ctx.run_id, "gate_passed": summary["gate"]["passed"], "registered_version": summary["registered_version"]},
+        commit=ctx.commit,
+    )
+    return summary
+
+
+def record_failure(flow, flow_run_obj, state) -> None:
+    """Flow on_failure hook: mark the MLflow run FAILED with the reason and audit it."""
+    reason = state.message or "flow run failed"
+    try:
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, BaseException):
+            reason = f"{type(error).__name__}: {error}"
+    except Exception:  # the state may hold no retrievable result
+        pass
+    flow_run_id = str(flow_run_obj.id)
+    experiment = None
+    try:
+        params_file = flow_run_obj.parameters.get("params_file", "params/demo.yaml")
+        experiment = load_params(Path(params_file), flow_run_obj.parameters.get("overrides") or []).project.name
+    except Exception:
+        pass
+    run_ids = []
+    if experiment:
+        try:
+            for run in tracking.find_runs_by_tag(experiment, "tunegate.prefect_flow_run_id", flow_run_id):
+                tracking.set_tags(run.info.run_id, {"tunegate.failure": reason[:4000]})
+                tracking.log_text(run.info.run_id, reason, "failure.txt")
+                tracking.end_run(run.info.run_id, "FAILED")
+                run_ids.append(run.info.run_id)
+        except Exception:  # the tracking server itself may be what failed
+            pass
+    audit.append_event(
+        tunegate_home() / "audit" / "events.jsonl",
+        "run_failed",
+        {"flow_run_id": flow_run_id, "mlflow_run_ids": run_ids, "reason": reason[:4000]},
+    )

@@ -1,0 +1,195 @@
+"""The ``tunegate`` command line.
+
+Imports of prefect, mlflow, torch and friends happen inside the commands so
+that ``tunegate --help`` answers in well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    name="tunegate",
+    help="Instruction tuning as an operated, auditable pipeline: validate -> tune -> evaluate -> gate -> promote.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEFAULT_PARAMS = "params/demo.yaml"
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    _console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _params_path(params: str) -> Path:
+    from tunegate.paths import repo_root
+
+    path = Path(params)
+    if not path.exists() and not path.is_absolute() and (repo_root() / path).exists():
+        path = repo_root() / path
+    return path
+
+
+def _load(params: str, overrides: list[str]):
+    from tunegate.params import ParamsError, load_params
+
+    try:
+        return load_params(_params_path(params), overrides)
+    except ParamsError as error:
+        _fail(str(error), code=2)
+
+
+@app.command()
+def run(
+    params: Annotated[str, typer.Option("--params", "-p", help="params YAML file")] = DEFAULT_PARAMS,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override: section.key=value (repeatable)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print one JSON summary object on the last line")] = False,
+) -> None:
+    """Run the retrain flow: validate, tune, evaluate against the baseline, gate, register."""
+    from tunegate.paths import configure_environment
+
+    overrides = list(set_ or [])
+    loaded = _load(params, overrides)
+    configure_environment()
+    from tunegate.summary import render_markdown
+
+    from flows.retrain import retrain
+    from tunegate.validation import DataError
+
+    console = _console(stderr=json_out)
+    console.rule(f"tunegate run: {loaded.model.registered_name}")
+    try:
+        summary = retrain(params_file=str(_params_path(params)), overrides=overrides)
+    except DataError as error:
+        _fail(str(error))
+    except Exception as error:  # the flow run and the MLflow run record the details
+        _fail(f"{type(error).__name__}: {error}")
+    from rich.markdown import Markdown
+
+    console.print(Markdown(render_markdown(summary)))
+    if json_out:
+        print(json.dumps(summary, default=str))
+
+
+def _version_dict(ref) -> dict[str, Any] | None:
+    if ref is None:
+        return None
+    return {"version": ref.version, "run_id": ref.run_id, "tags": ref.tags}
+
+
+@app.command()
+def status(
+    params: Annotated[str, typer.Option("--params", "-p", help="params YAML file")] = DEFAULT_PARAMS,
+    json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Show the champion and candidate versions and the last runs."""
+    from tunegate.paths import configure_environment
+
+    loaded = _load(params, [])
+    configure_environment()
+    from tunegate import tracking
+
+    name = loaded.model.registered_name
+    champion = tracking.alias_version(name, tracking.CHAMPION)
+    candidate = tracking.alias_version(name, tracking.CANDIDATE)
+    runs = [
+        {
+            "run_id": r.info.run_id,
+            "status": r.info.status,
+            "start_time": r.info.start_time,
+            "gate": r.data.tags.get("tunegate.gate"),
+            "registered_version": r.data.tags.get("tunegate.registered_version"),
+            "baseline": r.data.tags.get("tunegate.baseline_source"),
+            "candidate_exact_match": r.data.metrics.get("candidate_exact_match"),
+            "failure": r.data.tags.get("tunegate.failure"),
+        }
+        for r in tracking.recent_runs(loaded.project.name, limit=10)
+    ]
+    result = {
+        "model_name": name,
+        "tracking_uri": tracking.tracking_uri(),
+        "champion": _version_dict(champion),
+        "candidate": _version_dict(candidate),
+        "runs": runs,
+    }
+    if json_out:
+        print(json.dumps(result, default=str))
+        return
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"model [bold]{name}[/bold] at {result['tracking_uri']}")
+    console.print(f"champion:  {champion.version if champion else '-'}")
+    console.print(f"candidate: {candidate.version if candidate else '-'}")
+    table = Table("run", "status", "gate", "version", "baseline", "exact match")
+    for r in runs:
+        em = r["candidate_exact_match"]
+        table.add_row(r["run_id"][:12], r["status"], r["gate"] or "-", r["registered_version"] or "-",
+                      r["baseline"] or "-", f"{em:.3f}" if em is not None else "-")
+    console.print(table)
+
+
+@app.command()
+def approve(
+    version: Annotated[str, typer.Argument(help="registered model version to promote")],
+    reviewer: Annotated[str, typer.Option("--reviewer", help="who approves")],
+    reason: Annotated[str, typer.Option("--reason", help="why")],
+    params: Annotated[str, typer.Option("--params", "-p", help="params YAML file")] = DEFAULT_PARAMS,
+) -> None:
+    """Move alias ``champion`` to VERSION (which must have passed the gate)."""
+    from tunegate.paths import configure_environment, tunegate_home
+
+    loaded = _load(params, [])
+    configure_environment()
+    from mlflow.exceptions import MlflowException
+
+    from tunegate import audit, tracking
+
+    name = loaded.model.registered_name
+    if not reviewer.strip() or not reason.strip():
+        _fail("--reviewer and --reason must not be empty", code=2)
+    try:
+        ref = tracking.get_version(name, version)
+    except MlflowException:
+        _fail(f"{name} has no version {version}")
+    if ref.tags.get("tunegate.gate") != "passed":
+        _fail(f"{name} version {version} did not pass the gate; it cannot become champion")
+    previous = tracking.alias_version(name, tracking.CHAMPION)
+    tracking.set_alias(name, tracking.CHAMPION, version)
+    if previous is not None and previous.version != version:
+        tracking.set_alias(name, "previous", previous.version)
+    candidate = tracking.alias_version(name, tracking.CANDIDATE)
+    if candidate is not None and candidate.version == version:
+        tracking.client().delete_registered_model_alias(name, tracking.CANDIDATE)
+    tracking.set_version_tag(name, version, "tunegate.approved_by", reviewer)
+    tracking.set_version_tag(name, version, "tunegate.approval_reason", reason)
+    audit.append_event(
+        tunegate_home() / "audit" / "events.jsonl",
+        "approved",
+        {"model": name, "version": version, "reviewer": reviewer, "reason": reason,
+         "previous_champion": previous.version if previous else None},
+        actor=reviewer,
+    )
+    _console().print(f"{name}: champion -> version {version}" + (f" (was {previous.version})" if previous else ""))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

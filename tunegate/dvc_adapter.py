@@ -1,0 +1,59 @@
+"""Adapter over DVC: reproduce a stage and read the md5s it recorded in ``dvc.lock``.
+
+DVC's cache and site cache go under ``$TUNEGATE_HOME`` through a config
+override, so the repo's committed ``.dvc/config`` stays machine-independent.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    path: str
+    md5: str
+
+
+def _config(home: Path) -> dict:
+    return {
+        "cache": {"dir": str(home / "dvc-cache")},
+        "core": {"site_cache_dir": str(home / "dvc-site"), "analytics": "false"},
+    }
+
+
+def reproduce(root: Path, stage: str, home: Path, force: bool = False) -> None:
+    """Run ``dvc repro STAGE`` in ``root`` with this interpreter's scripts first on PATH."""
+    from dvc.repo import Repo
+
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    with Repo(str(root), config=_config(home)) as repo:
+        repo.reproduce(stage, force=force)
+
+
+def stage_outputs(lock_file: Path, stage: str) -> list[StageOutput]:
+    """The outs of ``stage`` as recorded in ``dvc.lock``."""
+    if not lock_file.is_file():
+        raise FileNotFoundError(f"{lock_file}: no dvc.lock; run `dvc repro {stage}` first")
+    lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}
+    entry = (lock.get("stages") or {}).get(stage)
+    if entry is None:
+        raise KeyError(f"{lock_file}: stage {stage!r} not found")
+    return [StageOutput(o["path"], o["md5"]) for o in entry.get("outs", [])]
+
+
+def file_md5(path: Path) -> str:
+    """md5 of a file's bytes, the digest DVC uses for single-file outputs."""
+    import hashlib
+
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,59 @@
+"""Where things live: the repo root, ``$TUNEGATE_HOME`` and the environment every tool sees.
+
+Everything the pipeline writes goes under one directory, ``$TUNEGATE_HOME``
+(default ``.tunegate/`` at the repo root). ``MLFLOW_TRACKING_URI`` and
+``PREFECT_API_URL``, when set, win over the embedded defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TELEMETRY_OFF = {
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def repo_root() -> Path:
+    """The project checkout: the parent of the ``tunegate`` package (editable install)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def tunegate_home() -> Path:
+    home = os.environ.get("TUNEGATE_HOME")
+    path = Path(home) if home else repo_root() / ".tunegate"
+    return path.resolve()
+
+
+def tracking_uri() -> str:
+    """MLflow tracking URI: ``$MLFLOW_TRACKING_URI`` or the embedded SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{tunegate_home() / 'mlflow' / 'mlflow.db'}"
+
+
+def artifact_root() -> Path:
+    return tunegate_home() / "mlflow" / "artifacts"
+
+
+def configure_environment() -> Path:
+    """Create ``$TUNEGATE_HOME``, point Prefect's home into it and switch telemetry off.
+
+    Must run before prefect is imported: Prefect reads its settings at import.
+    """
+    home = tunegate_home()
+    for sub in ("mlflow", "prefect", "dvc-cache", "reports", "audit", "runs"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+    os.environ["PREFECT_HOME"] = str(home / "prefect")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    return home

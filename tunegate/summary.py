@@ -1,0 +1,82 @@
+"""The run summary: one JSON-able dict (the CLI's ``--json`` contract) and its markdown view."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def build_summary(
+    *,
+    run_id: str,
+    flow_run_id: str | None,
+    model_name: str,
+    tracking_uri: str,
+    commit: str,
+    data: dict[str, Any],
+    baseline: dict[str, Any],
+    baseline_metrics: dict[str, Any],
+    candidate_metrics: dict[str, Any],
+    train: dict[str, Any],
+    gate: dict[str, Any],
+    registered_version: str | None,
+) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "prefect_flow_run_id": flow_run_id,
+        "model_name": model_name,
+        "tracking_uri": tracking_uri,
+        "commit": commit,
+        "data_md5": data["data_md5"],
+        "data": data,
+        "baseline": {
+            "source": baseline["source"],
+            "version": baseline.get("version"),
+            "metrics": baseline_metrics,
+        },
+        "candidate": {"metrics": candidate_metrics},
+        "train": train,
+        "gate": {"passed": gate["passed"], "reasons": gate["reasons"]},
+        "registered_version": registered_version,
+        "alias": "candidate" if registered_version else None,
+    }
+
+
+def _baseline_label(summary: dict[str, Any]) -> str:
+    baseline = summary["baseline"]
+    if baseline["source"] == "champion":
+        return f"champion (version {baseline['version']})"
+    return "base model (no champion yet)"
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    base = summary["baseline"]["metrics"]
+    cand = summary["candidate"]["metrics"]
+    lines = [
+        f"# tunegate run `{summary['run_id']}`",
+        "",
+        f"- model: `{summary['model_name']}`  ",
+        f"- data md5: `{summary['data_md5']}` ({summary['data']['n_train']} train / {summary['data']['n_eval']} eval records)",
+        f"- commit: `{summary['commit']}`",
+        f"- baseline: {_baseline_label(summary)}",
+        "",
+        "| metric | baseline | candidate | delta |",
+        "|---|---:|---:|---:|",
+        f"| exact match | {base['exact_match']:.3f} | {cand['exact_match']:.3f} | {cand['exact_match'] - base['exact_match']:+.3f} |",
+        f"| response loss | {base['response_loss']:.3f} | {cand['response_loss']:.3f} | {cand['response_loss'] - base['response_loss']:+.3f} |",
+    ]
+    for family in sorted(set(base["per_family"]) | set(cand["per_family"])):
+        b = base["per_family"].get(family, 0.0)
+        c = cand["per_family"].get(family, 0.0)
+        lines.append(f"| exact match: {family} | {b:.3f} | {c:.3f} | {c - b:+.3f} |")
+    gate = summary["gate"]
+    lines += ["", f"## Gate: {'PASSED' if gate['passed'] else 'FAILED'}", ""]
+    lines += [f"- {reason}" for reason in gate["reasons"]]
+    lines.append("")
+    if summary["registered_version"]:
+        lines.append(
+            f"Registered as version **{summary['registered_version']}** with alias `candidate`; "
+            f"approve with `tunegate approve {summary['registered_version']} --reviewer NAME --reason TEXT`."
+        )
+    else:
+        lines.append("Nothing was registered.")
+    return "\n".join(lines) + "\n"
