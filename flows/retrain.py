@@ -16,7 +16,7 @@ from tasks.tracking import finish_run, load_run_params, record_failure, start_ru
 from tasks.train import tune
 
 
-@flow(name="retrain", on_failure=[record_failure], log_prints=True)
+@flow(name="retrain", on_failure=[record_failure])
 def retrain(params_file: str = "params/demo.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
     params = load_run_params(params_file, overrides or [])
     ctx = start_run(params, params_file)

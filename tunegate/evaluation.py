@@ -19,20 +19,25 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     """Greedy generation, batched with left padding; returns the decoded continuations."""
     import torch
 
+    from transformers import GenerationConfig
+
     tokenizer.padding_side = "left"
     model.eval()
+    # Greedy, bounded only by max_new_tokens; the model's own max_length would collide.
+    model.generation_config.max_length = None
+    config = GenerationConfig(
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
         enc = tokenizer(batch, add_special_tokens=False, padding=True, return_tensors="pt")
         with torch.no_grad():
-            generated = model.generate(
-                **enc,
-                do_sample=False,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
+            generated = model.generate(**enc, generation_config=config)
         new_tokens = generated[:, enc["input_ids"].shape[1] :]
         outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
         if progress:

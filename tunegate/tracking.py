@@ -92,7 +92,12 @@ def log_dataset(run_id: str, records: list[dict[str, Any]], name: str, source: s
     frame = pd.DataFrame(
         [{"id": r["id"], "family": r.get("family", ""), "n_messages": len(r["messages"])} for r in records]
     )
-    dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest[:36])
+    import warnings
+
+    with warnings.catch_warnings():
+        # MLflow warns that a local path could be one of two equivalent source types.
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest[:36])
     entity = dataset._to_mlflow_entity()
     client().log_inputs(
         run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])]

@@ -164,6 +164,7 @@ def validate_records(records: list[dict[str, Any]], min_records: int, suite_name
     frame = pd.DataFrame(record_rows(records), columns=[
         "id", "n_messages", "roles_valid", "unknown_roles", "min_user_chars", "min_assistant_chars"])
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False, "metric_calculations": False}
     batch_definition = (
         context.data_sources.add_pandas("tunegate")
         .add_dataframe_asset("records")
