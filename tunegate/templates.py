@@ -23,7 +23,8 @@ CHAT_TEMPLATES: dict[str, str] = {
     "chatml": (
         "{{ bos_token }}"
         "{% for message in messages %}"
-        "{% if message['role'] == 'assistant' %}<|im_start|>assistant\n{{ message['content'] }}{{ eos_token }}\n"
+        "{% if message['role'] == 'assistant' %}<|im_start|>assistant\n{{ message['content'] }}{{ eos_token }}"
+        "{% if not loop.last %}\n{% endif %}"
         "{% else %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endif %}"
         "{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

@@ -1,0 +1,48 @@
+# tunegate — see README.md. `make setup` once, then `make test` or `make run`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export DO_NOT_TRACK := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export GX_ANALYTICS_ENABLED := false
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup lock test test-unit run data clean help
+
+help:
+	@echo "make setup   create $(VENV) and install the pinned dependencies (requirements.lock)"
+	@echo "make test    run the test suite (unit + integration on the tiny model)"
+	@echo "make run     run the retrain flow on params/demo.yaml"
+	@echo "make data    reproduce the demo dataset with DVC"
+	@echo "make lock    re-pin requirements.lock from the ranges in pyproject.toml"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+setup: $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch==2.13.0 is pinned exactly: it resolves to the CPU wheel on these machines.
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	@$(BIN)/tunegate --help > /dev/null && echo "tunegate installed in $(VENV)"
+
+lock: $(BIN)/python
+	$(BIN)/pip install --quiet "torch==2.13.0" -e ".[test]"
+	$(BIN)/pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/' > requirements.lock
+
+test:
+	$(BIN)/pytest
+
+test-unit:
+	$(BIN)/pytest tests/unit
+
+run:
+	$(BIN)/tunegate run
+
+data:
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro demo_data
+
+clean:
+	rm -rf .tunegate
