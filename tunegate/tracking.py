@@ -95,10 +95,11 @@ def log_dataset(run_id: str, records: list[dict[str, Any]], name: str, source: s
     import warnings
 
     with warnings.catch_warnings():
-        # MLflow warns that a local path could be one of two equivalent source types.
+        # MLflow warns that a local path could be one of two equivalent source types
+        # and that integer columns cannot hold missing values; neither applies here.
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest[:36])
-    entity = dataset._to_mlflow_entity()
+        entity = dataset._to_mlflow_entity()
     client().log_inputs(
         run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])]
     )

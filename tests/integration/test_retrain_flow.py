@@ -1,0 +1,129 @@
+"""The real `retrain` flow on the real tiny model, against a real MLflow store and DVC repo.
+
+One module-scoped first run (the demo defaults) is shared by the assertions below;
+the approve -> second run path goes through the real CLI in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tunegate import audit, tracking
+from tunegate.cli import app
+from tunegate.params import load_params
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "params" / "demo.yaml"
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, base_model_path):
+    from flows.retrain import retrain
+
+    return retrain(params_file=str(DEMO), overrides=[])
+
+
+def test_first_run_beats_the_base_model(first_run):
+    # Acceptance 2: candidate >= 0.80, base model <= 0.10 on the held-out demo eval.
+    assert first_run["baseline"]["source"] == "base_model"
+    assert first_run["baseline"]["version"] is None
+    assert first_run["baseline"]["metrics"]["exact_match"] <= 0.10
+    assert first_run["candidate"]["metrics"]["exact_match"] >= 0.80
+    assert first_run["gate"]["passed"] is True and first_run["gate"]["reasons"]
+    assert first_run["registered_version"] == "1"
+
+
+def test_mlflow_holds_params_metrics_data_and_commit(first_run):
+    run = tracking.get_run(first_run["run_id"])
+    assert run.info.status == "FINISHED"
+    flat = load_params(DEMO).flat()
+    assert set(flat) <= set(run.data.params)
+    assert run.data.params["train.method"] == "lora"
+    history = tracking.client().get_metric_history(run.info.run_id, "train_loss")
+    assert len(history) >= 10 and len({m.step for m in history}) == len(history)
+    assert run.data.metrics["baseline_exact_match"] == first_run["baseline"]["metrics"]["exact_match"]
+    assert run.data.metrics["candidate_exact_match"] == first_run["candidate"]["metrics"]["exact_match"]
+    assert run.data.metrics["candidate_exact_match.refusal"] >= 0.8
+    # The dataset's md5 comes from dvc.lock and is recorded as tag and as the input's digest.
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())
+    md5 = lock["stages"]["demo_data"]["outs"][0]["md5"]
+    assert first_run["data_md5"] == md5 == run.data.tags["tunegate.data_md5"]
+    digests = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
+    assert md5.startswith(digests["train"])
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert run.data.tags["mlflow.source.git.commit"] == commit
+    artifacts = {a.path for a in tracking.client().list_artifacts(run.info.run_id, "model")}
+    assert "model/adapter_model.safetensors" in artifacts and "model/resolved_params.yaml" in artifacts
+
+
+def test_registry_has_candidate_alias(first_run):
+    name = load_params(DEMO).model.registered_name
+    candidate = tracking.alias_version(name, "candidate")
+    assert candidate is not None and candidate.version == first_run["registered_version"]
+    assert candidate.tags["tunegate.gate"] == "passed"
+    assert candidate.tags["tunegate.data_md5"] == first_run["data_md5"]
+    assert tracking.alias_version(name, "champion") is None
+
+
+def test_approve_then_second_run_uses_the_champion(first_run, tunegate_home):
+    name = load_params(DEMO).model.registered_name
+    result = CliRunner().invoke(app, ["approve", first_run["registered_version"], "--reviewer", "alice", "--reason", "first release"])
+    assert result.exit_code == 0, result.output
+    assert tracking.alias_version(name, "champion").version == first_run["registered_version"]
+
+    # The real CLI in a subprocess; a short training run, so the gate should refuse it.
+    env = {**os.environ, "TUNEGATE_HOME": str(tunegate_home)}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunegate.cli", "run", "--json", "--set", "train.max_steps=3"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    second = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert second["baseline"]["source"] == "champion"
+    assert second["baseline"]["version"] == first_run["registered_version"]
+    assert "champion (version 1)" in proc.stderr
+    # Same champion, same frozen eval set: the baseline scores exactly what it scored as candidate.
+    assert second["baseline"]["metrics"]["exact_match"] == first_run["candidate"]["metrics"]["exact_match"]
+    assert second["gate"]["passed"] is False and second["registered_version"] is None
+    assert tracking.alias_version(name, "champion").version == first_run["registered_version"]
+
+    status = CliRunner().invoke(app, ["status", "--json"])
+    data = json.loads(status.output.strip().splitlines()[-1])
+    assert data["champion"]["version"] == "1" and data["candidate"] is None
+    assert {r["run_id"] for r in data["runs"]} >= {first_run["run_id"], second["run_id"]}
+
+    entries = audit.read_entries(tunegate_home / "audit" / "events.jsonl")
+    assert audit.verify_chain(entries)[0]
+    assert [e for e in entries if e["event"] == "approved"][0]["actor"] == "alice"
+
+
+def test_failed_validation_stops_before_tuning_and_registers_nothing(prefect_harness, tmp_path, first_run):
+    from flows.retrain import retrain
+
+    from tunegate.validation import DataError
+
+    bad = tmp_path / "bad_train.jsonl"
+    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]} for i in range(150)]
+    rows[7]["messages"][1]["content"] = ""
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    name = load_params(DEMO).model.registered_name
+    versions_before = len(tracking.client().search_model_versions(f"name='{name}'"))
+    with pytest.raises(DataError) as err:
+        retrain(params_file=str(DEMO), overrides=["data.dvc_stage=null", f"data.train_path={bad}"])
+    assert "non-empty assistant turns" in str(err.value) and "record 7" in str(err.value) and str(bad) in str(err.value)
+    failed = tracking.find_runs_by_tag(load_params(DEMO).project.name, "tunegate.validation", "failed")
+    assert failed and failed[0].info.status == "FAILED"
+    assert "non-empty assistant turns" in failed[0].data.tags["tunegate.failure"]
+    assert "train_loss" not in failed[0].data.metrics
+    assert len(tracking.client().search_model_versions(f"name='{name}'")) == versions_before
