@@ -21,7 +21,7 @@ def retrain(params_file: str = "params/demo.yaml", overrides: list[str] | None =
     params = load_run_params(params_file, overrides or [])
     ctx = start_run(params, params_file)
     data = prepare_data(params, ctx)
-    validate_data(params, data, ctx)
+    data = validate_data(params, data, ctx)
     tuned = tune(params, data, ctx)
     baseline = resolve_baseline(params, ctx)
     baseline_metrics = evaluate(params, data, ctx, "baseline", baseline.model_dir)

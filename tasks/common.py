@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,8 @@ class DataRef:
     data_md5: str
     n_train: int
     n_eval: int
+    canonical_md5: str = ""
+    sources: dict[str, str] = field(default_factory=dict)  # source name -> md5 of its file
 
 
 @dataclass(frozen=True)

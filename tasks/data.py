@@ -1,7 +1,8 @@
-"""Data stage: reproduce the dataset with DVC, record its md5, validate it."""
+"""Data stage: reproduce with DVC, convert every source to canonical records, record md5s, validate."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -10,52 +11,90 @@ from prefect.cache_policies import NONE
 
 from tasks.common import DataRef, RunContext
 from tunegate import audit, dvc_adapter, tracking
-from tunegate.params import Params, resolve_path
+from tunegate.dataset import build_dataset, validate_splits, without
+from tunegate.modeling import load_tokenizer
+from tunegate.params import Params
 from tunegate.paths import repo_root, tunegate_home
-from tunegate.validation import DataError, load_records, validate_records
+from tunegate.sources import read_canonical, write_jsonl
+from tunegate.validation import DataError, copy_docs, error_message, save_report
 
 
 @task(cache_policy=NONE)
 def prepare_data(params: Params, ctx: RunContext) -> DataRef:
-    """``dvc repro`` the data stage (a no-op when nothing changed), then log md5 and inputs."""
+    """``dvc repro`` the data stage (a no-op when nothing changed), convert the sources, log md5s."""
     logger = get_run_logger()
     root = repo_root()
-    train_path, eval_path = resolve_path(params.data.train_path), resolve_path(params.data.eval_path)
+    stage_md5 = None
     if params.data.dvc_stage:
         logger.info("dvc repro %s", params.data.dvc_stage)
         dvc_adapter.reproduce(root, params.data.dvc_stage, tunegate_home())
         outs = dvc_adapter.stage_outputs(root / "dvc.lock", params.data.dvc_stage)
-        data_md5 = outs[0].md5 if len(outs) == 1 else "+".join(o.md5 for o in outs)
-    else:
-        data_md5 = dvc_adapter.file_md5(train_path)
-    train = load_records(train_path)
-    evaluation = load_records(eval_path)
-    tracking.set_tags(ctx.run_id, {"tunegate.data_md5": data_md5})
-    tracking.log_dataset(ctx.run_id, train, "train", str(train_path), data_md5, "training")
-    tracking.log_dataset(ctx.run_id, evaluation, "eval", str(eval_path), dvc_adapter.file_md5(eval_path), "evaluation")
-    tracking.set_tags(ctx.run_id, {"tunegate.train_md5": dvc_adapter.file_md5(train_path), "tunegate.eval_md5": dvc_adapter.file_md5(eval_path)})
-    audit.append_event(Path(ctx.audit_log), "data_versioned", {"run_id": ctx.run_id, "data_md5": data_md5, "train": str(train_path), "eval": str(eval_path)}, commit=ctx.commit)
-    logger.info("data md5 %s: %d train, %d eval records", data_md5, len(train), len(evaluation))
-    return DataRef(str(train_path), str(eval_path), data_md5, len(train), len(evaluation))
+        stage_md5 = outs[0].md5 if len(outs) == 1 else "+".join(o.md5 for o in outs)
+    dataset = build_dataset(params)
+    data_dir = Path(ctx.work_dir) / "data"
+    train_path, eval_path = data_dir / "train.jsonl", data_dir / "eval.jsonl"
+    write_jsonl(train_path, dataset.train)
+    write_jsonl(eval_path, dataset.eval)
+    canonical_md5 = dvc_adapter.file_md5(train_path)
+    data_md5 = stage_md5 or canonical_md5
+    source_md5s = dataset.source_md5s()
+    tracking.set_tags(
+        ctx.run_id,
+        {
+            "tunegate.data_md5": data_md5,
+            "tunegate.canonical_train_md5": canonical_md5,
+            "tunegate.canonical_eval_md5": dvc_adapter.file_md5(eval_path),
+            **{f"tunegate.source_md5.{name}": md5 for name, md5 in source_md5s.items()},
+        },
+    )
+    tracking.log_dict(ctx.run_id, {"data_md5": data_md5, "sources": dataset.source_summary()}, "data/sources.json")
+    for source in dataset.train_sources + dataset.eval_sources:
+        context = "evaluation" if source in dataset.eval_sources else "training"
+        tracking.log_dataset(ctx.run_id, source.records, source.name, source.path, source.md5, context)
+    tracking.log_dataset(ctx.run_id, dataset.train, "canonical_train", str(train_path), data_md5, "training")
+    audit.append_event(
+        Path(ctx.audit_log),
+        "data_versioned",
+        {"run_id": ctx.run_id, "data_md5": data_md5, "canonical_train_md5": canonical_md5, "sources": source_md5s},
+        commit=ctx.commit,
+    )
+    logger.info("data md5 %s: %d train, %d eval records from %d source(s)", data_md5, len(dataset.train), len(dataset.eval), len(source_md5s))
+    return DataRef(
+        str(train_path), str(eval_path), data_md5, len(dataset.train), len(dataset.eval),
+        canonical_md5=canonical_md5, sources=source_md5s,
+    )
 
 
 @task(cache_policy=NONE)
-def validate_data(params: Params, data: DataRef, ctx: RunContext) -> dict:
-    """Run the expectation suite on both splits; a failed rule stops the flow before tuning."""
+def validate_data(params: Params, data: DataRef, ctx: RunContext) -> DataRef:
+    """Run the expectation suites; an error rule stops the flow before tuning, 'drop' rules filter."""
     logger = get_run_logger()
-    reports = {}
-    for split, path in (("train", data.train_path), ("eval", data.eval_path)):
-        minimum = params.validation.min_records if split == "train" else 1
-        reports[split] = validate_records(load_records(Path(path)), minimum, suite_name=f"canonical_chat_{split}")
-    markdown = "\n".join(r.to_markdown(f"Data validation: {s}") for s, r in reports.items())
-    tracking.log_text(ctx.run_id, markdown, "validation/report.md")
-    tracking.log_dict(ctx.run_id, {s: r.to_dict() for s, r in reports.items()}, "validation/report.json")
-    create_markdown_artifact(key="validation-report", markdown=markdown, description="Great Expectations results")
-    passed = all(r.passed for r in reports.values())
+    train, evaluation = read_canonical(Path(data.train_path)), read_canonical(Path(data.eval_path))
+    tokenizer = load_tokenizer(params.base_model_path(), params.model.chat_template)
+    out_dir = Path(ctx.work_dir) / "validation"
+    train_report, eval_report = validate_splits(params, train, evaluation, tokenizer, docs_dir=out_dir / "data_docs")
+    reports = [r for r in (train_report, eval_report) if r is not None]
+    markdown_path, _ = save_report(reports, out_dir)
+    tracking.log_artifacts(ctx.run_id, out_dir, "validation")
+    create_markdown_artifact(key="validation-report", markdown=markdown_path.read_text(), description="Great Expectations results")
+    passed = all(r.passed for r in reports)
     tracking.set_tags(ctx.run_id, {"tunegate.validation": "passed" if passed else "failed"})
-    audit.append_event(Path(ctx.audit_log), "validation", {"run_id": ctx.run_id, "passed": passed}, commit=ctx.commit)
+    tracking.log_metrics(ctx.run_id, {"data_refusal_share": train_report.refusal_share, "data_dropped_records": sum(len(r.dropped_ids) for r in reports)})
+    audit.append_event(
+        Path(ctx.audit_log),
+        "validation",
+        {"run_id": ctx.run_id, "passed": passed, "failed_rules": [r.rule for rep in reports for r in rep.failures()]},
+        commit=ctx.commit,
+    )
     if not passed:
-        failures = [f"{split}: {rule.describe()}" for split, r in reports.items() for rule in r.failures()]
-        raise DataError("data validation failed:\n  " + "\n  ".join(failures))
-    logger.info("validation passed: %s", ", ".join(f"{s} {r.n_records} records" for s, r in reports.items()))
-    return {s: r.passed for s, r in reports.items()}
+        raise DataError(error_message(reports))
+    for warning in [w for rep in reports for w in rep.warnings()]:
+        logger.warning("validation: %s", warning.describe())
+    eval_dropped = eval_report.dropped_ids if eval_report else []
+    if train_report.dropped_ids or eval_dropped:
+        train, evaluation = without(train, train_report.dropped_ids), without(evaluation, eval_dropped)
+        write_jsonl(Path(data.train_path), train)
+        write_jsonl(Path(data.eval_path), evaluation)
+        logger.info("dropped %d train and %d eval records by policy", len(train_report.dropped_ids), len(eval_dropped))
+    logger.info("validation passed: %d train, %d eval records", len(train), len(evaluation))
+    return replace(data, n_train=len(train), n_eval=len(evaluation))

@@ -14,7 +14,7 @@ from tunegate.evaluation import evaluate_model
 from tunegate.modeling import load_base_model, load_saved_model, load_tokenizer
 from tunegate.params import Params
 from tunegate.seeding import seed_everything
-from tunegate.validation import load_records
+from tunegate.sources import read_canonical
 
 
 @task(cache_policy=NONE, retries=2, retry_delay_seconds=3)
@@ -43,7 +43,7 @@ def evaluate(params: Params, data: DataRef, ctx: RunContext, role: str, model_di
         tokenizer = load_tokenizer(params.base_model_path(), params.model.chat_template)
     else:
         model, tokenizer = load_saved_model(Path(model_dir))
-    records = load_records(Path(data.eval_path))
+    records = read_canonical(Path(data.eval_path))
     result = evaluate_model(model, tokenizer, records, params.eval.max_new_tokens, params.eval.batch_size)
     metrics = result.metrics()
     flat = {f"{role}_exact_match": result.exact_match, f"{role}_response_loss": result.response_loss}

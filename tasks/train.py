@@ -12,7 +12,7 @@ from tasks.common import DataRef, RunContext
 from tunegate import audit, tracking
 from tunegate.params import Params
 from tunegate.training import train_model
-from tunegate.validation import load_records
+from tunegate.sources import read_canonical
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class TunedModel:
 @task(cache_policy=NONE, timeout_seconds=6 * 3600)
 def tune(params: Params, data: DataRef, ctx: RunContext) -> TunedModel:
     logger = get_run_logger()
-    records = load_records(Path(data.train_path))
+    records = read_canonical(Path(data.train_path))
     logger.info("tuning %s (%s) on %d records", params.model.base_model, params.train.method, len(records))
 
     def log_step(step: int, values: dict[str, float]) -> None:

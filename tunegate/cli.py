@@ -31,7 +31,8 @@ def _console(stderr: bool = False):
 
 
 def _fail(message: str, code: int = 1) -> None:
-    _console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    # soft_wrap: long paths and rule names stay on one line, so logs can be grepped.
+    _console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True, markup=True)
     raise typer.Exit(code)
 
 
@@ -83,6 +84,87 @@ def run(
     console.print(Markdown(render_markdown(summary)))
     if json_out:
         print(json.dumps(summary, default=str))
+
+
+@app.command()
+def validate(
+    paths: Annotated[list[Path], typer.Argument(help="training data files (JSON list or JSONL, any supported format)")],
+    eval_paths: Annotated[list[Path] | None, typer.Option("--eval", help="eval data files; enables the train/eval overlap check")] = None,
+    params: Annotated[str | None, typer.Option("--params", "-p", help="params file whose validation rules, model and template apply")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto, alpaca, sharegpt, openai, prompt_completion or self_instruct")] = "auto",
+    report_dir: Annotated[Path | None, typer.Option("--report-dir", help="write report.md, report.json and Data Docs here")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the reports as one JSON object")] = False,
+) -> None:
+    """Validate data files alone: the same conversion and expectation suite as `run`."""
+    from tunegate.paths import configure_environment
+
+    loaded = _load(params or DEFAULT_PARAMS, [])
+    if params is None:
+        # Without --params only the model and template come from the demo; the rules are the defaults.
+        from tunegate.params import ValidationParams
+
+        loaded = loaded.model_copy(update={"validation": ValidationParams()})
+    configure_environment()
+    from tunegate.dataset import load_sources, validate_splits
+    from tunegate.modeling import load_tokenizer
+    from tunegate.params import ParamsError, SourceParams
+    from tunegate.sources import DataError
+    from tunegate.validation import error_message, save_report
+
+    console = _console(stderr=json_out)
+    try:
+        train_specs = [SourceParams(path=str(p.resolve()), format=fmt) for p in paths]
+        eval_specs = [SourceParams(path=str(p.resolve()), format=fmt) for p in eval_paths or []]
+    except Exception as error:  # pydantic: a --format that is not allowed
+        _fail(f"--format {fmt!r}: {str(error).splitlines()[-1]}", code=2)
+    try:
+        train_sources = load_sources(train_specs)
+        eval_sources = load_sources(eval_specs)
+    except (DataError, ParamsError) as error:
+        _fail(str(error))
+    for source in train_sources + eval_sources:
+        console.print(f"{source.path}: {source.counts['records']} records ({source.records[0]['source']['format'] if source.records else 'empty'}), md5 {source.md5}")
+    train = [r for s in train_sources for r in s.records]
+    evaluation = [r for s in eval_sources for r in s.records]
+    tokenizer = load_tokenizer(loaded.base_model_path(), loaded.model.chat_template)
+    docs = report_dir / "data_docs" if report_dir else None
+    train_report, eval_report = validate_splits(loaded, train, evaluation, tokenizer, docs_dir=docs)
+    reports = [train_report] + ([eval_report] if eval_report else [])
+    if report_dir:
+        save_report(reports, report_dir)
+    if json_out:
+        print(json.dumps({"passed": all(r.passed for r in reports), "reports": [r.to_dict() for r in reports]}, default=str))
+    else:
+        from rich.markdown import Markdown
+
+        console.print(Markdown("\n".join(r.to_markdown() for r in reports)))
+    if not all(r.passed for r in reports):
+        _fail(error_message(reports))
+
+
+data_app = typer.Typer(help="Put data under DVC and inspect it.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("add")
+def data_add(
+    paths: Annotated[list[Path], typer.Argument(help="files to version; files outside the repo are copied into --to first")],
+    to: Annotated[str, typer.Option("--to", help="repo folder for files that live outside the repo")] = "data/sources",
+) -> None:
+    """`dvc add` user data files and print their md5s (commit the .dvc files with git)."""
+    from tunegate.paths import configure_environment, repo_root, tunegate_home
+
+    configure_environment()
+    from tunegate.dvc_adapter import add_files
+
+    try:
+        added = add_files(repo_root(), [p.resolve() for p in paths], repo_root() / to, tunegate_home())
+    except (FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    console = _console()
+    for item in added:
+        console.print(f"{item.path}: md5 {item.md5} -> {item.path}.dvc")
+    console.print("next: git add the .dvc files and commit; `dvc push` sends the data to the remote")
 
 
 def _version_dict(ref) -> dict[str, Any] | None:

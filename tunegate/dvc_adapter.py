@@ -57,3 +57,26 @@ def file_md5(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def add_files(root: Path, paths: list[Path], dest_dir: Path, home: Path) -> list[StageOutput]:
+    """``dvc add`` each file; a file outside the repo is copied into ``dest_dir`` first."""
+    import shutil
+
+    from dvc.repo import Repo
+
+    targets = []
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: file not found")
+        try:
+            path.relative_to(root)
+            target = path
+        except ValueError:
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            target = dest_dir / path.name
+            shutil.copyfile(path, target)
+        targets.append(target)
+    with Repo(str(root), config=_config(home)) as repo:
+        repo.add([str(t) for t in targets])
+    return [StageOutput(str(t.relative_to(root)), file_md5(t)) for t in targets]

@@ -45,16 +45,108 @@ class DemoDataParams(_Section):
     out_dir: str = "data/demo"
 
 
+class SourceParams(_Section):
+    path: str = Field(..., description="JSON list or JSONL file, relative to the repo root")
+    name: str | None = Field(None, description="short name (default: the file's stem); the family of its records")
+    format: Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "self_instruct"] = "auto"
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="format field -> your field, e.g. {instruction: question, output: answer}"
+    )
+    weight: float = Field(1.0, gt=0, description="resampling weight: 2.0 doubles, 0.5 halves (seeded)")
+    max_records: int | None = Field(None, ge=1, description="cap on records taken from this source")
+    keep_label_false: bool = Field(False, description="keep records labelled undesirable (KTO label false)")
+
+    def source_name(self) -> str:
+        return self.name or Path(self.path).stem
+
+
 class DataParams(_Section):
-    train_path: str = "data/demo/train.jsonl"
-    eval_path: str = "data/demo/eval.jsonl"
+    train: list[SourceParams] = Field(min_length=1)
+    eval: list[SourceParams] = Field(
+        default_factory=list, description="frozen eval sources; empty: hold out eval_fraction of train"
+    )
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
     dvc_stage: str | None = Field(
         "demo_data", description="dvc.yaml stage that produces the data; null for user data"
     )
 
 
+Severity = Literal["error", "warning", "drop", "off"]
+RULES: dict[str, str] = {
+    "schema": "error",
+    "unique_ids": "error",
+    "min_records": "error",
+    "non_empty": "error",
+    "role_order": "error",
+    "max_length": "warning",
+    "response_truncated": "error",
+    "duplicates": "error",
+    "near_duplicates": "warning",
+    "conflicts": "warning",
+    "train_eval_overlap": "error",
+    "policy_coverage": "error",
+    "pii": "error",
+    "secrets": "error",
+    "placeholders": "error",
+    "control_chars": "error",
+    "refusal_share": "warning",
+}
+# Rules about single records may drop the offending records instead of stopping the run.
+RECORD_RULES = {
+    "non_empty", "role_order", "max_length", "response_truncated", "duplicates", "near_duplicates",
+    "conflicts", "train_eval_overlap", "pii", "secrets", "placeholders", "control_chars",
+}
+
+
+class CoverageRule(_Section):
+    name: str = Field(..., pattern=r"^[a-z0-9_]+$")
+    family: str | None = Field(None, description="records of this family/tag count")
+    pattern: str | None = Field(None, description="regex (case-insensitive) on the user turns")
+    min_examples: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _needs_matcher(self) -> CoverageRule:
+        if not (self.family or self.pattern):
+            raise ValueError("a coverage rule needs a family or a pattern")
+        if self.pattern:
+            import re
+
+            try:
+                re.compile(self.pattern)
+            except re.error as error:
+                raise ValueError(f"pattern {self.pattern!r} is not a valid regex: {error}") from None
+        return self
+
+
 class ValidationParams(_Section):
     min_records: int = Field(1, ge=1)
+    max_length: int | None = Field(None, ge=8, description="token limit with the chat template; default train.max_length")
+    max_duplicate_rate: float = Field(0.0, ge=0, le=1, description="share of exact duplicates allowed")
+    max_near_duplicate_rate: float = Field(0.02, ge=0, le=1, description="share of normalised duplicates allowed")
+    max_conflict_rate: float = Field(0.0, ge=0, le=1, description="share of same-prompt, different-answer records")
+    refusal_share: tuple[float, float] = Field((0.0, 1.0), description="allowed [min, max] share of refusals")
+    refusal_patterns: list[str] = Field(
+        default_factory=lambda: [
+            r"^(?:i'?m|i am) sorry",
+            r"\bi (?:cannot|can't|can not) (?:help|assist|do|provide)",
+            r"\bi won'?t (?:help|assist)",
+        ],
+        description="regexes (case-insensitive) on the final answer that mark a refusal",
+    )
+    coverage: list[CoverageRule] = Field(default_factory=list, description="required behaviours")
+    rules: dict[str, Severity] = Field(default_factory=dict, description="severity per rule, over the defaults")
+
+    @model_validator(mode="after")
+    def _known_rules(self) -> ValidationParams:
+        for rule, severity in self.rules.items():
+            if rule not in RULES:
+                raise ValueError(f"unknown rule {rule!r}; rules: {', '.join(RULES)}")
+            if severity == "drop" and rule not in RECORD_RULES:
+                raise ValueError(f"rule {rule!r} is about the whole dataset and cannot 'drop' records")
+        return self
+
+    def severity(self, rule: str) -> str:
+        return self.rules.get(rule, RULES[rule])
 
 
 class TrainParams(_Section):
@@ -97,7 +189,7 @@ class Params(_Section):
     project: ProjectParams = ProjectParams()
     model: ModelParams
     demo_data: DemoDataParams | None = None
-    data: DataParams = DataParams()
+    data: DataParams
     validation: ValidationParams = ValidationParams()
     train: TrainParams = TrainParams()
     eval: EvalParams = EvalParams()
@@ -151,16 +243,27 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return result
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as ``X``, ``X | None`` or ``list[X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """Field names of the model that holds the key at ``loc``'s parent."""
     current: Any = model
     for part in loc[:-1]:
+        if isinstance(part, int):
+            continue  # an index into a list of models
         field = getattr(current, "model_fields", {}).get(part)
         if field is None:
             return []
-        annotation = field.annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        current = _model_in(field.annotation)
         if current is None:
             return []
     return sorted(getattr(current, "model_fields", {}))

@@ -14,6 +14,7 @@ CHAT_TEMPLATES: dict[str, str] = {
         "{% for message in messages %}"
         "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
         "{% elif message['role'] == 'user' %}### Instruction:\n{{ message['content'] }}\n\n"
+        "{% elif message['role'] == 'tool' %}### Observation:\n{{ message['content'] }}\n\n"
         "{% elif message['role'] == 'assistant' %}### Response:\n{{ message['content'] }}{{ eos_token }}"
         "{% if not loop.last %}\n\n{% endif %}"
         "{% endif %}"

@@ -1,24 +1,26 @@
-"""Validation of canonical chat records: parsing, then a Great Expectations suite.
+"""Validation of canonical chat records with a Great Expectations 1.x suite built from params.
 
 Two layers, both of which point back at the input (file, record index, id):
-1. ``load_records`` parses JSONL and checks the record shape; a record that
-   cannot be read fails with a :class:`DataError` naming file, line and rule.
-2. ``validate_records`` flattens records into one row each and runs a GE 1.x
-   suite (schema, non-empty turns, role order, unique ids, row count).
+1. reading (``tunegate.sources``): a record that cannot be parsed or converted
+   fails with a :class:`DataError` naming file, record and rule;
+2. the suite: ``record_frame`` computes one row of facts per record and each
+   rule becomes one or more expectations on those columns. A rule's severity
+   (params ``validation.rules``) decides whether a failure stops the run
+   (error), is reported (warning), removes the offending records (drop) or is skipped (off).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROLES = ("system", "user", "assistant")
+from tunegate.params import ValidationParams
+from tunegate.sources import DataError  # noqa: F401  (re-exported: validation errors and read errors are one kind)
 
-
-class DataError(ValueError):
-    """Input data that breaks a rule; the message names file, record and rule."""
+MAX_OFFENDERS = 5
 
 
 @dataclass(frozen=True)
@@ -26,170 +28,278 @@ class Offender:
     file: str
     record_index: int
     record_id: str
+    detail: str = ""
 
 
 @dataclass(frozen=True)
 class RuleResult:
     rule: str
-    expectation: str
+    severity: str
     passed: bool
     unexpected_count: int
+    observed: str = ""
     offenders: list[Offender] = field(default_factory=list)
 
     def describe(self) -> str:
+        status = "PASS" if self.passed else ("DROP" if self.severity == "drop" else self.severity.upper())
         if self.passed:
-            return f"PASS {self.rule}"
-        where = "; ".join(f"{o.file} record {o.record_index} (id {o.record_id})" for o in self.offenders[:5])
-        return f"FAIL {self.rule}: {self.unexpected_count} record(s) break it" + (f": {where}" if where else "")
+            return f"PASS {self.rule}" + (f" ({self.observed})" if self.observed else "")
+        where = "; ".join(
+            f"{o.file} record {o.record_index} (id {o.record_id}{', ' + o.detail if o.detail else ''})"
+            for o in self.offenders[:MAX_OFFENDERS]
+        )
+        count = f"{self.unexpected_count} record(s) break it" if self.unexpected_count else self.observed
+        return f"{status} {self.rule}: {count}" + (f": {where}" if where else "")
 
 
-@dataclass(frozen=True)
+@dataclass
 class ValidationReport:
+    split: str
     passed: bool
     n_records: int
     rules: list[RuleResult]
+    dropped_ids: list[str] = field(default_factory=list)
+    refusal_share: float = 0.0
+    docs_index: str | None = None
 
     def failures(self) -> list[RuleResult]:
-        return [r for r in self.rules if not r.passed]
+        """Failed rules of severity error: the ones that stop a run."""
+        return [r for r in self.rules if not r.passed and r.severity == "error"]
+
+    def warnings(self) -> list[RuleResult]:
+        return [r for r in self.rules if not r.passed and r.severity != "error"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "n_records": self.n_records, "rules": [asdict(r) for r in self.rules]}
+        data = asdict(self)
+        data["rules"] = [asdict(r) for r in self.rules]
+        return data
 
-    def to_markdown(self, title: str = "Data validation") -> str:
-        lines = [f"## {title}", "", f"**{'passed' if self.passed else 'FAILED'}** on {self.n_records} records", ""]
-        lines += ["| rule | result | unexpected |", "|---|---|---|"]
+    def to_markdown(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        lines = [
+            f"## Data validation: {self.split}",
+            "",
+            f"**{verdict}** on {self.n_records} records; refusal share {self.refusal_share:.1%}"
+            + (f"; {len(self.dropped_ids)} record(s) dropped" if self.dropped_ids else ""),
+            "",
+            "| rule | severity | result | unexpected | observed |",
+            "|---|---|---|---:|---|",
+        ]
         for r in self.rules:
-            lines.append(f"| {r.rule} | {'pass' if r.passed else '**fail**'} | {r.unexpected_count} |")
-        for r in self.failures():
-            lines += ["", f"### {r.rule}", ""]
-            lines += [f"- `{o.file}` record {o.record_index} (id `{o.record_id}`)" for o in r.offenders[:5]]
+            result = "pass" if r.passed else ("**fail**" if r.severity == "error" else r.severity)
+            lines.append(f"| {r.rule} | {r.severity} | {result} | {r.unexpected_count} | {r.observed} |")
+        for r in [r for r in self.rules if not r.passed]:
+            lines += ["", f"### {r.rule} ({r.severity})", ""]
+            if not r.offenders:
+                lines.append(f"- {r.observed}")
+            lines += [
+                f"- `{o.file}` record {o.record_index} (id `{o.record_id}`){': ' + o.detail if o.detail else ''}"
+                for o in r.offenders[:MAX_OFFENDERS]
+            ]
         return "\n".join(lines) + "\n"
 
 
-def _shape_error(path: Path, index: int, rule: str) -> DataError:
-    return DataError(f"{path}: record {index}: {rule}")
-
-
-def load_records(path: Path) -> list[dict[str, Any]]:
-    """Read canonical JSONL records, attaching ``_source`` = (file, index) to each."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    records = []
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n")
-        raise _shape_error(path, line, f"not valid UTF-8 ({error.reason} at byte {error.start})") from None
-    for index, line in enumerate(text.splitlines()):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise _shape_error(path, index, f"not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict):
-            raise _shape_error(path, index, "must be a JSON object")
-        messages = record.get("messages")
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise _shape_error(path, index, "'messages' must be a list of {role, content} objects")
-        for turn, message in enumerate(messages):
-            if not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
-                raise _shape_error(path, index, f"message {turn}: 'role' and 'content' must be strings")
-        record.setdefault("id", f"{path.name}:{index}")
-        record["_source"] = {"file": str(path), "index": index}
-        records.append(record)
-    return records
-
-
-def roles_valid(roles: list[str]) -> bool:
-    """Optional system first, then user/assistant alternating, ending with assistant."""
-    if roles and roles[0] == "system":
-        roles = roles[1:]
-    if len(roles) < 2 or len(roles) % 2:
-        return False
-    return all(role == ("user" if i % 2 == 0 else "assistant") for i, role in enumerate(roles))
-
-
-def record_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per record: the columns the expectation suite checks."""
-    rows = []
-    for record in records:
-        messages = record["messages"]
-        roles = [m["role"] for m in messages]
-
-        def min_chars(role: str, messages=messages) -> int:
-            sizes = [len(m["content"].strip()) for m in messages if m["role"] == role]
-            return min(sizes) if sizes else 0
-
-        rows.append(
-            {
-                "id": str(record["id"]),
-                "n_messages": len(messages),
-                "roles_valid": roles_valid(roles),
-                "unknown_roles": sum(r not in ROLES for r in roles),
-                "min_user_chars": min_chars("user"),
-                "min_assistant_chars": min_chars("assistant"),
-            }
-        )
-    return rows
-
-
-def _expectations(min_records: int) -> list[tuple[str, Any]]:
+def _expectations(params: ValidationParams, columns: list[str], has_eval: bool) -> list[tuple[str, Any]]:
+    """(rule, expectation) pairs for every rule whose severity is not 'off'."""
     import great_expectations as gx
 
     e = gx.expectations
+
+    def in_set(column: str, value: Any, mostly: float = 1.0):
+        return e.ExpectColumnValuesToBeInSet(column=column, value_set=[value], mostly=max(mostly, 1e-9))
+
+    rules: dict[str, list[Any]] = {
+        "schema": [e.ExpectColumnValuesToNotBeNull(column="id"), in_set("unknown_roles", 0)],
+        "unique_ids": [e.ExpectColumnValuesToBeUnique(column="id")],
+        "min_records": [e.ExpectTableRowCountToBeBetween(min_value=params.min_records)],
+        "non_empty": [
+            e.ExpectColumnValuesToBeBetween(column="min_user_chars", min_value=1),
+            e.ExpectColumnValuesToBeBetween(column="min_assistant_chars", min_value=1),
+        ],
+        "role_order": [in_set("roles_valid", True)],
+        "max_length": [in_set("too_long", False)],
+        "response_truncated": [in_set("truncated_away", False)],
+        "duplicates": [in_set("dup_exact", False, 1 - params.max_duplicate_rate)],
+        "near_duplicates": [in_set("dup_norm", False, 1 - params.max_near_duplicate_rate)],
+        "conflicts": [in_set("conflict", False, 1 - params.max_conflict_rate)],
+        "train_eval_overlap": [in_set("in_eval", False)] if has_eval else [],
+        "policy_coverage": [
+            e.ExpectColumnSumToBeBetween(column=f"cov_{rule.name}", min_value=rule.min_examples)
+            for rule in params.coverage
+            if f"cov_{rule.name}" in columns
+        ],
+        "pii": [in_set("pii", False)],
+        "secrets": [in_set("secret", False)],
+        "placeholders": [in_set("placeholder", False)],
+        "control_chars": [in_set("control_chars", False)],
+        "refusal_share": [
+            e.ExpectColumnMeanToBeBetween(
+                column="is_refusal", min_value=params.refusal_share[0], max_value=params.refusal_share[1]
+            )
+        ],
+    }
     return [
-        ("schema: id present", e.ExpectColumnValuesToNotBeNull(column="id")),
-        ("unique ids", e.ExpectColumnValuesToBeUnique(column="id")),
-        ("at least one user and one assistant turn", e.ExpectColumnValuesToBeBetween(column="n_messages", min_value=2)),
-        ("only system/user/assistant roles", e.ExpectColumnValuesToBeInSet(column="unknown_roles", value_set=[0])),
-        ("role order: [system] user/assistant alternating, ending with assistant",
-         e.ExpectColumnValuesToBeInSet(column="roles_valid", value_set=[True])),
-        ("non-empty user turns", e.ExpectColumnValuesToBeBetween(column="min_user_chars", min_value=1)),
-        ("non-empty assistant turns", e.ExpectColumnValuesToBeBetween(column="min_assistant_chars", min_value=1)),
-        (f"at least {min_records} records", e.ExpectTableRowCountToBeBetween(min_value=min_records)),
+        (rule, expectation)
+        for rule, expectations in rules.items()
+        if params.severity(rule) != "off"
+        for expectation in expectations
     ]
 
 
-def validate_records(records: list[dict[str, Any]], min_records: int, suite_name: str = "canonical_chat") -> ValidationReport:
-    """Run the Great Expectations suite over ``records`` (an ephemeral GE context)."""
+_DETAIL_COLUMNS = {"pii": "pii_kinds", "secrets": "secret_kinds", "max_length": "n_tokens", "response_truncated": "prompt_tokens"}
+
+
+def _offender(records: list[dict[str, Any]], frame, idx: int, rule: str) -> Offender:
+    source = records[idx].get("source") or {}
+    detail = ""
+    column = _DETAIL_COLUMNS.get(rule)
+    if column:
+        value = frame.at[idx, column]
+        detail = f"{column.replace('_', ' ')}: {value}"
+    return Offender(str(source.get("file", "?")), int(source.get("index", idx)), str(records[idx].get("id")), detail)
+
+
+def _index_list(details: dict[str, Any]) -> list[int]:
+    out = []
+    for item in details.get("unexpected_index_list") or []:
+        if isinstance(item, dict):
+            item = item.get("index", next(iter(item.values()), 0))
+        out.append(int(item))
+    return out
+
+
+def run_suite(frame, params: ValidationParams, has_eval: bool, suite_name: str, docs_dir: Path | None):
+    """Run the suite over ``frame``; returns (GE result, [(rule, expectation)], docs index or None)."""
     import logging
 
     import great_expectations as gx
-    import pandas as pd
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    frame = pd.DataFrame(record_rows(records), columns=[
-        "id", "n_messages", "roles_valid", "unknown_roles", "min_user_chars", "min_assistant_chars"])
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    named = _expectations(params, list(frame.columns), has_eval)
     batch_definition = (
         context.data_sources.add_pandas("tunegate")
-        .add_dataframe_asset("records")
+        .add_dataframe_asset(suite_name)
         .add_batch_definition_whole_dataframe("all")
     )
-    named = _expectations(min_records)
     suite = context.suites.add(gx.ExpectationSuite(name=suite_name))
     for _, expectation in named:
         suite.add_expectation(expectation)
-    batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
-    result = batch.validate(suite, result_format={"result_format": "COMPLETE"})
-    by_type: dict[str, Any] = {}
-    for item in result.results:
-        config = item.expectation_config
-        by_type[(config.type, config.kwargs.get("column"))] = item
-    rules = []
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(data=batch_definition, suite=suite, name=f"{suite_name}_validation")
+    )
+    docs_index = None
+    actions = []
+    if docs_dir is not None:
+        docs_dir.mkdir(parents=True, exist_ok=True)
+        context.add_data_docs_site(
+            site_name="tunegate",
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["tunegate"]))
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name=f"{suite_name}_checkpoint",
+            validation_definitions=[definition],
+            actions=actions,
+            result_format={"result_format": "COMPLETE"},
+        )
+    )
+    outcome = checkpoint.run(batch_parameters={"dataframe": frame})
+    result = next(iter(outcome.run_results.values()))
+    if docs_dir is not None and (docs_dir / "index.html").is_file():
+        docs_index = str(docs_dir / "index.html")
+    return result, named, docs_index
+
+
+def validate_dataset(
+    records: list[dict[str, Any]],
+    params: ValidationParams,
+    *,
+    max_length: int,
+    token_counts: tuple[list[int], list[int]] | None = None,
+    eval_records: list[dict[str, Any]] | None = None,
+    split: str = "train",
+    docs_dir: Path | None = None,
+) -> ValidationReport:
+    """Check ``records`` against every rule in params; ``eval_records`` enables the overlap rule."""
+    from tunegate.checks import record_frame
+    from tunegate.formats import prompt_key
+
+    eval_keys = {prompt_key(r["messages"]) for r in eval_records} if eval_records else None
+    frame = record_frame(
+        records,
+        token_counts=token_counts,
+        max_length=max_length,
+        refusal_patterns=params.refusal_patterns,
+        coverage=params.coverage,
+        eval_prompt_keys=eval_keys,
+    )
+    result, named, docs_index = run_suite(frame, params, eval_keys is not None, f"tunegate_{split}", docs_dir)
+    by_id = {item.expectation_config.id: item for item in result.results}
+    merged: dict[str, RuleResult] = {}
+    dropped: set[int] = set()
     for rule, expectation in named:
-        item = by_type[(expectation.expectation_type, getattr(expectation, "column", None))]
+        item = by_id[expectation.id]
         details = item.result or {}
-        indexes = details.get("unexpected_index_list") or []
-        offenders = []
-        for idx in indexes[:5]:
-            idx = idx if isinstance(idx, int) else idx.get("index", 0) if isinstance(idx, dict) else int(idx)
-            source = records[idx].get("_source", {})
-            offenders.append(Offender(source.get("file", "?"), int(source.get("index", idx)), str(records[idx]["id"])))
-        count = int(details.get("unexpected_count") or (0 if item.success else 1))
-        rules.append(RuleResult(rule, expectation.expectation_type, bool(item.success), count, offenders))
-    return ValidationReport(passed=bool(result.success), n_records=len(records), rules=rules)
+        indexes = _index_list(details)
+        severity = params.severity(rule)
+        if severity == "drop" and not item.success:
+            dropped.update(indexes)
+        observed = details.get("observed_value")
+        observed_text = "" if observed is None else (f"{observed:.3f}" if isinstance(observed, float) else str(observed))
+        if rule == "policy_coverage":
+            observed_text = f"{expectation.column[4:]}: {observed_text} (need {int(expectation.min_value)})"
+        count = int(details.get("unexpected_count") or 0)
+        offenders = [_offender(records, frame, idx, rule) for idx in indexes[:MAX_OFFENDERS]]
+        previous = merged.get(rule)
+        if previous is None:
+            merged[rule] = RuleResult(rule, severity, bool(item.success), count, observed_text, offenders)
+        else:  # a rule made of several expectations: fail if any fails, add counts
+            merged[rule] = RuleResult(
+                rule,
+                severity,
+                previous.passed and bool(item.success),
+                previous.unexpected_count + count,
+                "; ".join(x for x in (previous.observed, observed_text) if x),
+                (previous.offenders + offenders)[:MAX_OFFENDERS],
+            )
+    rules = list(merged.values())
+    passed = not any(r.severity == "error" and not r.passed for r in rules)
+    return ValidationReport(
+        split=split,
+        passed=passed,
+        n_records=len(records),
+        rules=rules,
+        dropped_ids=[str(records[i].get("id")) for i in sorted(dropped)],
+        refusal_share=float(frame["is_refusal"].mean()) if len(frame) else 0.0,
+        docs_index=docs_index,
+    )
+
+
+def error_message(reports: list[ValidationReport]) -> str:
+    """The CLI's and the flow's message for failed validation: rule, file and record of each failure."""
+    lines = ["data validation failed:"]
+    for report in reports:
+        lines += [f"  {report.split}: {rule.describe()}" for rule in report.failures()]
+    return "\n".join(lines)
+
+
+def save_report(reports: list[ValidationReport], out_dir: Path) -> tuple[Path, Path]:
+    """Write report.md and report.json for a set of split reports; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = out_dir / "report.md"
+    markdown.write_text("\n".join(r.to_markdown() for r in reports), encoding="utf-8")
+    data = out_dir / "report.json"
+    data.write_text(json.dumps([r.to_dict() for r in reports], indent=2, default=str), encoding="utf-8")
+    return markdown, data
+
+
+def copy_docs(source_dir: Path, dest: Path) -> None:
+    if source_dir.is_dir():
+        shutil.copytree(source_dir, dest, dirs_exist_ok=True)

@@ -20,6 +20,9 @@ from tunegate import audit, tracking
 from tunegate.cli import app
 from tunegate.params import load_params
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bad_inputs import BAD_INPUTS  # noqa: E402
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,7 +62,8 @@ def test_mlflow_holds_params_metrics_data_and_commit(first_run):
     md5 = lock["stages"]["demo_data"]["outs"][0]["md5"]
     assert first_run["data_md5"] == md5 == run.data.tags["tunegate.data_md5"]
     digests = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
-    assert md5.startswith(digests["train"])
+    assert md5.startswith(digests["canonical_train"])
+    assert digests["demo"] == run.data.tags["tunegate.source_md5.demo"] == first_run["data"]["sources"]["demo"]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     assert run.data.tags["mlflow.source.git.commit"] == commit
     artifacts = {a.path for a in tracking.client().list_artifacts(run.info.run_id, "model")}
@@ -108,22 +112,28 @@ def test_approve_then_second_run_uses_the_champion(first_run, tunegate_home):
     assert [e for e in entries if e["event"] == "approved"][0]["actor"] == "alice"
 
 
-def test_failed_validation_stops_before_tuning_and_registers_nothing(prefect_harness, tmp_path, first_run):
+@pytest.mark.parametrize("kind", sorted(BAD_INPUTS))
+def test_bad_data_stops_before_tuning_and_registers_nothing(kind, prefect_harness, tmp_path, first_run, tunegate_home):
     from flows.retrain import retrain
 
     from tunegate.validation import DataError
 
-    bad = tmp_path / "bad_train.jsonl"
-    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]} for i in range(150)]
-    rows[7]["messages"][1]["content"] = ""
-    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    name = load_params(DEMO).model.registered_name
+    train, evaluation, index, rule = BAD_INPUTS[kind](tmp_path)
+    if evaluation is None:
+        evaluation = tmp_path / "clean_eval.jsonl"
+        evaluation.write_text(json.dumps({"instruction": "Name a colour.", "input": "", "output": "Blue."}) + "\n")
+    params = load_params(DEMO)
+    name = params.model.registered_name
     versions_before = len(tracking.client().search_model_versions(f"name='{name}'"))
+    overrides = ["data.dvc_stage=null", f"data.train=[{{path: '{train}'}}]", f"data.eval=[{{path: '{evaluation}'}}]",
+                 "validation.coverage=[]", "validation.refusal_share=[0, 1]", "train.max_length=128"]
     with pytest.raises(DataError) as err:
-        retrain(params_file=str(DEMO), overrides=["data.dvc_stage=null", f"data.train_path={bad}"])
-    assert "non-empty assistant turns" in str(err.value) and "record 7" in str(err.value) and str(bad) in str(err.value)
-    failed = tracking.find_runs_by_tag(load_params(DEMO).project.name, "tunegate.validation", "failed")
-    assert failed and failed[0].info.status == "FAILED"
-    assert "non-empty assistant turns" in failed[0].data.tags["tunegate.failure"]
-    assert "train_loss" not in failed[0].data.metrics
+        retrain(params_file=str(DEMO), overrides=overrides)
+    message = str(err.value)
+    assert str(train) in message and f"record {index}" in message and rule in message, message
+    runs = tracking.recent_runs(params.project.name, limit=1)
+    assert runs[0].info.status == "FAILED" and rule in runs[0].data.tags["tunegate.failure"]
+    assert "train_loss" not in runs[0].data.metrics and "candidate_exact_match" not in runs[0].data.metrics
     assert len(tracking.client().search_model_versions(f"name='{name}'")) == versions_before
+    last = audit.read_entries(tunegate_home / "audit" / "events.jsonl")[-1]
+    assert last["event"] == "run_failed" and rule in last["data"]["reason"]
