@@ -95,7 +95,10 @@ def load_source(spec: SourceSpec) -> tuple[list[dict[str, Any]], dict[str, int]]
 
 
 def mix(sources: list[tuple[SourceSpec, list[dict[str, Any]]]], seed: int) -> list[dict[str, Any]]:
-    """Apply caps and weights per source, then interleave deterministically."""
+    """Apply caps and weights per source; sources stay in order (the trainer shuffles, seeded).
+
+    Keeping input order means "the later copy" of a duplicate is the later record in the files.
+    """
     mixed: list[dict[str, Any]] = []
     for spec, records in sources:
         rng = random.Random(f"{seed}:{spec.name}")
@@ -106,8 +109,8 @@ def mix(sources: list[tuple[SourceSpec, list[dict[str, Any]]]], seed: int) -> li
         picked = chosen * int(whole)
         if fraction:
             picked += rng.sample(chosen, round(fraction * len(chosen)))
-        mixed.extend(picked)
-    random.Random(seed).shuffle(mixed)
+        position = {id(record): i for i, record in enumerate(records)}
+        mixed.extend(sorted(picked, key=lambda record: position[id(record)]))
     return mixed
 
 
