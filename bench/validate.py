@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tunegate.checks import CONTROL_PATTERN, PII_PATTERNS, PLACEHOLDER_PATTERN, SECRET_PATTERNS, luhn_valid, roles_valid  # noqa: E402
-from tunegate.formats import convert_record, normalize_text, prompt_key  # noqa: E402
+from tunegate.formats import convert_record, prompt_keys  # noqa: E402
 from tunegate.params import ValidationParams  # noqa: E402
 
 WORDS = "the a cat dog sun tree ball happy little big red blue girl boy park play run jump mom dad friend".split()
@@ -43,6 +43,14 @@ def generate(n: int, seed: int = 0) -> list[dict]:
             row["output"] += " mail jane@example.com"
         rows.append(row)
     return rows
+
+
+def py_normalize(text: str) -> str:
+    """Plain-Python normalisation (agrees with tunegate's on ASCII text such as this benchmark's)."""
+    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+
+
+_PUNCT = re.compile(r"[^\w\s]")
 
 
 def rowwise_rules(records, token_counts, params: ValidationParams, max_length: int, eval_keys: set[str]) -> dict[str, int]:
@@ -70,8 +78,8 @@ def rowwise_rules(records, token_counts, params: ValidationParams, max_length: i
         exact = repr([(m["role"], m["content"]) for m in messages])
         counts["dup_exact"] += exact in seen_exact
         seen_exact.add(exact)
-        key = prompt_key(messages)
-        answer = normalize_text(messages[-1]["content"])
+        key = py_normalize("\n".join(m["content"] for m in messages[:-1]))
+        answer = py_normalize(messages[-1]["content"])
         norm = key + " => " + answer
         counts["dup_norm"] += norm in seen_norm
         seen_norm.add(norm)
@@ -117,7 +125,7 @@ def main() -> None:
     t2 = time.perf_counter()
     report = validate_dataset(records, params, max_length=max_length, token_counts=token_counts, eval_records=records[:100])
     t3 = time.perf_counter()
-    eval_keys = {prompt_key(r["messages"]) for r in records[:100]}
+    eval_keys = set(prompt_keys([r["messages"] for r in records[:100]]))
     rowwise = rowwise_rules(records, token_counts, params, max_length, eval_keys)
     t4 = time.perf_counter()
 

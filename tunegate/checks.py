@@ -83,6 +83,37 @@ def _any_match(texts, patterns: dict[str, str]):
     return found.str.strip()
 
 
+def _facts(record: dict[str, Any]) -> tuple:
+    """The per-record values everything else is computed from, in one pass over the record."""
+    messages = record["messages"]
+    roles = tuple(m["role"] for m in messages)
+    contents = [m["content"] for m in messages]
+    user = [c for r, c in zip(roles, contents) if r == "user"]
+    assistant = [c for r, c in zip(roles, contents) if r == "assistant"]
+    return (
+        None if record.get("id") is None else str(record["id"]),
+        str(record.get("family") or ""),
+        roles,
+        "\n".join(user),
+        "\n".join(contents),
+        contents[-1] if contents else "",
+        "\n".join(contents[:-1]),
+        min((len(c.strip()) for c in user), default=0),
+        min((len(c.strip()) for c in assistant), default=0),
+        "\x1e".join(f"{r}\x1f{c}" for r, c in zip(roles, contents)),
+    )
+
+
+def normalize_column(values):
+    """Vectorised :func:`tunegate.formats.normalize_text` over a column (pyarrow compute)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = pa.array(list(values), type=pa.large_string())
+    array = pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_lower(array), r"[^\p{L}\p{N}_\s]", " "))
+    return pc.binary_join(pc.utf8_split_whitespace(array), pa.scalar(" ", pa.large_string())).to_pylist()
+
+
 def record_frame(
     records: list[dict[str, Any]],
     *,
@@ -92,88 +123,90 @@ def record_frame(
     coverage: Sequence[Any] = (),
     eval_prompt_keys: set[str] | None = None,
 ):
-    """One row per record with every column the suite checks (vectorised where it counts)."""
+    """One row per record with every column the suite checks.
+
+    One Python pass extracts the raw values; normalisation, duplicate and conflict
+    detection and every pattern check then run column-wise (pyarrow/RE2 through pandas).
+    """
     import pandas as pd
 
-    from tunegate.formats import normalize_text
-
-    roles = [[m["role"] for m in r["messages"]] for r in records]
+    columns = list(zip(*[_facts(r) for r in records])) or [[] for _ in range(10)]
+    ids, families, roles, user_text, all_text, answers, prompts, min_user, min_assistant, exact = columns
+    valid = {t: roles_valid(t) for t in set(roles)}
+    unknown = {t: sum(x not in ROLES for x in t) for t in set(roles)}
     frame = pd.DataFrame(
         {
-            "id": [str(r.get("id")) if r.get("id") is not None else None for r in records],
-            "family": [str(r.get("family") or "") for r in records],
-            "n_messages": [len(m) for m in roles],
-            "unknown_roles": [sum(x not in ROLES for x in m) for m in roles],
-            "roles_valid": [roles_valid(m) for m in roles],
-            "user_text": ["\n".join(m["content"] for m in r["messages"] if m["role"] == "user") for r in records],
-            "all_text": ["\n".join(m["content"] for m in r["messages"]) for r in records],
-            "answer": [r["messages"][-1]["content"] if r["messages"] else "" for r in records],
-            "min_user_chars": [min((len(m["content"].strip()) for m in r["messages"] if m["role"] == "user"), default=0) for r in records],
-            "min_assistant_chars": [min((len(m["content"].strip()) for m in r["messages"] if m["role"] == "assistant"), default=0) for r in records],
+            "id": pd.Series(ids, dtype=object),
+            "family": pd.Series(families, dtype=str),
+            "n_messages": pd.Series([len(t) for t in roles], dtype="int64"),
+            "unknown_roles": pd.Series([unknown[t] for t in roles], dtype="int64"),
+            "roles_valid": pd.Series([valid[t] for t in roles], dtype=bool),
+            "min_user_chars": pd.Series(min_user, dtype="int64"),
+            "min_assistant_chars": pd.Series(min_assistant, dtype="int64"),
         }
     )
-    frame["prompt_key"] = pd.Series(
-        [" | ".join(normalize_text(m["content"]) for m in r["messages"][:-1]) for r in records], dtype=str
-    )
-    frame["answer"] = frame["answer"].astype(str)  # keeps string dtype when there are no records
-    answer_key = frame["answer"].map(normalize_text).astype(str)
-    exact_key = pd.Series([repr([(m["role"], m["content"]) for m in r["messages"]]) for r in records])
-    frame["dup_exact"] = exact_key.duplicated(keep="first")
+    frame["prompt_key"] = pd.Series(normalize_column(prompts), dtype=str)
+    answer_key = pd.Series(normalize_column(answers), dtype=str)
+    frame["dup_exact"] = pd.Series(exact, dtype=str).duplicated(keep="first")
     frame["dup_norm"] = (frame["prompt_key"] + " => " + answer_key).duplicated(keep="first") & ~frame["dup_exact"]
     answers_per_prompt = answer_key.groupby(frame["prompt_key"]).transform("nunique")
     frame["conflict"] = (answers_per_prompt > 1) & (frame["prompt_key"] != "")
     frame["in_eval"] = frame["prompt_key"].isin(eval_prompt_keys) if eval_prompt_keys else False
 
-    if token_counts is not None:
-        full_tokens, prompt_tokens = token_counts
-        frame["n_tokens"] = full_tokens
-        frame["prompt_tokens"] = prompt_tokens
-    else:
-        frame["n_tokens"] = 0
-        frame["prompt_tokens"] = 0
+    full_tokens, prompt_tokens = token_counts if token_counts is not None else ([0] * len(frame), [0] * len(frame))
+    frame["n_tokens"] = pd.Series(full_tokens, dtype="int64")
+    frame["prompt_tokens"] = pd.Series(prompt_tokens, dtype="int64")
     frame["too_long"] = frame["n_tokens"] > max_length
     frame["truncated_away"] = frame["prompt_tokens"] >= max_length
 
-    text = frame["all_text"].astype(str)
+    text = pd.Series(all_text, dtype=str)
     frame["pii_kinds"] = _any_match(text, PII_PATTERNS)
     frame["pii"] = frame["pii_kinds"] != ""
     frame["secret_kinds"] = _any_match(text, SECRET_PATTERNS)
     frame["secret"] = frame["secret_kinds"] != ""
     frame["placeholder"] = text.str.contains(PLACEHOLDER_PATTERN, regex=True)
     frame["control_chars"] = text.str.contains(CONTROL_PATTERN, regex=True)
-    refusal = "|".join(f"(?:{p})" for p in refusal_patterns) if refusal_patterns else r"(?!x)x"
-    frame["is_refusal"] = frame["answer"].str.strip().str.lower().str.contains(refusal, regex=True).astype(int)
+    refusal = "|".join(f"(?:{p})" for p in refusal_patterns) if refusal_patterns else r"[^\s\S]"
+    answer = pd.Series(answers, dtype=str)
+    frame["is_refusal"] = answer.str.strip().str.lower().str.contains(refusal, regex=True).astype(int)
+    users = pd.Series(user_text, dtype=str)
     for rule in coverage:
         hit = pd.Series(False, index=frame.index)
         if rule.family:
             hit |= frame["family"] == rule.family
         if rule.pattern:
-            hit |= frame["user_text"].astype(str).str.contains(rule.pattern, case=False, regex=True)
+            hit |= users.str.contains(rule.pattern, case=False, regex=True)
         frame[f"cov_{rule.name}"] = hit.astype(int)
-    return frame.drop(columns=["user_text", "all_text"])
+    return frame
 
 
-def count_record_tokens(tokenizer, records: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+def count_record_tokens(tokenizer, records: list[dict[str, Any]], chunk_size: int = 2000) -> tuple[list[int], list[int]]:
     """(full length, prompt length) in tokens of each record rendered with the chat template.
 
     One tokenizer pass over the full texts; the prompt length is read off the offsets
     (tokens that start inside the rendered prompt), so no second pass is needed.
     """
-    fulls, prompt_chars = [], []
-    for record in records:
-        messages = [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
-        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False) if len(messages) > 1 else ""
-        full = tokenizer.apply_chat_template(messages, tokenize=False)
-        fulls.append(full)
-        prompt_chars.append(len(prompt))
+    full_lengths: list[int] = []
+    prompt_lengths: list[int] = []
     limit_before = tokenizer.model_max_length
     tokenizer.model_max_length = int(1e30)  # counting, not feeding a model: no over-length warning
     try:
-        encoded = tokenizer(fulls, add_special_tokens=False, return_offsets_mapping=True)
+        # Chunks bound the memory the offset lists take; the result is the same.
+        for start in range(0, len(records), chunk_size):
+            fulls, prompt_chars = [], []
+            for record in records[start : start + chunk_size]:
+                messages = [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
+                prompt = (
+                    tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+                    if len(messages) > 1
+                    else ""
+                )
+                fulls.append(tokenizer.apply_chat_template(messages, tokenize=False))
+                prompt_chars.append(len(prompt))
+            encoded = tokenizer(fulls, add_special_tokens=False, return_offsets_mapping=True)
+            for offsets, limit in zip(encoded["offset_mapping"], prompt_chars):
+                full_lengths.append(len(offsets))
+                prompt_lengths.append(sum(1 for begin, _ in offsets if begin < limit))
     finally:
         tokenizer.model_max_length = limit_before
-    full_lengths, prompt_lengths = [], []
-    for offsets, limit in zip(encoded["offset_mapping"], prompt_chars):
-        full_lengths.append(len(offsets))
-        prompt_lengths.append(sum(1 for start, _ in offsets if start < limit))
     return full_lengths, prompt_lengths

@@ -182,22 +182,28 @@ def _self_instruct_records(record: dict[str, Any]) -> list[list[dict[str, Any]]]
     return out
 
 
-_PUNCT = None
-
-
 def normalize_text(text: str) -> str:
-    """Lowercase, drop punctuation, collapse whitespace: the key for near-duplicates."""
-    import re
+    """Lowercase, punctuation to spaces, whitespace collapsed: the key for near-duplicates.
 
-    global _PUNCT
-    if _PUNCT is None:
-        _PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
-    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+    One definition for one text and for a whole column (``normalize_texts``), so keys
+    computed either way always agree.
+    """
+    return normalize_texts([text])[0]
+
+
+def normalize_texts(texts: list[str]) -> list[str]:
+    from tunegate.checks import normalize_column
+
+    return normalize_column(texts)
+
+
+def prompt_keys(conversations: list[list[dict[str, Any]]]) -> list[str]:
+    """Normalised text of every turn before the final answer, for many records at once."""
+    return normalize_texts(["\n".join(m["content"] for m in messages[:-1]) for messages in conversations])
 
 
 def prompt_key(messages: list[dict[str, Any]]) -> str:
-    """Normalised text of every turn before the final answer."""
-    return " | ".join(normalize_text(m["content"]) for m in messages[:-1])
+    return prompt_keys([messages])[0]
 
 
 def content_hash(messages: list[dict[str, Any]]) -> str:

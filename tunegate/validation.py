@@ -229,9 +229,9 @@ def validate_dataset(
 ) -> ValidationReport:
     """Check ``records`` against every rule in params; ``eval_records`` enables the overlap rule."""
     from tunegate.checks import record_frame
-    from tunegate.formats import prompt_key
+    from tunegate.formats import prompt_keys
 
-    eval_keys = {prompt_key(r["messages"]) for r in eval_records} if eval_records else None
+    eval_keys = set(prompt_keys([r["messages"] for r in eval_records])) if eval_records else None
     frame = record_frame(
         records,
         token_counts=token_counts,
