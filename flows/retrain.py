@@ -17,9 +17,11 @@ from tasks.train import tune
 
 
 @flow(name="retrain", on_failure=[record_failure])
-def retrain(params_file: str = "params/demo.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
+def retrain(
+    params_file: str = "params/demo.yaml", overrides: list[str] | None = None, resume_run_id: str | None = None
+) -> dict[str, Any]:
     params = load_run_params(params_file, overrides or [])
-    ctx = start_run(params, params_file)
+    ctx = start_run(params, params_file, resume_run_id)
     data = prepare_data(params, ctx)
     data = validate_data(params, data, ctx)
     tuned = tune(params, data, ctx)
@@ -27,5 +29,5 @@ def retrain(params_file: str = "params/demo.yaml", overrides: list[str] | None =
     baseline_metrics = evaluate(params, data, ctx, "baseline", baseline.model_dir)
     candidate_metrics = evaluate(params, data, ctx, "candidate", tuned.model_dir)
     decision = gate(params, baseline_metrics, candidate_metrics, ctx)
-    version = register_candidate(params, ctx, data, baseline, decision) if decision["passed"] else None
+    version = register_candidate(params, ctx, data, baseline, decision, tuned.model_uri) if decision["passed"] else None
     return finish_run(params, ctx, data, baseline, baseline_metrics, candidate_metrics, tuned, decision, version)

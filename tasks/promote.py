@@ -27,16 +27,16 @@ def gate(params: Params, baseline_metrics: dict[str, Any], candidate_metrics: di
 
 
 @task(cache_policy=NONE, retries=2, retry_delay_seconds=3)
-def register_candidate(params: Params, ctx: RunContext, data: DataRef, baseline: BaselineRef, decision: dict[str, Any]) -> str:
+def register_candidate(params: Params, ctx: RunContext, data: DataRef, baseline: BaselineRef, decision: dict[str, Any], model_uri: str) -> str:
     """Register the run's model as a new version and point alias ``candidate`` at it."""
     if not decision["passed"]:
         raise RuntimeError("refusing to register a candidate that did not pass the gate")
     name = params.model.registered_name
     ref = tracking.register_version(
         name,
-        ctx.run_id,
-        "model",
+        model_uri,
         tags={
+            "tunegate.run_id": ctx.run_id,
             "tunegate.data_md5": data.data_md5,
             "tunegate.commit": ctx.commit,
             "tunegate.gate": "passed",

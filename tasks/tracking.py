@@ -25,28 +25,34 @@ def load_run_params(params_file: str, overrides: list[str]) -> Params:
 
 
 @task(cache_policy=NONE, retries=2, retry_delay_seconds=3)
-def start_run(params: Params, params_file: str) -> RunContext:
-    """Open the MLflow run, log every resolved param and the code version."""
+def start_run(params: Params, params_file: str, resume_run_id: str | None = None) -> RunContext:
+    """Open the MLflow run (or reopen ``resume_run_id``), log every resolved param and the code version."""
     logger = get_run_logger()
     commit, dirty = git_commit(repo_root())
     flow_run_id = str(flow_run.get_id() or "")
-    run_id = tracking.start_run(
-        params.project.name,
-        run_name=flow_run.get_name() or "retrain",
-        tags={
-            "mlflow.source.git.commit": commit,
-            "tunegate.git_dirty": str(dirty).lower(),
-            "tunegate.params_file": params_file,
-            "tunegate.prefect_flow_run_id": flow_run_id,
-            "tunegate.model_name": params.model.registered_name,
-        },
-    )
+    tags = {
+        "mlflow.source.git.commit": commit,
+        "tunegate.git_dirty": str(dirty).lower(),
+        "tunegate.params_file": params_file,
+        "tunegate.prefect_flow_run_id": flow_run_id,
+        "tunegate.model_name": params.model.registered_name,
+    }
+    if resume_run_id:
+        run_id = tracking.reopen_run(resume_run_id, params.flat(), tags)
+        logger.info("resuming MLflow run %s", run_id)
+    else:
+        run_id = tracking.start_run(params.project.name, run_name=flow_run.get_name() or "retrain", tags=tags)
     tracking.log_params(run_id, params.flat())
     tracking.log_text(run_id, dump_params(params), "params/resolved_params.yaml")
     work_dir = tunegate_home() / "runs" / run_id
     work_dir.mkdir(parents=True, exist_ok=True)
     audit_log = tunegate_home() / "audit" / "events.jsonl"
-    audit.append_event(audit_log, "run_started", {"run_id": run_id, "flow_run_id": flow_run_id, "params_file": params_file}, commit=commit)
+    audit.append_event(
+        audit_log,
+        "run_resumed" if resume_run_id else "run_started",
+        {"run_id": run_id, "flow_run_id": flow_run_id, "params_file": params_file},
+        commit=commit,
+    )
     logger.info("MLflow run %s (commit %s%s)", run_id, commit[:12], ", dirty tree" if dirty else "")
     return RunContext(run_id=run_id, commit=commit, work_dir=str(work_dir), audit_log=str(audit_log))
 

@@ -1,4 +1,4 @@
-"""Tuning stage: TRL SFTTrainer + peft, every step logged to MLflow."""
+"""Tuning stage: TRL SFTTrainer + peft, every step and checkpoint logged to MLflow."""
 
 from __future__ import annotations
 
@@ -11,16 +11,19 @@ from prefect.cache_policies import NONE
 from tasks.common import DataRef, RunContext
 from tunegate import audit, tracking
 from tunegate.params import Params
-from tunegate.training import train_model
 from tunegate.sources import read_canonical
+from tunegate.training import train_model
 
 
 @dataclass(frozen=True)
 class TunedModel:
     model_dir: str
+    model_uri: str  # the MLflow transformers model logged with the run
     final_loss: float
     global_step: int
     train_runtime_s: float
+    tokens_per_second: float
+    resumed_from: str | None = None
 
 
 @task(cache_policy=NONE, timeout_seconds=6 * 3600)
@@ -33,18 +36,43 @@ def tune(params: Params, data: DataRef, ctx: RunContext) -> TunedModel:
         renamed = {("train_" + k if not k.startswith("train") else k): v for k, v in values.items()}
         tracking.log_metrics(ctx.run_id, renamed, step=step)
 
-    result = train_model(params, records, Path(ctx.work_dir), log_step=log_step)
+    def log_checkpoint(path: Path) -> None:
+        tracking.log_artifacts(ctx.run_id, path, "checkpoints/latest")
+        tracking.set_tags(ctx.run_id, {"tunegate.latest_checkpoint": path.name})
+
+    result = train_model(params, records, Path(ctx.work_dir), log_step=log_step, log_checkpoint=log_checkpoint)
+    if result.resumed_from:
+        logger.info("resumed from %s", result.resumed_from)
+    tracking.log_params(ctx.run_id, {f"trainer.{k}": v for k, v in result.trainer_args.items()})
+    tracking.log_dict(ctx.run_id, result.trainer_args, "params/trainer_args.json")
     tracking.log_metrics(
         ctx.run_id,
         {
             "train_final_loss": result.final_loss,
             "train_runtime_s": result.train_runtime_s,
+            "train_tokens": result.num_tokens,
+            "train_tokens_per_second_overall": result.tokens_per_second,
             "trainable_params": result.trainable_params,
             "total_params": result.total_params,
         },
         step=result.global_step,
     )
-    tracking.log_artifacts(ctx.run_id, result.model_dir, "model")
-    audit.append_event(Path(ctx.audit_log), "training_finished", {"run_id": ctx.run_id, "final_loss": result.final_loss, "steps": result.global_step}, commit=ctx.commit)
-    logger.info("trained %d steps in %.1fs, final loss %.4f", result.global_step, result.train_runtime_s, result.final_loss)
-    return TunedModel(str(result.model_dir), result.final_loss, result.global_step, result.train_runtime_s)
+    tracking.log_artifacts(ctx.run_id, result.model_dir, "tunegate_model")
+    if result.merged_dir:
+        tracking.log_artifacts(ctx.run_id, result.merged_dir, "merged_model")
+    model_uri = tracking.log_transformers_model(ctx.run_id, result.model_dir)
+    audit.append_event(
+        Path(ctx.audit_log),
+        "training_finished",
+        {"run_id": ctx.run_id, "final_loss": result.final_loss, "steps": result.global_step,
+         "resumed_from": result.resumed_from, "model_uri": model_uri},
+        commit=ctx.commit,
+    )
+    logger.info(
+        "trained %d steps in %.1fs (%.0f tokens/s), final loss %.4f",
+        result.global_step, result.train_runtime_s, result.tokens_per_second, result.final_loss,
+    )
+    return TunedModel(
+        str(result.model_dir), model_uri, result.final_loss, result.global_step,
+        result.train_runtime_s, result.tokens_per_second, result.resumed_from,
+    )

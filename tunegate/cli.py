@@ -59,6 +59,7 @@ def run(
     params: Annotated[str, typer.Option("--params", "-p", help="params YAML file")] = DEFAULT_PARAMS,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override: section.key=value (repeatable)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON summary object on the last line")] = False,
+    resume: Annotated[str | None, typer.Option("--resume", help="MLflow run id of a run that died: continue it from its last checkpoint")] = None,
 ) -> None:
     """Run the retrain flow: validate, tune, evaluate against the baseline, gate, register."""
     from tunegate.paths import configure_environment
@@ -74,7 +75,7 @@ def run(
     console = _console(stderr=json_out)
     console.rule(f"tunegate run: {loaded.model.registered_name}")
     try:
-        summary = retrain(params_file=str(_params_path(params)), overrides=overrides)
+        summary = retrain(params_file=str(_params_path(params)), overrides=overrides, resume_run_id=resume)
     except DataError as error:
         _fail(str(error))
     except Exception as error:  # the flow run and the MLflow run record the details

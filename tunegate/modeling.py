@@ -25,6 +25,21 @@ class ModelInfo:
     chat_template: str
 
 
+def model_source(name: str) -> str:
+    """A local model directory (absolute, resolved against the repo root) or, when no such
+    directory exists and the name looks like ``org/model``, the Hugging Face hub id as given.
+
+    Hub ids load only where the hub is reachable and ``HF_HUB_OFFLINE=0`` (a GPU machine), or
+    from the local HF cache.
+    """
+    from tunegate.params import resolve_path
+
+    local = resolve_path(name)
+    if local.is_dir() or Path(name).is_absolute() or name.startswith("."):
+        return str(local)
+    return name
+
+
 def load_tokenizer(path: str | Path, template_name: str):
     from transformers import AutoTokenizer
 
@@ -41,8 +56,7 @@ def load_base_model(path: str | Path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = Path(path)
-    if not any(path.glob("*.safetensors")):
+    if Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
         raise FileNotFoundError(f"{path}: no *.safetensors weights (other formats are refused)")
     return AutoModelForCausalLM.from_pretrained(
         str(path), trust_remote_code=False, use_safetensors=True, dtype=torch.float32

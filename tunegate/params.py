@@ -150,16 +150,28 @@ class ValidationParams(_Section):
 
 
 class TrainParams(_Section):
-    method: Literal["lora", "full"] = "lora"
-    device: Literal["cpu", "auto"] = "cpu"
+    method: Literal["lora", "dora", "qlora", "full"] = "lora"
+    device: Literal["cpu", "auto"] = Field("cpu", description="auto: the GPU when there is one")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 need a GPU")
     epochs: float = Field(4, gt=0)
     max_steps: int = Field(-1, description="-1: run the full number of epochs")
     learning_rate: float = Field(5e-3, gt=0)
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    batch_size: int = Field(32, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    batch_size: int = Field(32, ge=1, description="per device")
+    gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(128, ge=8)
+    loss_on: Literal["all_assistant_turns", "last_assistant_turn"] = "all_assistant_turns"
+    packing: bool = Field(False, description="pack several examples into each max_length row")
+    padding_free: bool = Field(False, description="concatenate a batch into one row, no padding")
+    group_by_length: bool = Field(False, description="batch examples of similar length together")
+    gradient_checkpointing: bool = False
     logging_steps: int = Field(10, ge=1)
+    save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps; a rerun resumes from the last")
+    save_total_limit: int = Field(2, ge=1)
+    merge_adapter: bool = Field(False, description="also save the adapter merged into the base weights")
     lora_r: int = Field(32, ge=1)
     lora_alpha: int = Field(64, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
@@ -168,6 +180,14 @@ class TrainParams(_Section):
         default_factory=lambda: ["lm_head"],
         description="trained in full next to the adapter; lm_head lets a tiny model learn EOS",
     )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainParams:
+        if self.packing and self.padding_free:
+            raise ValueError("choose packing or padding_free, not both")
+        if self.device == "cpu" and self.precision != "fp32":
+            raise ValueError(f"precision {self.precision} needs device: auto on a GPU; on CPU use fp32")
+        return self
 
 
 class EvalParams(_Section):
@@ -201,8 +221,11 @@ class Params(_Section):
             raise ValueError("data.dvc_stage is 'demo_data' but there is no demo_data section")
         return self
 
-    def base_model_path(self) -> Path:
-        return resolve_path(self.model.base_model)
+    def base_model_path(self) -> str:
+        """Local directory of the base model, or its hub id (see ``tunegate.modeling.model_source``)."""
+        from tunegate.modeling import model_source
+
+        return model_source(self.model.base_model)
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys to scalar values, the form MLflow params take."""

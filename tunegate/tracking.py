@@ -46,6 +46,25 @@ def start_run(experiment: str, run_name: str, tags: dict[str, str]) -> str:
     return run.info.run_id
 
 
+def reopen_run(run_id: str, flat_params: dict[str, Any], tags: dict[str, str]) -> str:
+    """Mark an earlier run RUNNING again; its params must equal ``flat_params`` (same run, same params)."""
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    try:
+        run = c.get_run(run_id)
+    except MlflowException:
+        raise ValueError(f"--resume {run_id}: no such MLflow run at {tracking_uri()}") from None
+    logged = run.data.params
+    changed = sorted(k for k, v in flat_params.items() if k in logged and logged[k] != (json.dumps(v) if isinstance(v, (list, dict)) else str(v)))
+    if changed:
+        raise ValueError(f"--resume {run_id}: params differ from the run's: {', '.join(changed)}")
+    c.update_run(run_id, status="RUNNING")
+    for key, value in tags.items():
+        c.set_tag(run_id, key, value)
+    return run_id
+
+
 def log_params(run_id: str, flat: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
@@ -131,6 +150,40 @@ def recent_runs(experiment: str, limit: int = 5) -> list[Any]:
     )
 
 
+def log_transformers_model(run_id: str, model_dir: Path) -> str:
+    """Log a saved tunegate model as an MLflow transformers model; returns its ``models:/`` URI.
+
+    Adapters are logged without base weights, referencing the local base model through
+    ``base_model_path`` so that loading never reaches a hub.
+    """
+    import mlflow
+
+    from tunegate.modeling import load_saved_model, read_model_info
+
+    info = read_model_info(model_dir)
+    model, tokenizer = load_saved_model(model_dir)
+    client()
+    kwargs: dict[str, Any] = {}
+    if info.method != "full":
+        kwargs["base_model_path"] = info.base_model
+    with mlflow.start_run(run_id=run_id):
+        logged = mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tokenizer},
+            name="model",
+            task="text-generation",
+            # Explicit: MLflow's inference of requirements imports optional packages (torchvision).
+            pip_requirements=_model_requirements(),
+            **kwargs,
+        )
+    return logged.model_uri
+
+
+def _model_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in ("torch", "transformers", "peft", "accelerate")]
+
+
 # --- registry ---------------------------------------------------------------------------
 
 
@@ -161,18 +214,13 @@ def get_version(name: str, version: str) -> VersionRef:
     return _ref(client().get_model_version(name, str(version)))
 
 
-def register_version(name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> VersionRef:
-    """Create a new version of ``name`` from a run's artifact directory."""
-    from mlflow.exceptions import MlflowException
+def register_version(name: str, model_uri: str, tags: dict[str, str]) -> VersionRef:
+    """Create a new version of ``name`` from a logged model URI."""
+    import mlflow
 
-    c = client()
-    try:
-        c.get_registered_model(name)
-    except MlflowException:
-        c.create_registered_model(name, description="Instruction-tuned assistant registered by tunegate")
-    source = f"{c.get_run(run_id).info.artifact_uri}/{artifact_path}"
-    mv = c.create_model_version(name, source=source, run_id=run_id, tags=tags)
-    return _ref(mv)
+    client()
+    mv = mlflow.register_model(model_uri=model_uri, name=name, tags=tags)
+    return get_version(name, str(mv.version))
 
 
 def set_alias(name: str, alias: str, version: str) -> None:
@@ -184,8 +232,10 @@ def set_version_tag(name: str, version: str, key: str, value: str) -> None:
 
 
 def download_version(ref: VersionRef, dest: Path | None = None) -> Path:
-    """Download a registered version's files; returns the local directory."""
+    """Download the tunegate model directory of a registered version's training run."""
     import mlflow
 
     dest = dest or Path(tempfile.mkdtemp(prefix=f"tunegate-{ref.name}-v{ref.version}-"))
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(dest)))
+    dest.mkdir(parents=True, exist_ok=True)
+    client()
+    return Path(mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path="tunegate_model", dst_path=str(dest)))

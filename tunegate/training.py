@@ -1,23 +1,32 @@
-"""Instruction tuning with TRL's SFTTrainer and peft.
+"""Instruction tuning with TRL's SFTTrainer and peft: LoRA, DoRA, QLoRA or full fine-tuning.
 
-Records are canonical chat records (``{"id", "messages": [{role, content}...]}``).
-Each becomes a conversational prompt/completion pair: the prompt is every
-message before the final assistant turn, the completion is that turn. TRL
-renders both with the tokenizer's chat template (which appends EOS to
-assistant turns) and computes the loss on the completion only.
+Records are canonical chat records. ``tunegate.tokenize`` turns each into
+``input_ids`` and ``labels`` (loss on every assistant turn and its EOS), which
+SFTTrainer takes as an already-processed dataset; packing, padding-free batches,
+length grouping, checkpoints and DDP are TRL's and transformers'.
+
+``python -m tunegate.training`` runs the same code as a script, e.g. under
+``torchrun --nproc_per_node 2`` for DDP.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunegate.modeling import ModelInfo, load_base_model, load_tokenizer, save_model
+from tunegate.modeling import ModelInfo, load_tokenizer, save_model
 from tunegate.params import Params, dump_params
 
 StepLogger = Callable[[int, dict[str, float]], None]
+CheckpointLogger = Callable[[Path], None]
+
+
+class TrainingSetupError(RuntimeError):
+    """Params that cannot run on this machine (e.g. QLoRA without CUDA), caught before anything loads."""
 
 
 @dataclass
@@ -29,21 +38,34 @@ class TrainResult:
     num_examples: int
     trainable_params: int
     total_params: int
+    num_tokens: int = 0
+    tokens_per_second: float = 0.0
+    resumed_from: str | None = None
+    merged_dir: Path | None = None
+    trainer_args: dict[str, Any] = field(default_factory=dict)
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def to_prompt_completion(record: dict[str, Any]) -> dict[str, Any]:
-    """Split a canonical record into TRL's conversational prompt/completion form."""
-    messages = record["messages"]
-    if not messages or messages[-1]["role"] != "assistant":
-        raise ValueError(f"record {record.get('id')!r}: the last message must be the assistant's")
-    return {
-        "prompt": [{"role": m["role"], "content": m["content"]} for m in messages[:-1]],
-        "completion": [{"role": "assistant", "content": messages[-1]["content"]}],
-    }
+def check_environment(params: Params) -> None:
+    """Fail fast, before loading a model, on settings this machine cannot run."""
+    import torch
+
+    t = params.train
+    if t.method == "qlora":
+        if not torch.cuda.is_available():
+            raise TrainingSetupError(
+                "train.method=qlora needs a CUDA GPU (4-bit weights through bitsandbytes) and this machine has "
+                "none; use train.method=lora or dora here, or run on a GPU machine (see README: on a GPU machine)"
+            )
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise TrainingSetupError("train.method=qlora needs bitsandbytes: pip install bitsandbytes") from None
+    if t.device == "auto" and t.precision != "fp32" and not torch.cuda.is_available():
+        raise TrainingSetupError(f"train.precision={t.precision} needs a GPU; this machine has none")
 
 
-def lora_config(params: Params):
+def peft_config(params: Params):
     from peft import LoraConfig
 
     t = params.train
@@ -53,49 +75,118 @@ def lora_config(params: Params):
         lora_dropout=t.lora_dropout,
         target_modules=t.target_modules,
         modules_to_save=list(t.modules_to_save) or None,
+        use_dora=t.method == "dora",
         task_type="CAUSAL_LM",
     )
+
+
+def load_model_for_training(params: Params):
+    """The base model in the dtype (and, for QLoRA, the 4-bit quantisation) the method needs."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    t = params.train
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
+    kwargs: dict[str, Any] = {"trust_remote_code": False, "use_safetensors": True, "dtype": dtype}
+    if t.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if t.precision == "bf16" else torch.float16,
+        )
+    from tunegate.modeling import model_source
+
+    model = AutoModelForCausalLM.from_pretrained(model_source(params.model.base_model), **kwargs)
+    if t.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
+    return model
 
 
 def sft_config(params: Params, output_dir: Path):
     from trl import SFTConfig
 
+    import os
+
     t = params.train
+    extra: dict[str, Any] = {}
+    if t.gradient_checkpointing:
+        extra["activation_checkpointing"] = True
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and t.device == "cpu":
+        extra["ddp_backend"] = "gloo"  # DDP across CPU processes (torchrun --nproc_per_node N)
     return SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps,
         max_length=t.max_length,
-        completion_only_loss=True,
-        save_strategy="no",
+        packing=t.packing,
+        padding_free=t.padding_free,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
         report_to="none",
         seed=params.project.seed,
         data_seed=params.project.seed,
         use_cpu=t.device == "cpu",
-        bf16=False,
+        bf16=t.precision == "bf16",
+        fp16=t.precision == "fp16",
         dataloader_num_workers=0,
-        dataset_num_proc=None,
+        **extra,
     )
 
 
-class _StepLogCallback:
-    """Forwards every training log (loss, lr, grad norm) to ``log_step``."""
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest complete ``checkpoint-N`` directory, or None."""
+    candidates = []
+    for path in checkpoint_dir.glob("checkpoint-*"):
+        suffix = path.name.split("-")[-1]
+        if suffix.isdigit() and (path / "trainer_state.json").is_file():
+            candidates.append((int(suffix), path))
+    return max(candidates)[1] if candidates else None
 
-    def __new__(cls, log_step: StepLogger):
-        from transformers import TrainerCallback
 
-        class Callback(TrainerCallback):
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                numeric = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-                if numeric:
-                    log_step(state.global_step, numeric)
+def _callback(log_step: StepLogger | None, log_checkpoint: CheckpointLogger | None, output_dir: Path):
+    from transformers import TrainerCallback
 
-        return Callback()
+    class TunegateCallback(TrainerCallback):
+        """Per-step metrics (with tokens/s) to ``log_step``; each saved checkpoint to ``log_checkpoint``."""
+
+        def __init__(self):
+            self._last = (time.perf_counter(), 0.0)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not log_step:
+                return
+            values = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
+            if "num_tokens" in values:
+                now, tokens = time.perf_counter(), values["num_tokens"]
+                last_time, last_tokens = self._last
+                if tokens > last_tokens and now > last_time:
+                    values["tokens_per_second"] = (tokens - last_tokens) / (now - last_time)
+                self._last = (now, tokens)
+            if values:
+                log_step(state.global_step, values)
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and log_checkpoint:
+                path = output_dir / f"checkpoint-{state.global_step}"
+                if path.is_dir():
+                    log_checkpoint(path)
+
+    return TunegateCallback()
 
 
 def train_model(
@@ -103,42 +194,116 @@ def train_model(
     records: list[dict[str, Any]],
     work_dir: Path,
     log_step: StepLogger | None = None,
+    log_checkpoint: CheckpointLogger | None = None,
 ) -> TrainResult:
-    """Tune the base model on ``records``; save the result under ``work_dir/model``."""
+    """Tune the base model on ``records``; save under ``work_dir/model``.
+
+    When ``work_dir/checkpoints`` holds a checkpoint (an earlier attempt of the same
+    run that died), training resumes from it instead of starting over.
+    """
     from datasets import Dataset
     from trl import SFTTrainer
 
+    from tunegate.modeling import model_source
     from tunegate.seeding import seed_everything
+    from tunegate.tokenize import tokenize_records
 
+    check_environment(params)
     seed_everything(params.project.seed)
-    base_path = params.base_model_path()
-    tokenizer = load_tokenizer(base_path, params.model.chat_template)
-    model = load_base_model(base_path)
-    dataset = Dataset.from_list([to_prompt_completion(r) for r in records])
-    peft_config = lora_config(params) if params.train.method == "lora" else None
+    tokenizer = load_tokenizer(model_source(params.model.base_model), params.model.chat_template)
+    examples = tokenize_records(
+        tokenizer, records, params.train.max_length, last_turn_only=params.train.loss_on == "last_assistant_turn"
+    )
+    dataset = Dataset.from_dict(
+        {"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]}
+    )
+    model = load_model_for_training(params)
+    checkpoint_dir = work_dir / "checkpoints"
+    resume = latest_checkpoint(checkpoint_dir)
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(params, work_dir / "checkpoints"),
+        args=sft_config(params, checkpoint_dir),
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[_StepLogCallback(log_step)] if log_step else None,
+        peft_config=peft_config(params) if params.train.method != "full" else None,
+        callbacks=[_callback(log_step, log_checkpoint, checkpoint_dir)],
     )
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
-    output = trainer.train()
-    info = ModelInfo(
-        method=params.train.method, base_model=str(base_path), chat_template=params.model.chat_template
-    )
-    model_dir = save_model(trainer.model, tokenizer, work_dir / "model", info, dump_params(params))
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return TrainResult(
-        model_dir=model_dir,
+    tokens = max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0)
+    runtime = float(output.metrics.get("train_runtime", 0.0))
+    result = TrainResult(
+        model_dir=work_dir / "model",
         final_loss=float(losses[-1]) if losses else float(output.training_loss),
         global_step=int(trainer.state.global_step),
-        train_runtime_s=float(output.metrics.get("train_runtime", 0.0)),
+        train_runtime_s=runtime,
         num_examples=len(records),
         trainable_params=int(trainable),
         total_params=int(total),
+        num_tokens=int(tokens),
+        tokens_per_second=float(tokens / runtime) if runtime else 0.0,
+        resumed_from=str(resume) if resume else None,
+        trainer_args=json.loads(trainer.args.to_json_string()),
         log_history=list(trainer.state.log_history),
     )
+    if trainer.is_world_process_zero():
+        info = ModelInfo(
+            method=params.train.method,
+            base_model=str(model_source(params.model.base_model)),
+            chat_template=params.model.chat_template,
+        )
+        save_model(trainer.model, tokenizer, result.model_dir, info, dump_params(params))
+        if params.train.merge_adapter and params.train.method != "full":
+            result.merged_dir = save_merged(result.model_dir, work_dir / "merged")
+    return result
+
+
+def save_merged(adapter_dir: Path, out_dir: Path) -> Path:
+    """The adapter merged into a fresh copy of its base weights, saved as a full model."""
+    from tunegate.modeling import load_saved_model, read_model_info
+
+    model, tokenizer = load_saved_model(adapter_dir)
+    merged = model.merge_and_unload()
+    info = read_model_info(adapter_dir)
+    resolved = (adapter_dir / "resolved_params.yaml").read_text(encoding="utf-8")
+    save_model(merged, tokenizer, out_dir, ModelInfo("full", info.base_model, info.chat_template), resolved)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train from the command line (also under torchrun/accelerate for DDP).
+
+    python -m tunegate.training --params params/demo.yaml --data train.jsonl --out DIR [--set k=v ...]
+    """
+    import argparse
+    import os
+
+    from tunegate.params import load_params
+    from tunegate.sources import read_canonical
+
+    parser = argparse.ArgumentParser(description="tunegate training step")
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--data", required=True, help="canonical JSONL records")
+    parser.add_argument("--out", required=True, help="work directory (checkpoints/, model/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+    params = load_params(Path(args.params), args.overrides)
+    steps_run_here: list[int] = []
+    result = train_model(
+        params,
+        read_canonical(Path(args.data)),
+        Path(args.out),
+        log_step=lambda step, values: steps_run_here.append(step) if "loss" in values else None,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        summary = {k: v for k, v in asdict(result).items() if k not in ("log_history", "trainer_args")}
+        summary["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
+        summary["losses"] = [h["loss"] for h in result.log_history if "loss" in h]
+        summary["steps_run_here"] = steps_run_here
+        print(json.dumps(summary, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,8 +7,8 @@ import pytest
 from tunegate.demo_data import generate_demo_records
 from tunegate.evaluation import evaluate_model
 from tunegate.modeling import load_saved_model, read_model_info
-from tunegate.params import load_params
-from tunegate.training import to_prompt_completion, train_model
+from tunegate.params import ParamsError, load_params
+from tunegate.training import TrainingSetupError, train_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,21 +26,47 @@ def _params(*extra):
     )
 
 
-def test_lora_loss_falls_and_model_reloads(tmp_path, small_data, base_model_path):
+@pytest.mark.parametrize(
+    "method, extra",
+    [("lora", []), ("dora", []), ("full", ["train.learning_rate=0.002"])],
+)
+def test_each_cpu_method_learns(method, extra, tmp_path, small_data, base_model_path):
     train, evaluation = small_data
     steps = []
-    result = train_model(_params(), train, tmp_path, log_step=lambda s, v: steps.append((s, v)))
+    result = train_model(_params(f"train.method={method}", *extra), train, tmp_path, log_step=lambda s, v: steps.append((s, v)))
     losses = [v["loss"] for _, v in steps if "loss" in v]
     assert result.global_step == 12 and len(losses) >= 10
     assert losses[-1] < losses[0] * 0.7, losses
-    assert result.trainable_params < result.total_params
-    assert read_model_info(result.model_dir).method == "lora"
-    assert (result.model_dir / "adapter_model.safetensors").is_file()
+    assert any("grad_norm" in v and "learning_rate" in v for _, v in steps)
+    assert result.tokens_per_second > 0 and result.num_tokens > 0
+    assert result.trainer_args["per_device_train_batch_size"] == 16
+    info = read_model_info(result.model_dir)
+    assert info.method == method
+    weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    assert (result.model_dir / weights).is_file()
     assert (result.model_dir / "resolved_params.yaml").is_file()
+    if method == "lora":
+        assert result.trainable_params < result.total_params
     model, tokenizer = load_saved_model(result.model_dir)
     assert tokenizer.chat_template, "the template is saved with the model"
     metrics = evaluate_model(model, tokenizer, evaluation, max_new_tokens=16, batch_size=8)
     assert metrics.n == len(evaluation)
+
+
+def test_qlora_without_cuda_fails_before_loading(tmp_path, small_data, monkeypatch):
+    import transformers
+
+    def must_not_load(*args, **kwargs):  # pragma: no cover - reached only if the check is missing
+        raise AssertionError("a model was loaded before the CUDA check")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", must_not_load)
+    with pytest.raises(TrainingSetupError, match="qlora needs a CUDA GPU"):
+        train_model(_params("train.method=qlora"), small_data[0], tmp_path)
+
+
+def test_bf16_on_cpu_is_refused_at_load():
+    with pytest.raises(ParamsError, match="needs device: auto"):
+        _params("train.precision=bf16")
 
 
 def test_same_params_same_data_same_loss(tmp_path, small_data):
@@ -51,6 +77,7 @@ def test_same_params_same_data_same_loss(tmp_path, small_data):
     assert [h.get("loss") for h in a.log_history] == [h.get("loss") for h in b.log_history]
 
 
-def test_last_turn_must_be_assistant():
-    with pytest.raises(ValueError, match="assistant"):
-        to_prompt_completion({"id": "x", "messages": [{"role": "user", "content": "hi"}]})
+def test_merge_adapter_on_request(tmp_path, small_data):
+    result = train_model(_params("train.max_steps=2", "train.merge_adapter=true"), small_data[0], tmp_path)
+    assert result.merged_dir and (result.merged_dir / "model.safetensors").is_file()
+    assert read_model_info(result.merged_dir).method == "full"
