@@ -164,8 +164,15 @@ class TrainParams(_Section):
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(128, ge=8)
     loss_on: Literal["all_assistant_turns", "last_assistant_turn"] = "all_assistant_turns"
-    packing: bool = Field(False, description="pack several examples into each max_length row")
-    padding_free: bool = Field(False, description="concatenate a batch into one row, no padding")
+    packing: bool = Field(
+        False,
+        description="pack examples into max_length rows: best-fit and isolated with flash attention, "
+        "else wrapped (examples in one row can attend to each other)",
+    )
+    padding_free: bool = Field(False, description="concatenate a batch into one row; needs flash attention")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = Field(
+        None, description="None: the model's default (sdpa)"
+    )
     group_by_length: bool = Field(False, description="batch examples of similar length together")
     gradient_checkpointing: bool = False
     logging_steps: int = Field(10, ge=1)
@@ -185,6 +192,11 @@ class TrainParams(_Section):
     def _consistent(self) -> TrainParams:
         if self.packing and self.padding_free:
             raise ValueError("choose packing or padding_free, not both")
+        if self.padding_free and self.attn_implementation != "flash_attention_2":
+            raise ValueError(
+                "padding_free needs attn_implementation: flash_attention_2 (a GPU); without it the examples "
+                "of a batch attend to each other. Use packing: true on CPU"
+            )
         if self.device == "cpu" and self.precision != "fp32":
             raise ValueError(f"precision {self.precision} needs device: auto on a GPU; on CPU use fp32")
         return self

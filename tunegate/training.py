@@ -88,6 +88,8 @@ def load_model_for_training(params: Params):
     t = params.train
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
     kwargs: dict[str, Any] = {"trust_remote_code": False, "use_safetensors": True, "dtype": dtype}
+    if t.attn_implementation:
+        kwargs["attn_implementation"] = t.attn_implementation
     if t.method == "qlora":
         from transformers import BitsAndBytesConfig
 
@@ -132,6 +134,8 @@ def sft_config(params: Params, output_dir: Path):
         logging_steps=t.logging_steps,
         max_length=t.max_length,
         packing=t.packing,
+        # Best-fit packing is padding-free and keeps examples apart only with flash attention.
+        packing_strategy="bfd" if t.attn_implementation == "flash_attention_2" else "wrapped",
         padding_free=t.padding_free,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         save_strategy="steps" if t.save_steps else "no",

@@ -66,8 +66,12 @@ def test_mlflow_holds_params_metrics_data_and_commit(first_run):
     assert digests["demo"] == run.data.tags["tunegate.source_md5.demo"] == first_run["data"]["sources"]["demo"]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     assert run.data.tags["mlflow.source.git.commit"] == commit
-    artifacts = {a.path for a in tracking.client().list_artifacts(run.info.run_id, "model")}
-    assert "model/adapter_model.safetensors" in artifacts and "model/resolved_params.yaml" in artifacts
+    artifacts = {a.path for a in tracking.client().list_artifacts(run.info.run_id, "tunegate_model")}
+    assert "tunegate_model/adapter_model.safetensors" in artifacts and "tunegate_model/resolved_params.yaml" in artifacts
+    assert run.data.params["trainer.per_device_train_batch_size"] == "32"
+    assert "trainer.learning_rate" in run.data.params and "trainer.seed" in run.data.params
+    history = tracking.client().get_metric_history(run.info.run_id, "train_tokens_per_second")
+    assert history and all(m.value > 0 for m in history)
 
 
 def test_registry_has_candidate_alias(first_run):
