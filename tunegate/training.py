@@ -234,13 +234,24 @@ def train_model(
     )
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    state = json.loads((resume / "trainer_state.json").read_text()) if resume else {}
+    if resume and state.get("global_step", 0) >= state.get("max_steps", 1 << 62):
+        # The last checkpoint is the end of training (the crash came after it): take its weights.
+        # Resuming a finished state would make transformers run one step too many.
+        _load_checkpoint_weights(trainer, resume)
+        trainer.state.global_step = int(state["global_step"])
+        trainer.state.log_history = list(state.get("log_history", []))
+        runtime = sum(float(h.get("train_runtime", 0.0)) for h in trainer.state.log_history)
+        training_loss = float("nan")
+    else:
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        runtime = float(output.metrics.get("train_runtime", 0.0))
+        training_loss = float(output.training_loss)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     tokens = max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0)
-    runtime = float(output.metrics.get("train_runtime", 0.0))
     result = TrainResult(
         model_dir=work_dir / "model",
-        final_loss=float(losses[-1]) if losses else float(output.training_loss),
+        final_loss=float(losses[-1]) if losses else training_loss,
         global_step=int(trainer.state.global_step),
         train_runtime_s=runtime,
         num_examples=len(records),
@@ -262,6 +273,20 @@ def train_model(
         if params.train.merge_adapter and params.train.method != "full":
             result.merged_dir = save_merged(result.model_dir, work_dir / "merged")
     return result
+
+
+def _load_checkpoint_weights(trainer, checkpoint: Path) -> None:
+    """Load a checkpoint's trainable weights (adapter or full model) into the trainer's model."""
+    from safetensors.torch import load_file
+
+    adapter = checkpoint / "adapter_model.safetensors"
+    if adapter.is_file():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(trainer.model, load_file(str(adapter)))
+        return
+    state = load_file(str(checkpoint / "model.safetensors"))
+    trainer.model.load_state_dict(state, strict=False)
 
 
 def save_merged(adapter_dir: Path, out_dir: Path) -> Path:

@@ -174,3 +174,17 @@ def test_bad_data_stops_before_tuning_and_registers_nothing(kind, prefect_harnes
     assert len(tracking.client().search_model_versions(f"name='{name}'")) == versions_before
     last = audit.read_entries(tunegate_home / "audit" / "events.jsonl")[-1]
     assert last["event"] == "run_failed" and rule in last["data"]["reason"]
+
+
+def test_resume_continues_the_same_mlflow_run(prefect_harness, first_run):
+    from flows.retrain import retrain
+
+    overrides = ["train.max_steps=4", "train.save_steps=2"]
+    first = retrain(params_file=str(DEMO), overrides=overrides)
+    again = retrain(params_file=str(DEMO), overrides=overrides, resume_run_id=first["run_id"])
+    assert again["run_id"] == first["run_id"]
+    assert again["train"]["resumed_from"].endswith("checkpoint-4")
+    assert tracking.get_run(first["run_id"]).info.status == "FINISHED"
+    assert tracking.get_run(first["run_id"]).data.tags["tunegate.latest_checkpoint"] == "checkpoint-4"
+    with pytest.raises(ValueError, match="train.max_steps"):
+        retrain(params_file=str(DEMO), overrides=["train.max_steps=5", "train.save_steps=2"], resume_run_id=first["run_id"])
