@@ -10,7 +10,7 @@ from typing import Any
 from prefect import flow
 
 from tasks.data import prepare_data, validate_data
-from tasks.evaluate import evaluate, resolve_baseline
+from tasks.evaluate import compare_models, evaluate, resolve_baseline
 from tasks.promote import gate, register_candidate
 from tasks.tracking import finish_run, load_run_params, record_failure, start_run
 from tasks.train import tune
@@ -26,8 +26,9 @@ def retrain(
     data = validate_data(params, data, ctx)
     tuned = tune(params, data, ctx)
     baseline = resolve_baseline(params, ctx)
-    baseline_metrics = evaluate(params, data, ctx, "baseline", baseline.model_dir)
-    candidate_metrics = evaluate(params, data, ctx, "candidate", tuned.model_dir)
-    decision = gate(params, baseline_metrics, candidate_metrics, ctx)
+    baseline_eval = evaluate(params, data, ctx, "baseline", baseline.model_dir)
+    candidate_eval = evaluate(params, data, ctx, "candidate", tuned.model_dir)
+    comparison = compare_models(params, ctx, data, baseline, baseline_eval, candidate_eval)
+    decision = gate(params, comparison, ctx)
     version = register_candidate(params, ctx, data, baseline, decision, tuned.model_uri) if decision["passed"] else None
-    return finish_run(params, ctx, data, baseline, baseline_metrics, candidate_metrics, tuned, decision, version)
+    return finish_run(params, ctx, data, baseline, comparison, tuned, decision, version)

@@ -21,6 +21,7 @@ class DataRef:
     n_train: int
     n_eval: int
     canonical_md5: str = ""
+    eval_md5: str = ""
     sources: dict[str, str] = field(default_factory=dict)  # source name -> md5 of its file
 
 

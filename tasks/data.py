@@ -61,7 +61,7 @@ def prepare_data(params: Params, ctx: RunContext) -> DataRef:
     logger.info("data md5 %s: %d train, %d eval records from %d source(s)", data_md5, len(dataset.train), len(dataset.eval), len(source_md5s))
     return DataRef(
         str(train_path), str(eval_path), data_md5, len(dataset.train), len(dataset.eval),
-        canonical_md5=canonical_md5, sources=source_md5s,
+        canonical_md5=canonical_md5, eval_md5=dvc_adapter.file_md5(eval_path), sources=source_md5s,
     )
 
 
@@ -97,4 +97,4 @@ def validate_data(params: Params, data: DataRef, ctx: RunContext) -> DataRef:
         write_jsonl(Path(data.eval_path), evaluation)
         logger.info("dropped %d train and %d eval records by policy", len(train_report.dropped_ids), len(eval_dropped))
     logger.info("validation passed: %d train, %d eval records", len(train), len(evaluation))
-    return replace(data, n_train=len(train), n_eval=len(evaluation))
+    return replace(data, n_train=len(train), n_eval=len(evaluation), eval_md5=dvc_adapter.file_md5(Path(data.eval_path)))

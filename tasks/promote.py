@@ -15,9 +15,9 @@ from tunegate.params import Params
 
 
 @task(cache_policy=NONE)
-def gate(params: Params, baseline_metrics: dict[str, Any], candidate_metrics: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+def gate(params: Params, comparison: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     logger = get_run_logger()
-    decision = decide_promotion(baseline_metrics, candidate_metrics, params.gate).to_dict()
+    decision = decide_promotion(comparison["baseline_metrics"], comparison["candidate_metrics"], params.gate).to_dict()
     tracking.log_dict(ctx.run_id, decision, "gate/decision.json")
     tracking.set_tags(ctx.run_id, {"tunegate.gate": "passed" if decision["passed"] else "failed"})
     audit.append_event(Path(ctx.audit_log), "gate_decision", {"run_id": ctx.run_id, **decision}, commit=ctx.commit)

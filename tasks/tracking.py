@@ -63,8 +63,7 @@ def finish_run(
     ctx: RunContext,
     data: DataRef,
     baseline: BaselineRef,
-    baseline_metrics: dict[str, Any],
-    candidate_metrics: dict[str, Any],
+    comparison: dict[str, Any],
     tuned: Any,
     decision: dict[str, Any],
     registered_version: str | None,
@@ -78,12 +77,13 @@ def finish_run(
         commit=ctx.commit,
         data=asdict(data),
         baseline=asdict(baseline),
-        baseline_metrics=baseline_metrics,
-        candidate_metrics=candidate_metrics,
+        baseline_metrics=comparison["baseline_metrics"],
+        candidate_metrics=comparison["candidate_metrics"],
         train=asdict(tuned),
         gate=decision,
         registered_version=registered_version,
     )
+    summary["evaluation"] = {"deltas": comparison["deltas"], "report": comparison["report"]}
     markdown = render_markdown(summary)
     tracking.log_dict(ctx.run_id, summary, "summary/summary.json")
     tracking.log_text(ctx.run_id, markdown, "summary/summary.md")

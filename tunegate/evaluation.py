@@ -15,13 +15,21 @@ def render_prompts(tokenizer, records: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, progress=None) -> list[str]:
-    """Greedy generation, batched with left padding; returns the decoded continuations."""
+def generate(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, progress=None,
+    max_prompt_tokens: int | None = None,
+) -> list[str]:
+    """Greedy generation, batched with left padding and the KV cache; returns the decoded continuations.
+
+    Outputs equal one-prompt-at-a-time generation (``bench/eval.py`` checks it). Prompts longer
+    than ``max_prompt_tokens`` keep their end (the generation prompt).
+    """
     import torch
 
     from transformers import GenerationConfig
 
     tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "left"
     model.eval()
     # Greedy, bounded only by max_new_tokens; the model's own max_length would collide.
     model.generation_config.max_length = None
@@ -35,7 +43,10 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
-        enc = tokenizer(batch, add_special_tokens=False, padding=True, return_tensors="pt")
+        enc = tokenizer(
+            batch, add_special_tokens=False, padding=True, return_tensors="pt",
+            truncation=max_prompt_tokens is not None, max_length=max_prompt_tokens,
+        )
         with torch.no_grad():
             generated = model.generate(**enc, generation_config=config)
         new_tokens = generated[:, enc["input_ids"].shape[1] :]
@@ -45,12 +56,13 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     return [o.strip() for o in outputs]
 
 
-def response_loss(model, tokenizer, records: list[dict[str, Any]], batch_size: int) -> float:
-    """Mean cross-entropy over the final assistant turn's tokens (EOS included)."""
+def response_losses(model, tokenizer, records: list[dict[str, Any]], batch_size: int) -> tuple[list[float], float]:
+    """Cross-entropy on the final assistant turn's tokens (EOS included): per record, and token-weighted overall."""
     import torch
 
     prompts = render_prompts(tokenizer, records)
     fulls = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in records]
+    per_record: list[float] = []
     total_loss, total_tokens = 0.0, 0
     tokenizer.padding_side = "right"
     model.eval()
@@ -66,12 +78,20 @@ def response_loss(model, tokenizer, records: list[dict[str, Any]], batch_size: i
         with torch.no_grad():
             logits = model(**enc).logits[:, :-1, :]
         targets = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
-        )
-        total_loss += float(loss)
-        total_tokens += int((targets != -100).sum())
-    return total_loss / max(total_tokens, 1)
+        token_loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+        ).view(targets.shape)
+        counts = (targets != -100).sum(dim=1)
+        sums = token_loss.sum(dim=1)
+        per_record.extend((sums / counts.clamp(min=1)).tolist())
+        total_loss += float(sums.sum())
+        total_tokens += int(counts.sum())
+    return per_record, total_loss / max(total_tokens, 1)
+
+
+def response_loss(model, tokenizer, records: list[dict[str, Any]], batch_size: int) -> float:
+    """Mean cross-entropy over the final assistant turn's tokens (EOS included), token-weighted."""
+    return response_losses(model, tokenizer, records, batch_size)[1]
 
 
 def evaluate_model(model, tokenizer, records: list[dict[str, Any]], max_new_tokens: int, batch_size: int, progress=None) -> EvalMetrics:

@@ -202,9 +202,41 @@ class TrainParams(_Section):
         return self
 
 
+class ReferenceSuite(_Section):
+    enabled: bool = True
+    rouge: bool = Field(True, description="ROUGE-L F1 against the reference response")
+
+
+class IFEvalSuite(_Section):
+    enabled: bool = True
+    path: str | None = Field(
+        "../shared/data/eval/ifeval_input_data.jsonl", description="IFEval-format JSONL; null: the demo's own only"
+    )
+    max_prompts: int | None = Field(100, ge=1, description="first N prompts of the file (the file order is frozen)")
+    include_demo: bool = Field(True, description="also the eval split's verifiable demo prompts")
+    max_new_tokens: int = Field(96, ge=1)
+
+
+class SafetySuite(_Section):
+    enabled: bool = True
+    harmful_path: str | None = "../shared/data/eval/advbench_harmful_behaviors.csv"
+    xstest_path: str | None = "../shared/data/eval/xstest_prompts.csv"
+    max_prompts: int | None = Field(100, ge=1, description="per set (AdvBench, XSTest safe), first N")
+    demo_harmful_family: str | None = Field("refusal", description="eval records of this family count as harmful")
+    classifier: str = Field("patterns", description="'patterns' or 'module:function' (str -> bool)")
+    refusal_patterns: list[str] | None = Field(None, description="regexes for the pattern classifier; null: defaults")
+
+
 class EvalParams(_Section):
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(64, ge=1)
+    bootstrap_resamples: int = Field(2000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    seed: int = 0
+    reference: ReferenceSuite = ReferenceSuite()
+    ifeval: IFEvalSuite = IFEvalSuite()
+    safety: SafetySuite = SafetySuite()
+    response_loss: bool = True
 
 
 class GateParams(_Section):

@@ -44,6 +44,14 @@ def test_first_run_beats_the_base_model(first_run):
     assert first_run["candidate"]["metrics"]["exact_match"] >= 0.80
     assert first_run["gate"]["passed"] is True and first_run["gate"]["reasons"]
     assert first_run["registered_version"] == "1"
+    report = Path(first_run["evaluation"]["report"])
+    assert report.is_file() and "candidate vs the base model (no champion yet)" in report.read_text()
+    assert report.parent.parent.name == "reports"
+    metrics = first_run["candidate"]["metrics"]
+    for key in ("normalized_match", "rouge_l", "ifeval_prompt_strict", "ifeval_instruction_loose", "refusal_rate", "over_refusal_rate"):
+        assert key in metrics and key in first_run["baseline"]["metrics"]
+    deltas = {(d["metric"], d["category"]): d for d in first_run["evaluation"]["deltas"]}
+    assert deltas[("exact_match", "all")]["improvement"] and deltas[("exact_match", "all")]["low"] > 0
 
 
 def test_mlflow_holds_params_metrics_data_and_commit(first_run):
@@ -70,6 +78,9 @@ def test_mlflow_holds_params_metrics_data_and_commit(first_run):
     assert "tunegate_model/adapter_model.safetensors" in artifacts and "tunegate_model/resolved_params.yaml" in artifacts
     assert run.data.params["trainer.per_device_train_batch_size"] == "32"
     assert "trainer.learning_rate" in run.data.params and "trainer.seed" in run.data.params
+    assert run.data.tags["tunegate.eval_md5.ifeval"] and run.data.tags["tunegate.eval_md5.xstest"]
+    report_files = {a.path for a in tracking.client().list_artifacts(run.info.run_id, "report")}
+    assert {"report/evaluation.md", "report/evaluation.html"} <= report_files
     history = tracking.client().get_metric_history(run.info.run_id, "train_tokens_per_second")
     assert history and all(m.value > 0 for m in history)
 
@@ -134,6 +145,7 @@ def test_approve_then_second_run_uses_the_champion(first_run, tunegate_home):
     assert second["baseline"]["source"] == "champion"
     assert second["baseline"]["version"] == first_run["registered_version"]
     assert "champion (version 1)" in proc.stderr
+    assert "candidate vs the approved champion (version 1)" in Path(second["evaluation"]["report"]).read_text()
     # Same champion, same frozen eval set: the baseline scores exactly what it scored as candidate.
     assert second["baseline"]["metrics"]["exact_match"] == first_run["candidate"]["metrics"]["exact_match"]
     assert second["gate"]["passed"] is False and second["registered_version"] is None

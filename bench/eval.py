@@ -1,0 +1,61 @@
+"""Benchmark: batched generation (left padding, KV cache) against one prompt at a time.
+
+Run: .venv/bin/python bench/eval.py [--prompts 64]
+
+Same model (stories260K), same prompts (the demo eval split), greedy decoding; reports both
+times, their ratio, and checks the outputs are identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tunegate.demo_data import generate_demo_records  # noqa: E402
+from tunegate.evaluation import generate, render_prompts  # noqa: E402
+from tunegate.modeling import load_base_model, load_tokenizer  # noqa: E402
+from tunegate.params import load_params  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    params = load_params(REPO / "params" / "demo.yaml")
+    d = params.demo_data
+    _, evaluation = generate_demo_records(d.seed, d.train_per_family, d.eval_per_family, d.families)
+    model = load_base_model(params.base_model_path())
+    tokenizer = load_tokenizer(params.base_model_path(), params.model.chat_template)
+    prompts = render_prompts(tokenizer, evaluation[: args.prompts])
+
+    start = time.perf_counter()
+    batched = generate(model, tokenizer, prompts, args.max_new_tokens, args.batch_size)
+    batched_s = time.perf_counter() - start
+    start = time.perf_counter()
+    single = [generate(model, tokenizer, [p], args.max_new_tokens, 1)[0] for p in prompts]
+    single_s = time.perf_counter() - start
+
+    identical = sum(a == b for a, b in zip(batched, single))
+    print(json.dumps({
+        "prompts": len(prompts),
+        "max_new_tokens": args.max_new_tokens,
+        "batched_s": round(batched_s, 2),
+        "one_at_a_time_s": round(single_s, 2),
+        "speedup": round(single_s / batched_s, 1),
+        "identical_outputs": f"{identical}/{len(prompts)}",
+    }, indent=2))
+    if identical != len(prompts):
+        raise SystemExit("batched and one-at-a-time outputs differ")
+
+
+if __name__ == "__main__":
+    main()

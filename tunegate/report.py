@@ -1,0 +1,156 @@
+"""The evaluation report: markdown, and a self-contained HTML page with plots (PNG inlined)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+from tunegate.eval_suites import METRICS
+from tunegate.stats import Delta
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def _verdict(delta: Delta) -> str:
+    if delta.regression:
+        return "REGRESSION"
+    if delta.improvement:
+        return "improved"
+    return "no significant change"
+
+
+def baseline_label(baseline: dict[str, Any]) -> str:
+    if baseline.get("source") == "champion":
+        return f"the approved champion (version {baseline.get('version')})"
+    return "the base model (no champion yet)"
+
+
+def overall(deltas: list[Delta]) -> list[Delta]:
+    return [d for d in deltas if d.category == "all"]
+
+
+def render_markdown(context: dict[str, Any], deltas: list[Delta], worst: list[dict[str, Any]]) -> str:
+    lines = [
+        f"# Evaluation: candidate vs {baseline_label(context['baseline'])}",
+        "",
+        f"Run `{context['run_id']}` · model `{context['model_name']}` · eval set md5 `{context.get('eval_md5', '?')}`",
+        "",
+        f"Paired bootstrap {int(context.get('confidence', 0.95) * 100)}% intervals over examples; a regression "
+        "is flagged only when its interval excludes zero.",
+        "",
+        "| suite | metric | baseline | candidate | delta | interval | verdict |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
+    for d in overall(deltas):
+        suite = METRICS.get(d.metric, ("?", True))[0]
+        lines.append(
+            f"| {suite} | {d.metric}{'' if d.higher_is_better else ' (lower is better)'} | {_fmt(d.baseline)} | "
+            f"{_fmt(d.candidate)} | {d.delta:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] | {_verdict(d)} |"
+        )
+    flagged = [d for d in deltas if d.category != "all" and d.regression]
+    lines += ["", "## Regressions by category", ""]
+    if flagged:
+        lines += ["| metric | category | baseline | candidate | delta | interval |", "|---|---|---:|---:|---:|---|"]
+        lines += [
+            f"| {d.metric} | {d.category} | {_fmt(d.baseline)} | {_fmt(d.candidate)} | {d.delta:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] |"
+            for d in flagged
+        ]
+    else:
+        lines.append("None: no category's interval lies on the wrong side of zero.")
+    lines += ["", "## Worst regressions (reference tasks)", ""]
+    if worst:
+        for w in worst:
+            lines += [
+                f"- **{w['category']}** `{w['key']}`: {w['prompt']!r}",
+                f"  - reference: {w['reference']!r}",
+                f"  - baseline: {w['baseline_output']!r}",
+                f"  - candidate: {w['candidate_output']!r}",
+            ]
+    else:
+        lines.append("None: the candidate answers every example the baseline answered exactly.")
+    return "\n".join(lines) + "\n"
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def plots(deltas: list[Delta], loss_history: list[tuple[int, float]]) -> dict[str, str]:
+    """name -> base64 PNG: training loss, baseline vs candidate per suite, category deltas with intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = {}
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    if loss_history:
+        steps, losses = zip(*loss_history)
+        ax.plot(steps, losses, color="#3366cc")
+    ax.set_title("Training loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    images["training_loss"] = _png(fig)
+
+    main = [d for d in overall(deltas) if d.metric != "response_loss"]
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    x = range(len(main))
+    ax.bar([i - 0.2 for i in x], [d.baseline for d in main], width=0.4, label="baseline", color="#999999")
+    ax.bar([i + 0.2 for i in x], [d.candidate for d in main], width=0.4, label="candidate", color="#3366cc")
+    ax.set_xticks(list(x))
+    ax.set_xticklabels([d.metric for d in main], rotation=35, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Baseline vs candidate, every suite")
+    ax.legend()
+    images["suites"] = _png(fig)
+
+    per_category = [d for d in deltas if d.category != "all" and d.metric in ("exact_match", "ifeval_instruction_loose", "refusal_rate", "over_refusal_rate")]
+    fig, ax = plt.subplots(figsize=(7.5, max(2.5, 0.28 * len(per_category) + 1)))
+    labels = [f"{d.metric}: {d.category}" for d in per_category]
+    y = range(len(per_category))
+    colors = ["#cc3333" if d.regression else ("#33aa55" if d.improvement else "#777777") for d in per_category]
+    for position, d, color in zip(y, per_category, colors):
+        ax.errorbar([d.delta], [position], xerr=[[d.delta - d.low], [d.high - d.delta]], fmt="none", ecolor=color, capsize=3)
+    ax.scatter([d.delta for d in per_category], list(y), c=colors, zorder=3)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(list(y))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_title("Per-category delta (candidate - baseline) with intervals; red: regression")
+    images["category_deltas"] = _png(fig)
+    return images
+
+
+def render_html(markdown_text: str, images: dict[str, str], title: str) -> str:
+    """A self-contained page: the plots inline as data URIs, then the markdown report as preformatted text
+    and tables converted by the ``markdown`` package."""
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables"])
+    figures = "\n".join(
+        f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}"/>'
+        f"<figcaption>{html.escape(name.replace('_', ' '))}</figcaption></figure>"
+        for name, data in images.items()
+    )
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px}"
+        "figure{display:inline-block;margin:0.5em}img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body><p><small>{html.escape(title)}</small></p>"
+        f"{body}<h2>Plots</h2><section class='plots'>{figures}</section>"
+        # Marks the page once every plot has decoded, so a headless browser test can tell.
+        "<script>Promise.all([...document.images].map(i=>i.decode().then(()=>i.naturalWidth>0)))"
+        ".then(r=>document.body.dataset.plotsRendered=r.filter(Boolean).length)</script></body></html>"
+    )
