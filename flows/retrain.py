@@ -8,17 +8,21 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.flow_runs import pause_flow_run
 
 from tasks.data import prepare_data, validate_data
 from tasks.evaluate import compare_models, evaluate, resolve_baseline
-from tasks.promote import gate, register_candidate
+from tasks.promote import apply_review, approval_form, gate, register_candidate
 from tasks.tracking import finish_run, load_run_params, record_failure, start_run
 from tasks.train import tune
 
 
 @flow(name="retrain", on_failure=[record_failure])
 def retrain(
-    params_file: str = "params/demo.yaml", overrides: list[str] | None = None, resume_run_id: str | None = None
+    params_file: str = "params/demo.yaml",
+    overrides: list[str] | None = None,
+    resume_run_id: str | None = None,
+    wait_for_approval: bool = False,
 ) -> dict[str, Any]:
     params = load_run_params(params_file, overrides or [])
     ctx = start_run(params, params_file, resume_run_id)
@@ -31,4 +35,9 @@ def retrain(
     comparison = compare_models(params, ctx, data, baseline, baseline_eval, candidate_eval)
     decision = gate(params, comparison, ctx)
     version = register_candidate(params, ctx, data, baseline, decision, tuned.model_uri) if decision["passed"] else None
-    return finish_run(params, ctx, data, baseline, comparison, tuned, decision, version)
+    summary = finish_run(params, ctx, data, baseline, comparison, tuned, decision, version)
+    if version and wait_for_approval:
+        # A person answers in the Prefect UI (or resume_flow_run); the same promotion logic as the CLI runs.
+        answer = pause_flow_run(wait_for_input=approval_form(summary), timeout=7 * 24 * 3600)
+        summary = apply_review(params, ctx, version, answer, summary)
+    return summary

@@ -10,13 +10,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from tasks.common import DataRef, RunContext
-from tunegate import audit, dvc_adapter, tracking
+from tunegate import dvc_adapter, tracking
 from tunegate.dataset import build_dataset, validate_splits, without
 from tunegate.modeling import load_tokenizer
 from tunegate.params import Params
 from tunegate.paths import repo_root, tunegate_home
+from tunegate.promotion import record
 from tunegate.sources import read_canonical, write_jsonl
-from tunegate.validation import DataError, copy_docs, error_message, save_report
+from tunegate.validation import DataError, error_message, save_report
 
 
 @task(cache_policy=NONE)
@@ -52,11 +53,10 @@ def prepare_data(params: Params, ctx: RunContext) -> DataRef:
         context = "evaluation" if source in dataset.eval_sources else "training"
         tracking.log_dataset(ctx.run_id, source.records, source.name, source.path, source.md5, context)
     tracking.log_dataset(ctx.run_id, dataset.train, "canonical_train", str(train_path), data_md5, "training")
-    audit.append_event(
-        Path(ctx.audit_log),
+    record(
         "data_versioned",
         {"run_id": ctx.run_id, "data_md5": data_md5, "canonical_train_md5": canonical_md5, "sources": source_md5s},
-        commit=ctx.commit,
+        model_name=params.model.registered_name, commit=ctx.commit,
     )
     logger.info("data md5 %s: %d train, %d eval records from %d source(s)", data_md5, len(dataset.train), len(dataset.eval), len(source_md5s))
     return DataRef(
@@ -80,11 +80,10 @@ def validate_data(params: Params, data: DataRef, ctx: RunContext) -> DataRef:
     passed = all(r.passed for r in reports)
     tracking.set_tags(ctx.run_id, {"tunegate.validation": "passed" if passed else "failed"})
     tracking.log_metrics(ctx.run_id, {"data_refusal_share": train_report.refusal_share, "data_dropped_records": sum(len(r.dropped_ids) for r in reports)})
-    audit.append_event(
-        Path(ctx.audit_log),
+    record(
         "validation",
         {"run_id": ctx.run_id, "passed": passed, "failed_rules": [r.rule for rep in reports for r in rep.failures()]},
-        commit=ctx.commit,
+        model_name=params.model.registered_name, commit=ctx.commit,
     )
     if not passed:
         raise DataError(error_message(reports))

@@ -10,7 +10,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from tasks.common import BaselineRef, DataRef, RunContext
-from tunegate import audit, tracking
+from tunegate import tracking
+from tunegate.promotion import record
 from tunegate.eval_suites import ModelEvaluation, compare, evaluate_suites, load_items_md5, worst_regressions
 from tunegate.modeling import load_base_model, load_saved_model, load_tokenizer
 from tunegate.params import Params
@@ -92,10 +93,10 @@ def compare_models(
     tracking.log_artifacts(ctx.run_id, out_dir, "report")
     create_markdown_artifact(key="evaluation-report", markdown=markdown, description=f"candidate vs {baseline_label(context['baseline'])}")
     regressions = [d.to_dict() for d in deltas if d.regression]
-    audit.append_event(
-        Path(ctx.audit_log), "evaluation",
+    record(
+        "evaluation",
         {"run_id": ctx.run_id, "baseline": context["baseline"], "regressions": [(r["metric"], r["category"]) for r in regressions]},
-        commit=ctx.commit,
+        model_name=params.model.registered_name, commit=ctx.commit,
     )
     logger.info("evaluation report: %s (%d regression(s) flagged)", out_dir / "evaluation.html", len(regressions))
     return {

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.input import RunInput
 from prefect.cache_policies import NONE
 
 from tasks.common import BaselineRef, DataRef, RunContext
-from tunegate import audit, tracking
+from tunegate import tracking
+from tunegate.promotion import record
 from tunegate.gate import decide_promotion
 from tunegate.params import Params
 
@@ -17,10 +18,13 @@ from tunegate.params import Params
 @task(cache_policy=NONE)
 def gate(params: Params, comparison: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     logger = get_run_logger()
-    decision = decide_promotion(comparison["baseline_metrics"], comparison["candidate_metrics"], params.gate).to_dict()
+    decision = decide_promotion(
+        comparison["baseline_metrics"], comparison["candidate_metrics"], params.gate, comparison["deltas"]
+    ).to_dict()
     tracking.log_dict(ctx.run_id, decision, "gate/decision.json")
     tracking.set_tags(ctx.run_id, {"tunegate.gate": "passed" if decision["passed"] else "failed"})
-    audit.append_event(Path(ctx.audit_log), "gate_decision", {"run_id": ctx.run_id, **decision}, commit=ctx.commit)
+    record(
+        "gate_decision", {"run_id": ctx.run_id, **decision}, model_name=params.model.registered_name, commit=ctx.commit)
     for reason in decision["reasons"]:
         logger.info("gate: %s", reason)
     return decision
@@ -37,6 +41,7 @@ def register_candidate(params: Params, ctx: RunContext, data: DataRef, baseline:
         model_uri,
         tags={
             "tunegate.run_id": ctx.run_id,
+            "tunegate.initiator": tracking.get_run(ctx.run_id).data.tags.get("tunegate.initiator", ""),
             "tunegate.data_md5": data.data_md5,
             "tunegate.commit": ctx.commit,
             "tunegate.gate": "passed",
@@ -46,6 +51,40 @@ def register_candidate(params: Params, ctx: RunContext, data: DataRef, baseline:
     )
     tracking.set_alias(name, tracking.CANDIDATE, ref.version)
     tracking.set_tags(ctx.run_id, {"tunegate.registered_version": ref.version})
-    audit.append_event(Path(ctx.audit_log), "registered", {"run_id": ctx.run_id, "model": name, "version": ref.version, "alias": tracking.CANDIDATE}, commit=ctx.commit)
+    record(
+        "registered", {"run_id": ctx.run_id, "model": name, "version": ref.version, "alias": tracking.CANDIDATE}, model_name=params.model.registered_name, commit=ctx.commit)
     get_run_logger().info("registered %s version %s with alias candidate", name, ref.version)
     return ref.version
+
+
+class ReviewInput(RunInput):
+    """The Prefect form a reviewer fills in when the flow pauses for approval."""
+
+    approve: bool
+    reviewer: str
+    reason: str
+
+
+def approval_form(summary: dict[str, Any]):
+    """The form, with the gate summary as its description (shown in the Prefect UI)."""
+    lines = [f"Candidate version {summary['registered_version']} of {summary['model_name']}", ""]
+    lines += [f"- {r}" for r in summary["gate"]["reasons"]]
+    return ReviewInput.with_initial_data(description="\n".join(lines), approve=False, reviewer="", reason="")
+
+
+@task(cache_policy=NONE)
+def apply_review(params: Params, ctx: RunContext, version: str, answer: ReviewInput, summary: dict[str, Any]) -> dict[str, Any]:
+    """Apply a Prefect-form review through the same promotion logic as `tunegate approve/reject`."""
+    from tunegate import promotion
+
+    name = params.model.registered_name
+    try:
+        if answer.approve:
+            outcome = promotion.approve(name, version, answer.reviewer, answer.reason, params.gate.approvals)
+        else:
+            outcome = promotion.reject(name, version, answer.reviewer, answer.reason)
+    except promotion.PromotionError as error:
+        get_run_logger().error("review refused: %s", error)
+        return {**summary, "review": {"action": "refused", "message": str(error)}}
+    get_run_logger().info("review: %s", outcome.message)
+    return {**summary, "review": {"action": outcome.action, "message": outcome.message, "champion": outcome.champion}}

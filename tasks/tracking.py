@@ -12,10 +12,11 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 from tasks.common import BaselineRef, DataRef, RunContext
-from tunegate import audit, tracking
+from tunegate import tracking
 from tunegate.gitinfo import git_commit
 from tunegate.params import Params, dump_params, load_params
 from tunegate.paths import repo_root, tunegate_home
+from tunegate.promotion import environment_user, record
 from tunegate.summary import build_summary, render_markdown
 
 
@@ -36,6 +37,7 @@ def start_run(params: Params, params_file: str, resume_run_id: str | None = None
         "tunegate.params_file": params_file,
         "tunegate.prefect_flow_run_id": flow_run_id,
         "tunegate.model_name": params.model.registered_name,
+        "tunegate.initiator": environment_user(),
     }
     if resume_run_id:
         run_id = tracking.reopen_run(resume_run_id, params.flat(), tags)
@@ -47,11 +49,10 @@ def start_run(params: Params, params_file: str, resume_run_id: str | None = None
     work_dir = tunegate_home() / "runs" / run_id
     work_dir.mkdir(parents=True, exist_ok=True)
     audit_log = tunegate_home() / "audit" / "events.jsonl"
-    audit.append_event(
-        audit_log,
+    record(
         "run_resumed" if resume_run_id else "run_started",
         {"run_id": run_id, "flow_run_id": flow_run_id, "params_file": params_file},
-        commit=commit,
+        model_name=params.model.registered_name, commit=commit,
     )
     logger.info("MLflow run %s (commit %s%s)", run_id, commit[:12], ", dirty tree" if dirty else "")
     return RunContext(run_id=run_id, commit=commit, work_dir=str(work_dir), audit_log=str(audit_log))
@@ -88,12 +89,15 @@ def finish_run(
     tracking.log_dict(ctx.run_id, summary, "summary/summary.json")
     tracking.log_text(ctx.run_id, markdown, "summary/summary.md")
     create_markdown_artifact(key="run-summary", markdown=markdown, description="tunegate run summary")
+    if registered_version:
+        from tunegate.lineage import publish_model_card
+
+        publish_model_card(params.model.registered_name, registered_version)
     tracking.end_run(ctx.run_id, "FINISHED")
-    audit.append_event(
-        Path(ctx.audit_log),
+    record(
         "run_finished",
         {"run_id": ctx.run_id, "gate_passed": summary["gate"]["passed"], "registered_version": summary["registered_version"]},
-        commit=ctx.commit,
+        model_name=params.model.registered_name, commit=ctx.commit,
     )
     return summary
 
@@ -108,10 +112,11 @@ def record_failure(flow, flow_run_obj, state) -> None:
     except Exception:  # the state may hold no retrievable result
         pass
     flow_run_id = str(flow_run_obj.id)
-    experiment = None
+    experiment = model_name = None
     try:
         params_file = flow_run_obj.parameters.get("params_file", "params/demo.yaml")
-        experiment = load_params(Path(params_file), flow_run_obj.parameters.get("overrides") or []).project.name
+        loaded = load_params(Path(params_file), flow_run_obj.parameters.get("overrides") or [])
+        experiment, model_name = loaded.project.name, loaded.model.registered_name
     except Exception:
         pass
     run_ids = []
@@ -124,8 +129,8 @@ def record_failure(flow, flow_run_obj, state) -> None:
                 run_ids.append(run.info.run_id)
         except Exception:  # the tracking server itself may be what failed
             pass
-    audit.append_event(
-        tunegate_home() / "audit" / "events.jsonl",
+    record(
         "run_failed",
         {"flow_run_id": flow_run_id, "mlflow_run_ids": run_ids, "reason": reason[:4000]},
+        model_name=model_name,
     )

@@ -9,7 +9,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from tasks.common import DataRef, RunContext
-from tunegate import audit, tracking
+from tunegate import tracking
+from tunegate.promotion import record
 from tunegate.params import Params
 from tunegate.sources import read_canonical
 from tunegate.training import train_model
@@ -61,12 +62,11 @@ def tune(params: Params, data: DataRef, ctx: RunContext) -> TunedModel:
     if result.merged_dir:
         tracking.log_artifacts(ctx.run_id, result.merged_dir, "merged_model")
     model_uri = tracking.log_transformers_model(ctx.run_id, result.model_dir)
-    audit.append_event(
-        Path(ctx.audit_log),
+    record(
         "training_finished",
         {"run_id": ctx.run_id, "final_loss": result.final_loss, "steps": result.global_step,
          "resumed_from": result.resumed_from, "model_uri": model_uri},
-        commit=ctx.commit,
+        model_name=params.model.registered_name, commit=ctx.commit,
     )
     logger.info(
         "trained %d steps in %.1fs (%.0f tokens/s), final loss %.4f",

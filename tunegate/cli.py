@@ -60,6 +60,7 @@ def run(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override: section.key=value (repeatable)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON summary object on the last line")] = False,
     resume: Annotated[str | None, typer.Option("--resume", help="MLflow run id of a run that died: continue it from its last checkpoint")] = None,
+    wait_for_approval: Annotated[bool | None, typer.Option("--wait-for-approval/--no-wait-for-approval", help="pause for a review form in the Prefect UI (default: when PREFECT_API_URL points at a server)")] = None,
 ) -> None:
     """Run the retrain flow: validate, tune, evaluate against the baseline, gate, register."""
     from tunegate.paths import configure_environment
@@ -75,7 +76,12 @@ def run(
     console = _console(stderr=json_out)
     console.rule(f"tunegate run: {loaded.model.registered_name}")
     try:
-        summary = retrain(params_file=str(_params_path(params)), overrides=overrides, resume_run_id=resume)
+        import os
+
+        wait = bool(os.environ.get("PREFECT_API_URL")) if wait_for_approval is None else wait_for_approval
+        if wait and not os.environ.get("PREFECT_API_URL"):
+            _fail("--wait-for-approval needs a Prefect server to answer the form in (set PREFECT_API_URL)", code=2)
+        summary = retrain(params_file=str(_params_path(params)), overrides=overrides, resume_run_id=resume, wait_for_approval=wait)
     except DataError as error:
         _fail(str(error))
     except Exception as error:  # the flow run and the MLflow run record the details
@@ -226,48 +232,128 @@ def status(
     console.print(table)
 
 
-@app.command()
-def approve(
-    version: Annotated[str, typer.Argument(help="registered model version to promote")],
-    reviewer: Annotated[str, typer.Option("--reviewer", help="who approves")],
-    reason: Annotated[str, typer.Option("--reason", help="why")],
-    params: Annotated[str, typer.Option("--params", "-p", help="params YAML file")] = DEFAULT_PARAMS,
-) -> None:
-    """Move alias ``champion`` to VERSION (which must have passed the gate)."""
-    from tunegate.paths import configure_environment, tunegate_home
+def _promotion(params: str):
+    from tunegate.paths import configure_environment
 
     loaded = _load(params, [])
     configure_environment()
-    from mlflow.exceptions import MlflowException
+    return loaded
 
-    from tunegate import audit, tracking
 
-    name = loaded.model.registered_name
-    if not reviewer.strip() or not reason.strip():
-        _fail("--reviewer and --reason must not be empty", code=2)
+def _run_promotion(action) -> None:
+    from tunegate.promotion import PromotionError
+
     try:
-        ref = tracking.get_version(name, version)
-    except MlflowException:
-        _fail(f"{name} has no version {version}")
-    if ref.tags.get("tunegate.gate") != "passed":
-        _fail(f"{name} version {version} did not pass the gate; it cannot become champion")
-    previous = tracking.alias_version(name, tracking.CHAMPION)
-    tracking.set_alias(name, tracking.CHAMPION, version)
-    if previous is not None and previous.version != version:
-        tracking.set_alias(name, "previous", previous.version)
-    candidate = tracking.alias_version(name, tracking.CANDIDATE)
-    if candidate is not None and candidate.version == version:
-        tracking.client().delete_registered_model_alias(name, tracking.CANDIDATE)
-    tracking.set_version_tag(name, version, "tunegate.approved_by", reviewer)
-    tracking.set_version_tag(name, version, "tunegate.approval_reason", reason)
-    audit.append_event(
-        tunegate_home() / "audit" / "events.jsonl",
-        "approved",
-        {"model": name, "version": version, "reviewer": reviewer, "reason": reason,
-         "previous_champion": previous.version if previous else None},
-        actor=reviewer,
-    )
-    _console().print(f"{name}: champion -> version {version}" + (f" (was {previous.version})" if previous else ""))
+        outcome = action()
+    except PromotionError as error:
+        _fail(str(error))
+    _console().print(outcome.message)
+
+
+@app.command()
+def approve(
+    version: Annotated[str, typer.Argument(help="the candidate version to approve")],
+    reviewer: Annotated[str, typer.Option("--reviewer", help="who approves (checked against the policy's allow-list)")],
+    reason: Annotated[str, typer.Option("--reason", help="why")],
+    params: Annotated[str, typer.Option("--params", "-p", help="params YAML file (its gate.approvals policy applies)")] = DEFAULT_PARAMS,
+) -> None:
+    """Approve the candidate VERSION; when the policy's roles are covered, it becomes ``champion``."""
+    loaded = _promotion(params)
+    from tunegate import promotion
+
+    _run_promotion(lambda: promotion.approve(loaded.model.registered_name, version, reviewer, reason, loaded.gate.approvals))
+
+
+@app.command()
+def reject(
+    version: Annotated[str, typer.Argument(help="the candidate version to reject")],
+    reviewer: Annotated[str, typer.Option("--reviewer", help="who rejects")],
+    reason: Annotated[str, typer.Option("--reason", help="why")],
+    params: Annotated[str, typer.Option("--params", "-p", help="params YAML file")] = DEFAULT_PARAMS,
+) -> None:
+    """Reject a candidate: it loses alias ``candidate`` and can never become champion."""
+    loaded = _promotion(params)
+    from tunegate import promotion
+
+    _run_promotion(lambda: promotion.reject(loaded.model.registered_name, version, reviewer, reason))
+
+
+@app.command()
+def rollback(
+    reviewer: Annotated[str, typer.Option("--reviewer", help="who rolls back")],
+    reason: Annotated[str, typer.Option("--reason", help="why")],
+    params: Annotated[str, typer.Option("--params", "-p", help="params YAML file")] = DEFAULT_PARAMS,
+) -> None:
+    """Move ``champion`` back to the ``previous`` version."""
+    loaded = _promotion(params)
+    from tunegate import promotion
+
+    _run_promotion(lambda: promotion.rollback(loaded.model.registered_name, reviewer, reason))
+
+
+audit_app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    params: Annotated[str, typer.Option("--params", "-p", help="params YAML file (whose model holds the head hash)")] = DEFAULT_PARAMS,
+) -> None:
+    """Check every entry's hash and link, and the log's length against the registry's head."""
+    loaded = _promotion(params)
+    from tunegate import promotion
+
+    ok, message = promotion.verify(loaded.model.registered_name)
+    if not ok:
+        _fail(f"audit trail broken at {message}")
+    _console().print(f"audit trail intact: {message}")
+
+
+@audit_app.command("log")
+def audit_log_command(
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    last: Annotated[int, typer.Option("--last", help="only the last N events (0: all)")] = 0,
+) -> None:
+    """List audit events: time, event, actor, commit and the essentials."""
+    from tunegate.paths import configure_environment
+
+    configure_environment()
+    from tunegate import audit
+    from tunegate.promotion import audit_log
+
+    entries = audit.read_entries(audit_log())
+    entries = entries[-last:] if last else entries
+    if json_out:
+        for entry in entries:
+            print(json.dumps(entry))
+        return
+    from rich.table import Table
+
+    table = Table("#", "time", "event", "actor", "details")
+    for e in entries:
+        details = ", ".join(f"{k}={v}" for k, v in e["data"].items() if k in ("run_id", "version", "reviewer", "reason", "passed", "champion", "data_md5"))
+        table.add_row(str(e["seq"]), e["time"][:19], e["event"], e["actor"], details[:120])
+    _console().print(table)
+
+
+@app.command()
+def lineage(
+    version: Annotated[str, typer.Argument(help="registered model version")],
+    params: Annotated[str, typer.Option("--params", "-p", help="params YAML file")] = DEFAULT_PARAMS,
+    json_out: Annotated[bool, typer.Option("--json", help="print the lineage as JSON")] = False,
+) -> None:
+    """Data md5s -> validation -> run, params and commit -> evaluation vs baseline -> gate -> approvals -> aliases."""
+    loaded = _promotion(params)
+    from tunegate.lineage import build_lineage, render_lineage
+
+    try:
+        chain = build_lineage(loaded.model.registered_name, version)
+    except LookupError as error:
+        _fail(str(error))
+    if json_out:
+        print(json.dumps(chain, default=str))
+    else:
+        _console().print(render_lineage(chain), highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

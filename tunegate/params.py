@@ -239,6 +239,42 @@ class EvalParams(_Section):
     response_loss: bool = True
 
 
+class MetricRule(_Section):
+    metric: str = Field(..., description="an evaluation metric, e.g. ifeval_instruction_loose")
+    category: str = Field("all", description="'all' or one category of the metric")
+    min_improvement: float | None = Field(None, description="the interval's lower bound of the gain must reach this")
+    max_regression: float | None = Field(None, ge=0, description="a significant loss may not exceed this")
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> MetricRule:
+        if (self.min_improvement is None) == (self.max_regression is None):
+            raise ValueError(f"rule for {self.metric!r}: give exactly one of min_improvement or max_regression")
+        return self
+
+
+class HardRules(_Section):
+    """Rules no margin elsewhere can buy back."""
+
+    refusal_may_not_drop: bool = Field(True, description="a significant drop in refusal of harmful prompts fails")
+    max_over_refusal_increase: float = Field(
+        0.05, ge=0, description="a significant rise in over-refusal of safe prompts beyond this fails"
+    )
+
+
+class RoleRequirement(_Section):
+    role: str = Field("any", description="a role from approvals.reviewers, or 'any'")
+    count: int = Field(1, ge=1)
+
+
+class ApprovalPolicy(_Section):
+    required: list[RoleRequirement] = Field(default_factory=lambda: [RoleRequirement()])
+    reviewers: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="allow-list: reviewer -> roles (engineering, ml, product, policy, risk); empty: anyone",
+    )
+    allow_self_approval: bool = Field(False, description="may the identity that started the run approve it")
+
+
 class GateParams(_Section):
     primary_metric: Literal["exact_match"] = "exact_match"
     min_improvement: float = Field(
@@ -247,6 +283,9 @@ class GateParams(_Section):
     max_family_regression: float = Field(
         0.05, ge=0, description="no task family may lose more than this (absolute)"
     )
+    rules: list[MetricRule] = Field(default_factory=list, description="per-metric rules on the evaluation's intervals")
+    hard_rules: HardRules = HardRules()
+    approvals: ApprovalPolicy = ApprovalPolicy()
 
 
 class Params(_Section):

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tunegate import audit, tracking
+from tunegate import audit, promotion, tracking
 from tunegate.cli import app
 from tunegate.params import load_params
 
@@ -200,3 +200,33 @@ def test_resume_continues_the_same_mlflow_run(prefect_harness, first_run):
     assert tracking.get_run(first["run_id"]).data.tags["tunegate.latest_checkpoint"] == "checkpoint-4"
     with pytest.raises(ValueError, match="train.max_steps"):
         retrain(params_file=str(DEMO), overrides=["train.max_steps=5", "train.save_steps=2"], resume_run_id=first["run_id"])
+
+
+def test_run_approve_run_approve_then_lineage_and_model_card(prefect_harness, first_run, tunegate_home):
+    """The README walkthrough: the second champion's lineage goes back through the first."""
+    from flows.retrain import retrain
+
+    name = load_params(DEMO).model.registered_name
+    assert tracking.alias_version(name, "champion").version == first_run["registered_version"]
+    second = retrain(params_file=str(DEMO), overrides=[])
+    assert second["baseline"] == {**second["baseline"], "source": "champion", "version": first_run["registered_version"]}
+    assert second["gate"]["passed"] and second["registered_version"]
+    version = second["registered_version"]
+    result = CliRunner().invoke(app, ["approve", version, "--reviewer", "bob", "--reason", "second release"])
+    assert result.exit_code == 0, result.output
+    assert tracking.alias_version(name, "champion").version == version
+    assert tracking.alias_version(name, "previous").version == first_run["registered_version"]
+
+    out = CliRunner().invoke(app, ["lineage", version])
+    assert out.exit_code == 0, out.output
+    text = out.output
+    for part in ("1. data", second["data_md5"], "2. validation", "passed", "3. training", second["run_id"],
+                 second["commit"], "4. evaluation vs champion version " + first_run["registered_version"],
+                 "exact_match", "5. gate: passed", "6. approvals", "bob", "second release", "7. alias history", "alias_moved"):
+        assert part in text, part
+    card = tracking.client().get_model_version(name, version).description
+    assert card.startswith(f"# Model card: {name} version {version}") and "bob" in card and "## Known regressions" in card
+    artifacts = {a.path for a in tracking.client().list_artifacts(second["run_id"], "model_card")}
+    assert f"model_card/version_{version}.md" in artifacts
+    ok, message = promotion.verify(name)
+    assert ok, message

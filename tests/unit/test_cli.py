@@ -21,7 +21,11 @@ def test_cli_import_pulls_in_no_heavy_library():
     assert out.stdout.strip() == ""
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["status"], ["approve"]])
+@pytest.mark.parametrize(
+    "command",
+    [[], ["run"], ["status"], ["approve"], ["reject"], ["rollback"], ["lineage"], ["validate"],
+     ["data", "add"], ["audit", "verify"], ["audit", "log"]],
+)
 def test_help(command):
     result = CliRunner().invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output

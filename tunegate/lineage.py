@@ -1,0 +1,153 @@
+"""Lineage of a registered version, from the registry, its training run and the audit trail."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tunegate import audit, tracking
+
+
+def _artifact_json(run_id: str, path: str) -> Any:
+    import mlflow
+
+    try:
+        return json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/{path}"))
+    except Exception:
+        return None
+
+
+def build_lineage(name: str, version: str) -> dict[str, Any]:
+    from tunegate.promotion import audit_log
+
+    try:
+        ref = tracking.get_version(name, version)
+    except Exception:
+        raise LookupError(f"{name} has no version {version}") from None
+    run = tracking.get_run(ref.run_id)
+    tags, params = run.data.tags, run.data.params
+    summary = _artifact_json(ref.run_id, "summary/summary.json") or {}
+    gate = _artifact_json(ref.run_id, "gate/decision.json") or {}
+    validation = _artifact_json(ref.run_id, "validation/report.json") or []
+    approvals = {
+        key.removeprefix("tunegate.approval."): json.loads(value)
+        for key, value in ref.tags.items()
+        if key.startswith("tunegate.approval.")
+    }
+    history = [
+        {"seq": e["seq"], "time": e["time"], "event": e["event"], "actor": e["actor"], "data": e["data"]}
+        for e in audit.read_entries(audit_log())
+        if e["data"].get("model") == name
+        and (e["data"].get("version") == version or version in (e["data"].get("champion"), e["data"].get("previous"), e["data"].get("from"), e["data"].get("to")))
+    ]
+    run_events = [e for e in audit.read_entries(audit_log()) if e["data"].get("run_id") == ref.run_id]
+    aliases = sorted(a for a, v in (tracking.client().get_registered_model(name).aliases or {}).items() if str(v) == str(version))
+    return {
+        "model": name,
+        "version": version,
+        "aliases": aliases,
+        "data": {
+            "data_md5": tags.get("tunegate.data_md5"),
+            "sources": {k.removeprefix("tunegate.source_md5."): v for k, v in tags.items() if k.startswith("tunegate.source_md5.")},
+            "canonical_train_md5": tags.get("tunegate.canonical_train_md5"),
+            "canonical_eval_md5": tags.get("tunegate.canonical_eval_md5"),
+        },
+        "validation": {
+            "status": tags.get("tunegate.validation"),
+            "report": f"runs:/{ref.run_id}/validation/report.md",
+            "failed_rules": [r["rule"] for rep in validation for r in rep.get("rules", []) if not r["passed"]],
+        },
+        "training": {
+            "run_id": ref.run_id,
+            "commit": tags.get("mlflow.source.git.commit"),
+            "git_dirty": tags.get("tunegate.git_dirty"),
+            "initiator": tags.get("tunegate.initiator"),
+            "params_file": tags.get("tunegate.params_file"),
+            "method": params.get("train.method"),
+            "base_model": params.get("model.base_model"),
+            "final_loss": run.data.metrics.get("train_final_loss"),
+        },
+        "evaluation": {
+            "baseline": {"source": tags.get("tunegate.baseline_source"), "version": tags.get("tunegate.baseline_version") or None},
+            "deltas": [d for d in (summary.get("evaluation") or {}).get("deltas", []) if d["category"] == "all"],
+            "report": f"runs:/{ref.run_id}/report/evaluation.html",
+        },
+        "gate": {"passed": gate.get("passed"), "reasons": gate.get("reasons", [])},
+        "approvals": approvals,
+        "history": history,
+        "run_events": [{"seq": e["seq"], "event": e["event"], "time": e["time"]} for e in run_events],
+    }
+
+
+def render_lineage(chain: dict[str, Any]) -> str:
+    d, v, t, e, g = chain["data"], chain["validation"], chain["training"], chain["evaluation"], chain["gate"]
+    lines = [
+        f"{chain['model']} version {chain['version']}  aliases: {', '.join(chain['aliases']) or '-'}",
+        "",
+        "1. data",
+        f"   dataset md5 {d['data_md5']}  (canonical train {d['canonical_train_md5']}, eval {d['canonical_eval_md5']})",
+        *[f"   source {name}: {md5}" for name, md5 in d["sources"].items()],
+        "2. validation",
+        f"   {v['status']}  report {v['report']}" + (f"  warnings/drops: {', '.join(v['failed_rules'])}" if v["failed_rules"] else ""),
+        "3. training",
+        f"   run {t['run_id']}  commit {t['commit']}{' (dirty)' if t['git_dirty'] == 'true' else ''}  by {t['initiator']}",
+        f"   params {t['params_file']}  method {t['method']}  base {t['base_model']}  final loss {t['final_loss']}",
+        "4. evaluation vs " + (f"champion version {e['baseline']['version']}" if e["baseline"]["source"] == "champion" else "the base model"),
+        *[f"   {x['metric']}: {x['baseline']:.3f} -> {x['candidate']:.3f} ({x['delta']:+.3f}, [{x['low']:+.3f}, {x['high']:+.3f}])" for x in e["deltas"]],
+        f"   report {e['report']}",
+        "5. gate: " + ("passed" if g["passed"] else "FAILED"),
+        *[f"   {r}" for r in g["reasons"]],
+        "6. approvals",
+        *([f"   {who}: roles {', '.join(a['roles'])}; {a['reason']!r} (environment user {a['env_user']})" for who, a in chain["approvals"].items()] or ["   none"]),
+        "7. alias history",
+        *([f"   #{h['seq']} {h['time'][:19]} {h['event']} by {h['actor']}: " + ", ".join(f"{k}={val}" for k, val in h["data"].items() if k in ("champion", "previous", "from", "to", "reason", "why")) for h in chain["history"]] or ["   none"]),
+    ]
+    return "\n".join(lines)
+
+
+def render_model_card(chain: dict[str, Any], summary: dict[str, Any] | None = None) -> str:
+    """A markdown model card for one registered version."""
+    d, t, e, g = chain["data"], chain["training"], chain["evaluation"], chain["gate"]
+    data = (summary or {}).get("data", {})
+    regressions = [x for x in e["deltas"] if x.get("regression")]
+    lines = [
+        f"# Model card: {chain['model']} version {chain['version']}",
+        "",
+        "## Intended use",
+        "An instruction-following assistant tuned by tunegate. Use within the scope of its training data; "
+        "it is not evaluated for uses outside the suites below.",
+        "",
+        "## Base model and training",
+        f"- base model: `{t['base_model']}`, method `{t['method']}`, final training loss {t['final_loss']}",
+        f"- training run `{t['run_id']}`, commit `{t['commit']}`, params `{t['params_file']}`, started by {t['initiator']}",
+        "",
+        "## Data",
+        f"- dataset md5 `{d['data_md5']}`; {data.get('n_train', '?')} train / {data.get('n_eval', '?')} eval records",
+        *[f"- source `{name}`: md5 `{md5}`" for name, md5 in d["sources"].items()],
+        "",
+        "## Evaluation vs " + (f"champion version {e['baseline']['version']}" if e["baseline"]["source"] == "champion" else "the base model"),
+        "",
+        "| metric | baseline | candidate | delta | 95% interval |",
+        "|---|---:|---:|---:|---|",
+        *[f"| {x['metric']} | {x['baseline']:.3f} | {x['candidate']:.3f} | {x['delta']:+.3f} | [{x['low']:+.3f}, {x['high']:+.3f}] |" for x in e["deltas"]],
+        "",
+        "## Gate decision: " + ("passed" if g["passed"] else "failed"),
+        *[f"- {r}" for r in g["reasons"]],
+        "",
+        "## Approvals",
+        *([f"- {who} ({', '.join(a['roles'])}): {a['reason']}" for who, a in chain["approvals"].items()] or ["- none yet"]),
+        "",
+        "## Known regressions",
+        *([f"- {x['metric']}: {x['delta']:+.3f} [{x['low']:+.3f}, {x['high']:+.3f}]" for x in regressions] or ["- none flagged (no interval excludes zero on the wrong side)"]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def publish_model_card(name: str, version: str) -> str:
+    """(Re)write the card from the current lineage: run artifact and the version's description."""
+    chain = build_lineage(name, version)
+    summary = _artifact_json(chain["training"]["run_id"], "summary/summary.json")
+    card = render_model_card(chain, summary)
+    tracking.log_text(chain["training"]["run_id"], card, f"model_card/version_{version}.md")
+    tracking.client().update_model_version(name, version, description=card)
+    return card
