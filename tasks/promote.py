@@ -22,7 +22,11 @@ def gate(params: Params, comparison: dict[str, Any], ctx: RunContext) -> dict[st
         comparison["baseline_metrics"], comparison["candidate_metrics"], params.gate, comparison["deltas"]
     ).to_dict()
     tracking.log_dict(ctx.run_id, decision, "gate/decision.json")
-    tracking.set_tags(ctx.run_id, {"tunegate.gate": "passed" if decision["passed"] else "failed"})
+    tracking.set_tags(
+        ctx.run_id,
+        {"tunegate.gate": "passed" if decision["passed"] else "failed"}
+        | {f"tunegate.gate.check.{i:02d}": reason for i, reason in enumerate(decision["reasons"])},
+    )
     record(
         "gate_decision", {"run_id": ctx.run_id, **decision}, model_name=params.model.registered_name, commit=ctx.commit)
     for reason in decision["reasons"]:

@@ -151,6 +151,6 @@ def render_html(markdown_text: str, images: dict[str, str], title: str) -> str:
         f"<style>{style}</style></head><body><p><small>{html.escape(title)}</small></p>"
         f"{body}<h2>Plots</h2><section class='plots'>{figures}</section>"
         # Marks the page once every plot has decoded, so a headless browser test can tell.
-        "<script>Promise.all([...document.images].map(i=>i.decode().then(()=>i.naturalWidth>0)))"
-        ".then(r=>document.body.dataset.plotsRendered=r.filter(Boolean).length)</script></body></html>"
+        "<script>window.addEventListener('load',()=>{document.body.dataset.plotsRendered="
+        "[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length})</script></body></html>"
     )

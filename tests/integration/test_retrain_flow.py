@@ -158,7 +158,7 @@ def test_approve_then_second_run_uses_the_champion(first_run, tunegate_home):
 
     entries = audit.read_entries(tunegate_home / "audit" / "events.jsonl")
     assert audit.verify_chain(entries)[0]
-    assert [e for e in entries if e["event"] == "approved"][0]["actor"] == "alice"
+    assert [e for e in entries if e["event"] == "approval"][0]["actor"] == "alice"
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_INPUTS))
