@@ -353,7 +353,7 @@ def lineage(
     if json_out:
         print(json.dumps(chain, default=str))
     else:
-        _console().print(render_lineage(chain), highlight=False)
+        _console().print(render_lineage(chain), highlight=False, soft_wrap=True, markup=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

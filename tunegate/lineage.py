@@ -100,7 +100,7 @@ def render_lineage(chain: dict[str, Any]) -> str:
         "6. approvals",
         *([f"   {who}: roles {', '.join(a['roles'])}; {a['reason']!r} (environment user {a['env_user']})" for who, a in chain["approvals"].items()] or ["   none"]),
         "7. alias history",
-        *([f"   #{h['seq']} {h['time'][:19]} {h['event']} by {h['actor']}: " + ", ".join(f"{k}={val}" for k, val in h["data"].items() if k in ("champion", "previous", "from", "to", "reason", "why")) for h in chain["history"]] or ["   none"]),
+        *([f"   #{h['seq']} {h['time'][:19]} {h['event']} by {h['actor']}: " + ", ".join(f"{k}={val}" for k, val in h["data"].items() if k in ("version", "alias", "champion", "previous", "from", "to", "reason", "why")) for h in chain["history"]] or ["   none"]),
     ]
     return "\n".join(lines)
 
