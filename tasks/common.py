@@ -10,7 +10,6 @@ class RunContext:
     run_id: str
     commit: str
     work_dir: str
-    audit_log: str
 
 
 @dataclass(frozen=True)

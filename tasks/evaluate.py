@@ -16,7 +16,8 @@ from tunegate.eval_suites import ModelEvaluation, compare, evaluate_suites, load
 from tunegate.modeling import load_base_model, load_saved_model, load_tokenizer
 from tunegate.params import Params
 from tunegate.paths import tunegate_home
-from tunegate.report import baseline_label, plots, render_html, render_markdown
+from tunegate.report import plots, render_html, render_markdown
+from tunegate.summary import baseline_label
 from tunegate.seeding import seed_everything
 from tunegate.sources import read_canonical
 

@@ -48,14 +48,13 @@ def start_run(params: Params, params_file: str, resume_run_id: str | None = None
     tracking.log_text(run_id, dump_params(params), "params/resolved_params.yaml")
     work_dir = tunegate_home() / "runs" / run_id
     work_dir.mkdir(parents=True, exist_ok=True)
-    audit_log = tunegate_home() / "audit" / "events.jsonl"
     record(
         "run_resumed" if resume_run_id else "run_started",
         {"run_id": run_id, "flow_run_id": flow_run_id, "params_file": params_file},
         model_name=params.model.registered_name, commit=commit,
     )
     logger.info("MLflow run %s (commit %s%s)", run_id, commit[:12], ", dirty tree" if dirty else "")
-    return RunContext(run_id=run_id, commit=commit, work_dir=str(work_dir), audit_log=str(audit_log))
+    return RunContext(run_id=run_id, commit=commit, work_dir=str(work_dir))
 
 
 @task(cache_policy=NONE, retries=2, retry_delay_seconds=3)

@@ -117,38 +117,36 @@ def _from_alpaca(record: dict[str, Any]) -> list[dict[str, Any]]:
     return messages
 
 
-def _from_sharegpt(record: dict[str, Any]) -> list[dict[str, Any]]:
-    turns = record["conversations"]
+def _turns(record: dict[str, Any], field: str, role_key: str, roles: dict[str, str]):
+    """Yield (turn index, turn object, canonical role) of a list of turns, checking its shape."""
+    turns = record[field]
     if not isinstance(turns, list):
-        raise FormatError("field 'conversations' must be a list")
+        raise FormatError(f"field {field!r} must be a list")
+    for turn, item in enumerate(turns):
+        if not isinstance(item, dict):
+            raise FormatError(f"{field}[{turn}] must be an object")
+        role = item.get(role_key)
+        if role not in roles:
+            raise FormatError(f"{field}[{turn}].{role_key} {role!r} is not one of {sorted(roles)}")
+        yield turn, item, roles[role]
+
+
+def _from_sharegpt(record: dict[str, Any]) -> list[dict[str, Any]]:
     messages = []
     if record.get("system"):
         messages.append({"role": "system", "content": _text(record["system"], "system")})
-    for turn, item in enumerate(turns):
-        if not isinstance(item, dict):
-            raise FormatError(f"conversations[{turn}] must be an object")
-        speaker = item.get("from")
-        if speaker not in SHAREGPT_ROLES:
-            raise FormatError(f"conversations[{turn}].from {speaker!r} is not one of {sorted(SHAREGPT_ROLES)}")
-        message = {"role": SHAREGPT_ROLES[speaker], "content": _text(item.get("value"), f"conversations[{turn}].value")}
-        if speaker == "function_call":
+    for turn, item, role in _turns(record, "conversations", "from", SHAREGPT_ROLES):
+        message = {"role": role, "content": _text(item.get("value"), f"conversations[{turn}].value")}
+        if item["from"] == "function_call":
             message["tool_call"] = True
         messages.append(message)
     return messages
 
 
 def _from_openai(record: dict[str, Any]) -> list[dict[str, Any]]:
-    raw = record["messages"]
-    if not isinstance(raw, list):
-        raise FormatError("field 'messages' must be a list")
     messages = []
-    for turn, item in enumerate(raw):
-        if not isinstance(item, dict):
-            raise FormatError(f"messages[{turn}] must be an object")
-        role = item.get("role")
-        if role not in OPENAI_ROLES:
-            raise FormatError(f"messages[{turn}].role {role!r} is not one of {sorted(OPENAI_ROLES)}")
-        message = {"role": OPENAI_ROLES[role], "content": _openai_content(item.get("content"), f"messages[{turn}].content")}
+    for turn, item, role in _turns(record, "messages", "role", OPENAI_ROLES):
+        message = {"role": role, "content": _openai_content(item.get("content"), f"messages[{turn}].content")}
         if item.get("tool_calls"):
             message["tool_call"] = True
             if not message["content"]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from tunegate.eval_suites import METRICS
 from tunegate.stats import Delta
+from tunegate.summary import baseline_label
 
 
 def _fmt(value: float) -> str:
@@ -21,12 +22,6 @@ def _verdict(delta: Delta) -> str:
     if delta.improvement:
         return "improved"
     return "no significant change"
-
-
-def baseline_label(baseline: dict[str, Any]) -> str:
-    if baseline.get("source") == "champion":
-        return f"the approved champion (version {baseline.get('version')})"
-    return "the base model (no champion yet)"
 
 
 def overall(deltas: list[Delta]) -> list[Delta]:

@@ -41,11 +41,11 @@ def build_summary(
     }
 
 
-def _baseline_label(summary: dict[str, Any]) -> str:
-    baseline = summary["baseline"]
-    if baseline["source"] == "champion":
-        return f"champion (version {baseline['version']})"
-    return "base model (no champion yet)"
+def baseline_label(baseline: dict[str, Any]) -> str:
+    """Which baseline a run was compared with, in words (summary, report and model card)."""
+    if baseline.get("source") == "champion":
+        return f"the approved champion (version {baseline.get('version')})"
+    return "the base model (no champion yet)"
 
 
 def render_markdown(summary: dict[str, Any]) -> str:
@@ -57,7 +57,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"- model: `{summary['model_name']}`  ",
         f"- data md5: `{summary['data_md5']}` ({summary['data']['n_train']} train / {summary['data']['n_eval']} eval records)",
         f"- commit: `{summary['commit']}`",
-        f"- baseline: {_baseline_label(summary)}",
+        f"- baseline: {baseline_label(summary['baseline'])}",
         "",
         "| metric | baseline | candidate | delta |",
         "|---|---:|---:|---:|",

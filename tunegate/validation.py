@@ -12,7 +12,6 @@ Two layers, both of which point back at the input (file, record index, id):
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,8 +297,3 @@ def save_report(reports: list[ValidationReport], out_dir: Path) -> tuple[Path, P
     data = out_dir / "report.json"
     data.write_text(json.dumps([r.to_dict() for r in reports], indent=2, default=str), encoding="utf-8")
     return markdown, data
-
-
-def copy_docs(source_dir: Path, dest: Path) -> None:
-    if source_dir.is_dir():
-        shutil.copytree(source_dir, dest, dirs_exist_ok=True)
