@@ -9,8 +9,10 @@ from typing import Any
 
 from prefect import flow
 from prefect.flow_runs import pause_flow_run
+from prefect.states import Completed
 
 from tasks.data import prepare_data, validate_data
+from tasks.freshness import check_unchanged, skip_run
 from tasks.evaluate import compare_models, evaluate, resolve_baseline
 from tasks.promote import apply_review, approval_form, gate, register_candidate
 from tasks.tracking import finish_run, load_run_params, record_failure, start_run
@@ -23,10 +25,18 @@ def retrain(
     overrides: list[str] | None = None,
     resume_run_id: str | None = None,
     wait_for_approval: bool = False,
+    trigger: str = "manual",
+    force: bool = False,
 ) -> dict[str, Any]:
+    """``trigger``: who started the run ("manual", "schedule", "data:..."); unattended runs whose
+    inputs equal the champion's or a waiting candidate's end as "nothing to do" unless ``force``."""
     params = load_run_params(params_file, overrides or [])
-    ctx = start_run(params, params_file, resume_run_id)
+    ctx = start_run(params, params_file, resume_run_id, trigger)
     data = prepare_data(params, ctx)
+    freshness = check_unchanged(params, ctx, data, force)
+    if freshness["skip"]:
+        summary = skip_run(params, ctx, data, freshness)
+        return Completed(name="Nothing to do", message=freshness["reason"], data=summary)
     data = validate_data(params, data, ctx)
     tuned = tune(params, data, ctx)
     baseline = resolve_baseline(params, ctx)

@@ -3,6 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+
+def transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry only failures another attempt can fix (server or registry down)."""
+    from tunegate.tracking import is_transient
+
+    try:
+        state.result()
+    except Exception as error:  # the task's exception, re-raised by result()
+        return is_transient(error)
+    return False
+
+
+# Tasks that talk to MLflow retry transient failures: 3 more attempts, 2 s, 5 s and 15 s apart
+# (MLflow's own HTTP client retries each request first; see tunegate.paths.TELEMETRY_OFF).
+RETRY_TRANSIENT: dict[str, Any] = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "retry_condition_fn": transient}
 
 
 @dataclass(frozen=True)
@@ -10,6 +27,8 @@ class RunContext:
     run_id: str
     commit: str
     work_dir: str
+    code: str = ""  # commit, plus a hash of the diff when the tree was dirty
+    trigger: str = "manual"
 
 
 @dataclass(frozen=True)

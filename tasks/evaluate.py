@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from tasks.common import BaselineRef, DataRef, RunContext
+from tasks.common import RETRY_TRANSIENT, BaselineRef, DataRef, RunContext
 from tunegate import tracking
 from tunegate.promotion import record
 from tunegate.eval_suites import ModelEvaluation, compare, evaluate_suites, load_items_md5, worst_regressions
@@ -22,7 +22,7 @@ from tunegate.seeding import seed_everything
 from tunegate.sources import read_canonical
 
 
-@task(cache_policy=NONE, retries=2, retry_delay_seconds=3)
+@task(cache_policy=NONE, **RETRY_TRANSIENT)
 def resolve_baseline(params: Params, ctx: RunContext) -> BaselineRef:
     """The version under alias ``champion``, or the base model when there is none."""
     logger = get_run_logger()
@@ -38,7 +38,7 @@ def resolve_baseline(params: Params, ctx: RunContext) -> BaselineRef:
     return ref
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE, **RETRY_TRANSIENT)
 def evaluate(params: Params, data: DataRef, ctx: RunContext, role: str, model_dir: str | None) -> ModelEvaluation:
     """Score one model (``model_dir`` None: the base model) on every enabled suite."""
     logger = get_run_logger()
@@ -63,7 +63,7 @@ def evaluate(params: Params, data: DataRef, ctx: RunContext, role: str, model_di
     return result
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE, **RETRY_TRANSIENT)
 def compare_models(
     params: Params, ctx: RunContext, data: DataRef, baseline: BaselineRef,
     baseline_eval: ModelEvaluation, candidate_eval: ModelEvaluation,

@@ -8,14 +8,14 @@ from prefect import get_run_logger, task
 from prefect.input import RunInput
 from prefect.cache_policies import NONE
 
-from tasks.common import BaselineRef, DataRef, RunContext
+from tasks.common import RETRY_TRANSIENT, BaselineRef, DataRef, RunContext
 from tunegate import tracking
 from tunegate.promotion import record
 from tunegate.gate import decide_promotion
 from tunegate.params import Params
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE, **RETRY_TRANSIENT)
 def gate(params: Params, comparison: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     logger = get_run_logger()
     decision = decide_promotion(
@@ -34,13 +34,15 @@ def gate(params: Params, comparison: dict[str, Any], ctx: RunContext) -> dict[st
     return decision
 
 
-@task(cache_policy=NONE, retries=2, retry_delay_seconds=3)
+@task(cache_policy=NONE, **RETRY_TRANSIENT)
 def register_candidate(params: Params, ctx: RunContext, data: DataRef, baseline: BaselineRef, decision: dict[str, Any], model_uri: str) -> str:
     """Register the run's model as a new version and point alias ``candidate`` at it."""
     if not decision["passed"]:
         raise RuntimeError("refusing to register a candidate that did not pass the gate")
     name = params.model.registered_name
-    ref = tracking.register_version(
+    # Idempotent under retries: a version this run registered before a transient failure is reused.
+    existing = tracking.versions_of_run(name, ctx.run_id)
+    ref = existing[0] if existing else tracking.register_version(
         name,
         model_uri,
         tags={

@@ -11,9 +11,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-from tasks.common import BaselineRef, DataRef, RunContext
+from tasks.common import RETRY_TRANSIENT, BaselineRef, DataRef, RunContext
 from tunegate import tracking
-from tunegate.gitinfo import git_commit
+from tunegate.gitinfo import code_fingerprint, git_commit
 from tunegate.params import Params, dump_params, load_params
 from tunegate.paths import repo_root, tunegate_home
 from tunegate.promotion import environment_user, record
@@ -25,15 +25,19 @@ def load_run_params(params_file: str, overrides: list[str]) -> Params:
     return load_params(Path(params_file), overrides)
 
 
-@task(cache_policy=NONE, retries=2, retry_delay_seconds=3)
-def start_run(params: Params, params_file: str, resume_run_id: str | None = None) -> RunContext:
+@task(cache_policy=NONE, **RETRY_TRANSIENT)
+def start_run(params: Params, params_file: str, resume_run_id: str | None = None, trigger: str = "manual") -> RunContext:
     """Open the MLflow run (or reopen ``resume_run_id``), log every resolved param and the code version."""
     logger = get_run_logger()
     commit, dirty = git_commit(repo_root())
+    code = code_fingerprint(repo_root())
     flow_run_id = str(flow_run.get_id() or "")
     tags = {
         "mlflow.source.git.commit": commit,
         "tunegate.git_dirty": str(dirty).lower(),
+        "tunegate.code_fingerprint": code,
+        "tunegate.params_sha256": params.fingerprint(),
+        "tunegate.trigger": trigger,
         "tunegate.params_file": params_file,
         "tunegate.prefect_flow_run_id": flow_run_id,
         "tunegate.model_name": params.model.registered_name,
@@ -50,14 +54,14 @@ def start_run(params: Params, params_file: str, resume_run_id: str | None = None
     work_dir.mkdir(parents=True, exist_ok=True)
     record(
         "run_resumed" if resume_run_id else "run_started",
-        {"run_id": run_id, "flow_run_id": flow_run_id, "params_file": params_file},
+        {"run_id": run_id, "flow_run_id": flow_run_id, "params_file": params_file, "trigger": trigger},
         model_name=params.model.registered_name, commit=commit,
     )
-    logger.info("MLflow run %s (commit %s%s)", run_id, commit[:12], ", dirty tree" if dirty else "")
-    return RunContext(run_id=run_id, commit=commit, work_dir=str(work_dir))
+    logger.info("MLflow run %s (commit %s%s), started by %s", run_id, commit[:12], ", dirty tree" if dirty else "", trigger)
+    return RunContext(run_id=run_id, commit=commit, work_dir=str(work_dir), code=code, trigger=trigger)
 
 
-@task(cache_policy=NONE, retries=2, retry_delay_seconds=3)
+@task(cache_policy=NONE, **RETRY_TRANSIENT)
 def finish_run(
     params: Params,
     ctx: RunContext,
@@ -84,6 +88,8 @@ def finish_run(
         registered_version=registered_version,
     )
     summary["evaluation"] = {"deltas": comparison["deltas"], "report": comparison["report"]}
+    summary["outcome"] = "registered" if registered_version else "gate_failed"
+    summary["trigger"] = ctx.trigger
     markdown = render_markdown(summary)
     tracking.log_dict(ctx.run_id, summary, "summary/summary.json")
     tracking.log_text(ctx.run_id, markdown, "summary/summary.md")
@@ -92,6 +98,7 @@ def finish_run(
         from tunegate.lineage import publish_model_card
 
         publish_model_card(params.model.registered_name, registered_version)
+    tracking.set_tags(ctx.run_id, {"tunegate.outcome": summary["outcome"]})
     tracking.end_run(ctx.run_id, "FINISHED")
     record(
         "run_finished",
@@ -122,10 +129,11 @@ def record_failure(flow, flow_run_obj, state) -> None:
     if experiment:
         try:
             for run in tracking.find_runs_by_tag(experiment, "tunegate.prefect_flow_run_id", flow_run_id):
-                tracking.set_tags(run.info.run_id, {"tunegate.failure": reason[:4000]})
+                tracking.set_tags(run.info.run_id, {"tunegate.failure": reason[:4000], "tunegate.outcome": "failed"})
                 tracking.log_text(run.info.run_id, reason, "failure.txt")
                 tracking.end_run(run.info.run_id, "FAILED")
                 run_ids.append(run.info.run_id)
+                _detach_candidate(model_name, run.data.tags.get("tunegate.registered_version"))
         except Exception:  # the tracking server itself may be what failed
             pass
     record(
@@ -133,3 +141,13 @@ def record_failure(flow, flow_run_obj, state) -> None:
         {"flow_run_id": flow_run_id, "mlflow_run_ids": run_ids, "reason": reason[:4000]},
         model_name=model_name,
     )
+
+
+def _detach_candidate(model_name: str | None, version: str | None) -> None:
+    """A version registered by a run that then failed loses alias ``candidate`` (approve refuses it anyway)."""
+    if not model_name or not version:
+        return
+    candidate = tracking.alias_version(model_name, tracking.CANDIDATE)
+    if candidate is not None and candidate.version == version:
+        tracking.client().delete_registered_model_alias(model_name, tracking.CANDIDATE)
+    tracking.set_version_tag(model_name, version, "tunegate.state", "failed_run")

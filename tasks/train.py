@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from tasks.common import DataRef, RunContext
+from tasks.common import RETRY_TRANSIENT, DataRef, RunContext
 from tunegate import tracking
 from tunegate.promotion import record
 from tunegate.params import Params
@@ -27,7 +27,7 @@ class TunedModel:
     resumed_from: str | None = None
 
 
-@task(cache_policy=NONE, timeout_seconds=6 * 3600)
+@task(cache_policy=NONE, timeout_seconds=6 * 3600, **RETRY_TRANSIENT)
 def tune(params: Params, data: DataRef, ctx: RunContext) -> TunedModel:
     logger = get_run_logger()
     records = read_canonical(Path(data.train_path))

@@ -157,21 +157,186 @@ app.add_typer(data_app, name="data")
 def data_add(
     paths: Annotated[list[Path], typer.Argument(help="files to version; files outside the repo are copied into --to first")],
     to: Annotated[str, typer.Option("--to", help="repo folder for files that live outside the repo")] = "data/sources",
+    repo: Annotated[Path | None, typer.Option("--repo", help="the git + DVC repo that keeps the data (default: this project)")] = None,
+    event: Annotated[bool, typer.Option("--event/--no-event", help="announce the new data to the Prefect server (starts the served deployment)")] = True,
 ) -> None:
-    """`dvc add` user data files and print their md5s (commit the .dvc files with git)."""
+    """`dvc add` user data files, print their md5s and emit a `tunegate.data.added` Prefect event."""
     from tunegate.paths import configure_environment, repo_root, tunegate_home
 
     configure_environment()
     from tunegate.dvc_adapter import add_files
 
+    root = (repo or repo_root()).resolve()
+    if not (root / ".dvc").is_dir():
+        _fail(f"{root}: not a DVC repo (no .dvc folder); run `git init && dvc init` there or pass --repo")
     try:
-        added = add_files(repo_root(), [p.resolve() for p in paths], repo_root() / to, tunegate_home())
+        added = add_files(root, [p.resolve() for p in paths], root / to, tunegate_home())
     except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
     console = _console()
     for item in added:
-        console.print(f"{item.path}: md5 {item.md5} -> {item.path}.dvc")
+        console.print(f"{item.path}: md5 {item.md5} -> {item.path}.dvc", highlight=False)
+    if event:
+        from tunegate import scheduling
+
+        if not scheduling.server_configured():
+            console.print("no Prefect server configured (PREFECT_API_URL): no event sent", highlight=False)
+        for item in added:
+            path = str(root / item.path) if repo else item.path
+            try:
+                sent = scheduling.emit_data_event(scheduling.DATA_ADDED, path, item.md5, {"repo": str(root)}, always=True)
+            except Exception as error:  # the data is versioned either way; say why no run starts
+                _fail(f"{item.path} is versioned, but the {scheduling.DATA_ADDED} event could not be sent: {type(error).__name__}: {error}")
+            if sent:
+                console.print(f"event {scheduling.DATA_ADDED} sent for {path} (md5 {item.md5[:12]})", highlight=False)
     console.print("next: git add the .dvc files and commit; `dvc push` sends the data to the remote")
+
+
+def _need_server(command: str) -> None:
+    import os
+
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail(
+            f"`tunegate {command}` needs a Prefect server that outlives this command: start `tunegate server` "
+            "and export the PREFECT_API_URL and MLFLOW_TRACKING_URI it prints", code=2,
+        )
+
+
+@app.command()
+def schedule(
+    params: Annotated[str, typer.Option("--params", "-p", help="params YAML file (its schedule section)")] = DEFAULT_PARAMS,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override: section.key=value (repeatable)")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="most flow runs this process executes at once")] = None,
+) -> None:
+    """Serve the `retrain` deployment: its schedule and new-data trigger start runs until Ctrl-C."""
+    from tunegate.paths import configure_environment
+
+    overrides = list(set_ or [])
+    loaded = _load(params, overrides)
+    configure_environment()
+    _need_server("schedule")
+    from prefect import serve
+
+    from tunegate import scheduling
+    from tunegate.gitinfo import git_commit
+    from tunegate.paths import repo_root
+
+    params_file = str(_params_path(params).resolve())
+    # Schedule overrides given here are part of the served parameters, like those in the file.
+    if overrides:
+        loaded = loaded.model_copy(update={"schedule": loaded.schedule.model_copy(update={"overrides": [*loaded.schedule.overrides, *[o for o in overrides if not o.startswith("schedule.")]]})})
+    s = loaded.schedule
+    if not (s.cron or s.interval_seconds or s.on_new_data):
+        _fail(f"{params_file}: schedule has no cron, no interval_seconds and on_new_data is false: nothing would start a run", code=2)
+    commit, _ = git_commit(repo_root())
+    deployment = scheduling.build_deployment(params_file, loaded, version=commit[:12])
+    console = _console()
+    console.print(f"serving [bold]{scheduling.FLOW_NAME}/{s.deployment}[/bold] for {loaded.model.registered_name}: {scheduling.describe(loaded)}", highlight=False)
+    for when in scheduling.next_times(loaded):
+        console.print(f"  next: {when.isoformat()}", highlight=False)
+    watcher = None
+    if s.on_new_data:
+        watcher = scheduling.DataWatcher(
+            loaded, s.watch_seconds,
+            on_error=lambda error: console.print(f"[yellow]data watcher:[/yellow] {type(error).__name__}: {error}", highlight=False),
+        )
+        watcher.start()
+        console.print(f"watching {len(watcher.last)} dataset(s) for new DVC versions every {s.watch_seconds:g}s", highlight=False)
+    try:
+        serve(deployment, limit=limit, print_starting_message=True)
+    finally:
+        if watcher:
+            watcher.stop()
+
+
+@app.command()
+def trigger(
+    params: Annotated[str, typer.Option("--params", "-p", help="params YAML file (its schedule.deployment)")] = DEFAULT_PARAMS,
+    force: Annotated[bool, typer.Option("--force", help="train even when data, params and code equal the champion's")] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for the run to end and exit non-zero if it failed")] = False,
+) -> None:
+    """Start a run of the served deployment now, as the schedule would (it skips when nothing changed, unless --force)."""
+    from tunegate.paths import configure_environment
+
+    loaded = _load(params, [])
+    configure_environment()
+    _need_server("trigger")
+    from prefect.deployments import run_deployment
+
+    from tunegate import scheduling
+    from tunegate.promotion import environment_user
+
+    name = f"{scheduling.FLOW_NAME}/{loaded.schedule.deployment}"
+    try:
+        run = run_deployment(
+            name, parameters={"trigger": f"cli:{environment_user()}", "force": force},
+            timeout=None if wait else 0, as_subflow=False,
+        )
+    except Exception as error:
+        _fail(f"could not start {name} (is `tunegate schedule` serving it?): {type(error).__name__}: {error}")
+    state = run.state
+    _console().print(f"flow run {run.name} ({run.id}) of {name}: {state.name if state else 'scheduled'}", highlight=False)
+    if wait and state is not None and not state.is_completed():
+        _fail(f"flow run {run.id} ended {state.name}: {state.message or ''}")
+
+
+@app.command()
+def server(
+    host: Annotated[str, typer.Option("--host", help="address both servers bind to; loopback unless you put a proxy with auth in front")] = "127.0.0.1",
+    prefect_port: Annotated[int, typer.Option("--prefect-port", help="Prefect UI and API port")] = 4200,
+    mlflow_port: Annotated[int, typer.Option("--mlflow-port", help="MLflow UI and API port")] = 5000,
+    prefect_database_url: Annotated[str | None, typer.Option("--prefect-database-url", envvar="TUNEGATE_PREFECT_DATABASE_URL", help="e.g. postgresql+asyncpg://user@db:5432/prefect (default: SQLite under $TUNEGATE_HOME/prefect)")] = None,
+    mlflow_backend_store_uri: Annotated[str | None, typer.Option("--mlflow-backend-store-uri", envvar="TUNEGATE_MLFLOW_BACKEND_STORE_URI", help="e.g. postgresql://user@db:5432/mlflow (default: sqlite:///$TUNEGATE_HOME/mlflow/mlflow.db)")] = None,
+    mlflow_artifacts_destination: Annotated[str | None, typer.Option("--mlflow-artifacts-destination", envvar="TUNEGATE_MLFLOW_ARTIFACTS_DESTINATION", help="where the MLflow server stores artifacts it proxies, e.g. s3://bucket/mlflow (default: $TUNEGATE_HOME/mlflow/artifacts)")] = None,
+    mlflow_workers: Annotated[int, typer.Option("--mlflow-workers", help="MLflow server worker processes")] = 1,
+) -> None:
+    """Start a Prefect server and an MLflow tracking server together; Ctrl-C stops both.
+
+    Flows run against them once PREFECT_API_URL and MLFLOW_TRACKING_URI point there (printed on start).
+    """
+    import signal
+    import time
+
+    from tunegate.paths import configure_environment
+
+    home = configure_environment()
+    from tunegate.server import ServerConfig, ServerError, client_env, redact, start_all, state_file, stop
+
+    config = ServerConfig(
+        home=home, host=host, prefect_port=prefect_port, mlflow_port=mlflow_port,
+        prefect_database_url=prefect_database_url, mlflow_backend_store_uri=mlflow_backend_store_uri,
+        mlflow_artifacts_destination=mlflow_artifacts_destination, mlflow_workers=mlflow_workers,
+    )
+    console = _console()
+    console.print(f"starting Prefect ({redact(prefect_database_url or 'SQLite')}) and MLflow ({redact(config.backend_store_uri())}) under {home} ...", highlight=False)
+    stopping = {"signal": None}
+
+    def _request_stop(signum, frame):  # noqa: ARG001
+        stopping["signal"] = signal.Signals(signum).name
+
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
+    try:
+        servers = start_all(config)
+    except ServerError as error:
+        _fail(str(error))
+    env = client_env(config)
+    console.print(f"[bold]Prefect[/bold] UI  {config.prefect_url}   API {config.prefect_api_url}", highlight=False)
+    console.print(f"[bold]MLflow[/bold]  UI  {config.mlflow_url}   artifacts -> {config.artifacts_destination()}", highlight=False)
+    console.print(f"logs: {home / 'logs'}   state: {state_file(home)}", highlight=False)
+    console.print("run flows against them from another shell:", highlight=False)
+    console.print("  export " + " ".join(f"{k}={v}" for k, v in env.items()), highlight=False, soft_wrap=True)
+    console.print("Ctrl-C stops both.", highlight=False)
+    sys.stdout.flush()
+    died = None
+    while stopping["signal"] is None and died is None:
+        time.sleep(0.5)
+        died = next((s for s in servers if s.process.poll() is not None), None)
+    codes = stop(servers)
+    state_file(home).unlink(missing_ok=True)
+    if died is not None:
+        _fail(f"the {died.name} server exited with code {died.process.returncode}; stopped the other; see {died.log}")
+    console.print(f"stopped ({stopping['signal']}): " + ", ".join(f"{name} exit {code}" for name, code in codes.items()), highlight=False)
 
 
 def _version_dict(ref) -> dict[str, Any] | None:
@@ -184,52 +349,24 @@ def _version_dict(ref) -> dict[str, Any] | None:
 def status(
     params: Annotated[str, typer.Option("--params", "-p", help="params YAML file")] = DEFAULT_PARAMS,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    last: Annotated[int, typer.Option("--last", help="how many recent runs to list")] = 10,
 ) -> None:
-    """Show the champion and candidate versions and the last runs."""
+    """The schedule, the champion, candidates waiting for approval (and for how long), the last runs and their outcome."""
     from tunegate.paths import configure_environment
 
     loaded = _load(params, [])
     configure_environment()
-    from tunegate import tracking
+    from tunegate.operations import collect_status, render_status
+    from tunegate.tracking import tracking_uri
 
-    name = loaded.model.registered_name
-    champion = tracking.alias_version(name, tracking.CHAMPION)
-    candidate = tracking.alias_version(name, tracking.CANDIDATE)
-    runs = [
-        {
-            "run_id": r.info.run_id,
-            "status": r.info.status,
-            "start_time": r.info.start_time,
-            "gate": r.data.tags.get("tunegate.gate"),
-            "registered_version": r.data.tags.get("tunegate.registered_version"),
-            "baseline": r.data.tags.get("tunegate.baseline_source"),
-            "candidate_exact_match": r.data.metrics.get("candidate_exact_match"),
-            "failure": r.data.tags.get("tunegate.failure"),
-        }
-        for r in tracking.recent_runs(loaded.project.name, limit=10)
-    ]
-    result = {
-        "model_name": name,
-        "tracking_uri": tracking.tracking_uri(),
-        "champion": _version_dict(champion),
-        "candidate": _version_dict(candidate),
-        "runs": runs,
-    }
+    try:
+        result = collect_status(loaded, last=last)
+    except Exception as error:  # the tracking server or registry not answering
+        _fail(f"cannot read the status from {tracking_uri()}: {type(error).__name__}: {error}")
     if json_out:
         print(json.dumps(result, default=str))
         return
-    from rich.table import Table
-
-    console = _console()
-    console.print(f"model [bold]{name}[/bold] at {result['tracking_uri']}")
-    console.print(f"champion:  {champion.version if champion else '-'}")
-    console.print(f"candidate: {candidate.version if candidate else '-'}")
-    table = Table("run", "status", "gate", "version", "baseline", "exact match")
-    for r in runs:
-        em = r["candidate_exact_match"]
-        table.add_row(r["run_id"][:12], r["status"], r["gate"] or "-", r["registered_version"] or "-",
-                      r["baseline"] or "-", f"{em:.3f}" if em is not None else "-")
-    console.print(table)
+    render_status(result, _console())
 
 
 def _promotion(params: str):

@@ -288,6 +288,42 @@ class GateParams(_Section):
     approvals: ApprovalPolicy = ApprovalPolicy()
 
 
+class ScheduleParams(_Section):
+    """When runs start unattended: a cron schedule, new data, or both (`tunegate schedule` serves them)."""
+
+    deployment: str = Field("tunegate-retrain", pattern=r"^[A-Za-z0-9_.-]+$", description="Prefect deployment name")
+    cron: str | None = Field(None, description="cron expression, e.g. '0 3 * * 1' (Mondays 03:00); null: no schedule")
+    timezone: str = Field("UTC", description="IANA timezone the cron expression is read in")
+    interval_seconds: float | None = Field(None, gt=0, description="instead of cron: every N seconds (demos, tests)")
+    on_new_data: bool = Field(True, description="`tunegate data add` or a new DVC version of the data starts a run")
+    watch_seconds: float = Field(60, gt=0, description="how often `tunegate schedule` looks for a new DVC version")
+    overrides: list[str] = Field(default_factory=list, description="--set overrides applied to unattended runs")
+    max_concurrent_runs: int = Field(1, ge=1, description="runs beyond this wait for a slot (never run twice at once)")
+
+    @model_validator(mode="after")
+    def _valid_schedule(self) -> ScheduleParams:
+        import datetime as dt
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if self.cron and self.interval_seconds:
+            raise ValueError("give cron or interval_seconds, not both")
+        try:
+            zone = ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {self.timezone!r} is not an IANA timezone (e.g. Europe/Berlin)") from None
+        if self.cron:
+            from cronsim import CronSim, CronSimError
+
+            try:
+                CronSim(self.cron, dt.datetime.now(zone))
+            except CronSimError as error:
+                raise ValueError(f"cron {self.cron!r} is not a valid cron expression: {error}") from None
+        for item in self.overrides:
+            if "=" not in item:
+                raise ValueError(f"override {item!r}: expected section.key=value")
+        return self
+
+
 class Params(_Section):
     project: ProjectParams = ProjectParams()
     model: ModelParams
@@ -297,6 +333,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     eval: EvalParams = EvalParams()
     gate: GateParams = GateParams()
+    schedule: ScheduleParams = ScheduleParams()
 
     @model_validator(mode="after")
     def _stage_needs_demo_data(self) -> Params:
@@ -309,6 +346,14 @@ class Params(_Section):
         from tunegate.modeling import model_source
 
         return model_source(self.model.base_model)
+
+    def fingerprint(self) -> str:
+        """sha256 of everything that shapes a run's result; the schedule section does not."""
+        import hashlib
+        import json
+
+        body = self.model_dump(mode="json", exclude={"schedule"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys to scalar values, the form MLflow params take."""

@@ -23,6 +23,13 @@ TELEMETRY_OFF = {
     "TOKENIZERS_PARALLELISM": "false",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
+# MLflow's HTTP client retries each request 7 times with up to minutes of backoff by default; tunegate
+# keeps that short and lets Prefect retry the task (visible in the UI), see tasks.common.RETRY_TRANSIENT.
+MLFLOW_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
 
 
 def repo_root() -> Path:
@@ -53,7 +60,7 @@ def configure_environment() -> Path:
     home = tunegate_home()
     for sub in ("mlflow", "prefect", "dvc-cache", "reports", "audit", "runs"):
         (home / sub).mkdir(parents=True, exist_ok=True)
-    for key, value in TELEMETRY_OFF.items():
+    for key, value in {**TELEMETRY_OFF, **MLFLOW_HTTP}.items():
         os.environ.setdefault(key, value)
     os.environ["PREFECT_HOME"] = str(home / "prefect")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")

@@ -169,6 +169,11 @@ def _check_candidate(name: str, ref: tracking.VersionRef) -> None:
     if candidate is None or candidate.version != ref.version:
         now = f"version {candidate.version}" if candidate else "no version"
         raise PromotionError(f"version {ref.version} is not the current candidate ({now} is): superseded or already decided")
+    if ref.run_id:
+        status = tracking.get_run(ref.run_id).info.status
+        if status != "FINISHED":
+            # A run that failed after registering (say, the server went away) never half-promotes.
+            raise PromotionError(f"version {ref.version}: its training run {ref.run_id} ended {status}, not FINISHED")
 
 
 def reject(name: str, version: str, reviewer: str, reason: str) -> Outcome:

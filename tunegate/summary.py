@@ -49,6 +49,12 @@ def baseline_label(baseline: dict[str, Any]) -> str:
 
 
 def render_markdown(summary: dict[str, Any]) -> str:
+    if summary.get("outcome") == "nothing_to_do":
+        return (
+            f"# tunegate run `{summary['run_id']}`: nothing to do\n\n{summary['reason']}\n\n"
+            f"- model: `{summary['model_name']}`\n- started by: {summary['trigger']}\n- data md5: `{summary['data_md5']}`\n"
+            f"- code: `{summary['code']}`\n\nStart a run anyway with `tunegate trigger --force`.\n"
+        )
     base = summary["baseline"]["metrics"]
     cand = summary["candidate"]["metrics"]
     lines = [

@@ -194,10 +194,11 @@ class VersionRef:
     run_id: str | None
     source: str
     tags: dict[str, str]
+    created_ms: int | None = None
 
 
 def _ref(mv) -> VersionRef:
-    return VersionRef(mv.name, str(mv.version), mv.run_id, mv.source, dict(mv.tags or {}))
+    return VersionRef(mv.name, str(mv.version), mv.run_id, mv.source, dict(mv.tags or {}), mv.creation_timestamp)
 
 
 def alias_version(name: str, alias: str) -> VersionRef | None:
@@ -223,6 +224,12 @@ def register_version(name: str, model_uri: str, tags: dict[str, str]) -> Version
     return get_version(name, str(mv.version))
 
 
+def versions_of_run(name: str, run_id: str) -> list[VersionRef]:
+    """Versions of ``name`` registered from ``run_id`` (none when the model does not exist yet)."""
+    found = client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return sorted((_ref(mv) for mv in found), key=lambda r: int(r.version))
+
+
 def set_alias(name: str, alias: str, version: str) -> None:
     client().set_registered_model_alias(name, alias, str(version))
 
@@ -239,3 +246,36 @@ def download_version(ref: VersionRef, dest: Path | None = None) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     client()
     return Path(mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path="tunegate_model", dst_path=str(dest)))
+
+
+# --- transient failures -------------------------------------------------------------------
+
+_TRANSIENT_WORDS = (
+    "connection refused", "max retries exceeded", "connection aborted", "connection reset", "timed out",
+    "temporarily unavailable", "service unavailable", "bad gateway", "gateway timeout", "database is locked",
+    "could not connect to server", "server closed the connection", "name or service not known",
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for failures another attempt can fix: the tracking server, registry or database not answering.
+
+    Walks the exception's cause chain; bad data, bad params and refused promotions are never transient.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (ConnectionError, TimeoutError)):
+            return True
+        name = type(current).__name__
+        module = type(current).__module__ or ""
+        if module.startswith(("requests", "urllib3")) and name in {"ConnectionError", "ConnectTimeout", "ReadTimeout", "MaxRetryError", "NewConnectionError", "ProtocolError"}:
+            return True
+        if name == "MlflowException" and getattr(current, "error_code", "") in {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}:
+            return True
+        text = str(current).lower()
+        if any(word in text for word in _TRANSIENT_WORDS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False

@@ -1,0 +1,87 @@
+"""Skip when unchanged: an unattended run whose inputs equal the champion's (or a waiting candidate's) stops early."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
+
+from tasks.common import RETRY_TRANSIENT, DataRef, RunContext
+from tunegate import tracking
+from tunegate.freshness import Reference, RunInputs, check
+from tunegate.params import Params
+from tunegate.promotion import record
+
+
+def _reference(role: str, ref: tracking.VersionRef | None) -> Reference | None:
+    if ref is None:
+        return None
+    inputs = RunInputs.from_tags(tracking.get_run(ref.run_id).data.tags) if ref.run_id else None
+    return Reference(role, ref.version, ref.run_id, inputs)
+
+
+@task(cache_policy=NONE, **RETRY_TRANSIENT)
+def check_unchanged(params: Params, ctx: RunContext, data: DataRef, force: bool = False) -> dict[str, Any]:
+    """Compare this run's data md5s, params and code with the champion's and a waiting candidate's runs."""
+    name = params.model.registered_name
+    current = RunInputs(data.data_md5, params.fingerprint(), ctx.code, dict(data.sources))
+    references = [
+        ref for ref in (
+            _reference("champion", tracking.alias_version(name, tracking.CHAMPION)),
+            _reference("candidate", tracking.alias_version(name, tracking.CANDIDATE)),
+        ) if ref is not None
+    ]
+    result = check(current, references, unattended=ctx.trigger != "manual", force=force)
+    tracking.set_tags(ctx.run_id, {"tunegate.freshness": result.reason[:4000]})
+    get_run_logger().info("%s", result.reason)
+    return result.to_dict()
+
+
+@task(cache_policy=NONE, **RETRY_TRANSIENT)
+def skip_run(params: Params, ctx: RunContext, data: DataRef, freshness: dict[str, Any]) -> dict[str, Any]:
+    """End the run as "nothing to do": MLflow run closed with the outcome, an audit entry, a Prefect artifact."""
+    matched = freshness["matched"]
+    summary = {
+        "outcome": "nothing_to_do",
+        "reason": freshness["reason"],
+        "run_id": ctx.run_id,
+        "prefect_flow_run_id": str(flow_run.get_id() or ""),
+        "model_name": params.model.registered_name,
+        "trigger": ctx.trigger,
+        "commit": ctx.commit,
+        "code": ctx.code,
+        "data_md5": data.data_md5,
+        "sources": dict(data.sources),
+        "params_sha256": params.fingerprint(),
+        "matched": matched,
+        "registered_version": None,
+        "gate": None,
+    }
+    markdown = "\n".join([
+        f"# Nothing to do: {params.model.registered_name}",
+        "",
+        freshness["reason"],
+        "",
+        f"- started by: {ctx.trigger}",
+        f"- data md5: `{data.data_md5}`",
+        f"- params sha256: `{params.fingerprint()[:16]}`",
+        f"- code: `{ctx.code}`",
+        f"- same inputs as {matched['role']} version {matched['version']} (MLflow run `{matched['run_id']}`)",
+        "",
+        "Start a run anyway with `tunegate trigger --force` (or `tunegate run`).",
+    ])
+    tracking.set_tags(ctx.run_id, {"tunegate.outcome": "nothing_to_do", "tunegate.matched_version": matched["version"]})
+    tracking.log_dict(ctx.run_id, summary, "summary/summary.json")
+    tracking.log_text(ctx.run_id, markdown, "summary/summary.md")
+    create_markdown_artifact(key="run-summary", markdown=markdown, description="tunegate: nothing to do")
+    tracking.end_run(ctx.run_id, "FINISHED")
+    record(
+        "nothing_to_do",
+        {"run_id": ctx.run_id, "flow_run_id": summary["prefect_flow_run_id"], "trigger": ctx.trigger,
+         "data_md5": data.data_md5, "matched": matched, "reason": freshness["reason"]},
+        model_name=params.model.registered_name, commit=ctx.commit,
+    )
+    return summary

@@ -1,0 +1,299 @@
+"""Operations against a real `tunegate server` (Prefect + MLflow on loopback, SQLite under its own home):
+a manual run, the served schedule (second run: nothing to do), a new-data trigger evaluated against the
+champion, `tunegate status`, the process work pool from prefect.yaml, and screenshots of both UIs.
+
+Every command runs as a subprocess with the environment `tunegate server` prints, as an operator would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+TUNEGATE = str(Path(sys.executable).parent / "tunegate")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+MODEL = "ops-assistant"
+
+
+def _get_json(url: str, body: dict | None = None) -> object:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"}, method="POST" if data else "GET")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _wait(predicate, timeout: float, what: str, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class Ops:
+    """The running server and the environment every client command gets."""
+
+    def __init__(self, home: Path, prefect_port: int, mlflow_port: int, work: Path):
+        self.home, self.work = home, work
+        self.prefect = f"http://127.0.0.1:{prefect_port}"
+        self.api = f"{self.prefect}/api"
+        self.mlflow = f"http://127.0.0.1:{mlflow_port}"
+        self.env = {
+            **os.environ,
+            "TUNEGATE_HOME": str(home),
+            "PREFECT_API_URL": self.api,
+            "MLFLOW_TRACKING_URI": self.mlflow,
+            "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+            "TUNEGATE_ACTOR": "scheduler-bot",
+            "COLUMNS": "200",
+        }
+        self.params = work / "ops.yaml"
+        self.data_repo = work / "datarepo"
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        result = subprocess.run([TUNEGATE, *args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert result.returncode == 0, f"tunegate {' '.join(args)} -> {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        return result
+
+    def serve(self, *args: str, log: Path) -> subprocess.Popen:
+        handle = open(log, "w")
+        return subprocess.Popen([TUNEGATE, "schedule", "-p", str(self.params), *args], cwd=REPO, env=self.env,
+                                stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def flow_runs(self, deployment: str) -> list[dict]:
+        deployments = _get_json(f"{self.api}/deployments/filter", {"deployments": {"name": {"any_": [deployment]}}})
+        if not deployments:
+            return []
+        return _get_json(f"{self.api}/flow_runs/filter", {
+            "deployments": {"id": {"any_": [deployments[0]["id"]]}}, "sort": "START_TIME_ASC", "limit": 50,
+        })
+
+    def audit(self) -> list[dict]:
+        log = self.home / "audit" / "events.jsonl"
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+
+    def mlflow_run(self, run_id: str) -> dict:
+        return _get_json(f"{self.mlflow}/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]
+
+
+def _stop(process: subprocess.Popen, timeout: float = 60) -> int:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            return process.wait(timeout=10)
+    return process.returncode
+
+
+def _write_params(ops: Ops, eval_path: Path) -> None:
+    params = {
+        "project": {"name": "tunegate-ops", "seed": 42},
+        "model": {"base_model": "../shared/models/stories260K", "registered_name": MODEL, "chat_template": "alpaca"},
+        "data": {
+            "train": [{"path": str(ops.data_repo / "data" / "extra.jsonl"), "name": "extra"}],
+            "eval": [{"path": str(eval_path), "name": "demo_eval"}],
+            "dvc_stage": None,
+        },
+        "validation": {"min_records": 100, "refusal_share": [0.05, 0.5]},
+        "train": {"max_steps": 6, "batch_size": 32, "max_length": 128, "lora_r": 32, "lora_alpha": 64, "learning_rate": 0.005},
+        "eval": {"ifeval": {"enabled": False}, "safety": {"enabled": False}, "bootstrap_resamples": 200},
+        "gate": {"min_improvement": -1, "max_family_regression": 1},
+        "schedule": {"deployment": "ops-retrain", "on_new_data": True, "watch_seconds": 3},
+    }
+    ops.params.write_text("# Run: tunegate run -p ops.yaml (written by the operations test)\n" + yaml.safe_dump(params))
+
+
+@pytest.fixture(scope="module")
+def ops(tmp_path_factory, base_model_path):
+    """`tunegate server` on free loopback ports with its own $TUNEGATE_HOME; stopped with Ctrl-C at the end."""
+    from tunegate.paths import configure_environment, repo_root
+    from tunegate.server import free_port
+
+    configure_environment()
+    work = tmp_path_factory.mktemp("ops")
+    ops = Ops(work / "home", free_port(), free_port(), work)
+    # The user's data lives in its own git + DVC repo; version A is every second demo training record.
+    demo = repo_root() / "data" / "demo"
+    if not (demo / "train.jsonl").is_file():
+        from tunegate import dvc_adapter
+        from tunegate.paths import tunegate_home
+
+        dvc_adapter.reproduce(repo_root(), "demo_data", tunegate_home())
+    ops.data_repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=ops.data_repo, check=True)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=ops.data_repo, check=True, env=ops.env)
+    lines = (demo / "train.jsonl").read_text().splitlines()
+    (ops.data_repo / "data").mkdir()
+    (ops.data_repo / "data" / "extra.jsonl").write_text("\n".join(lines[1::2]) + "\n")
+    eval_small = work / "eval_small.jsonl"
+    eval_small.write_text("\n".join((demo / "eval.jsonl").read_text().splitlines()[::5]) + "\n")
+    _write_params(ops, eval_small)
+
+    server_log = open(work / "server.out", "w")
+    env = {**ops.env, "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
+    for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
+        env.pop(key)
+    server = subprocess.Popen(
+        [TUNEGATE, "server", "--prefect-port", ops.prefect.rsplit(":", 1)[1], "--mlflow-port", ops.mlflow.rsplit(":", 1)[1]],
+        cwd=REPO, env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        _wait(lambda: "Ctrl-C stops both" in (work / "server.out").read_text() or server.poll() is not None, 240, "tunegate server to start")
+        assert server.poll() is None, (work / "server.out").read_text()
+        ops.server = server
+        ops.server_out = work / "server.out"
+        yield ops
+    finally:
+        code = _stop(server)
+        ops.stop_code = code
+        server_log.close()
+
+
+def test_server_runs_a_flow_and_both_apis_answer(ops):
+    out = ops.server_out.read_text()
+    assert ops.api in out and ops.mlflow in out  # it prints the URLs to export
+    assert _get_json(f"{ops.api}/health") is True
+    assert urllib.request.urlopen(f"{ops.mlflow}/health", timeout=10).read() == b"OK"
+    assert json.loads((ops.home / "server.json").read_text())["mlflow_backend_store"].startswith(f"sqlite:///{ops.home}")
+
+    result = ops.cli("run", "-p", str(ops.params), "--json", "--no-wait-for-approval")
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["registered_version"] == "1" and summary["trigger"] == "manual"
+    # Prefect's API knows the flow run, MLflow's API the run, its artifacts and the registered version.
+    flow_run = _get_json(f"{ops.api}/flow_runs/{summary['prefect_flow_run_id']}")
+    assert flow_run["state"]["type"] == "COMPLETED"
+    run = ops.mlflow_run(summary["run_id"])
+    assert run["info"]["status"] == "FINISHED"
+    assert run["info"]["artifact_uri"].startswith("mlflow-artifacts:/")  # proxied by the server
+    version = _get_json(f"{ops.mlflow}/api/2.0/mlflow/model-versions/get?name={MODEL}&version=1")["model_version"]
+    assert version["run_id"] == summary["run_id"]
+    assert (ops.home / "mlflow" / "artifacts").is_dir() and any((ops.home / "mlflow" / "artifacts").rglob("adapter_model.safetensors"))
+    ops.cli("approve", "1", "--reviewer", "alice", "--reason", "first model", "-p", str(ops.params))
+    alias = _get_json(f"{ops.mlflow}/api/2.0/mlflow/registered-models/alias?name={MODEL}&alias=champion")
+    assert alias["model_version"]["version"] == "1"
+
+
+def test_schedule_starts_runs_and_the_second_has_nothing_to_do(ops):
+    # Acceptance 1: runs 10 s apart; the scheduled runs use a different learning rate than the champion,
+    # so the first trains; the second sees the first's candidate with identical inputs.
+    log = ops.work / "serve-schedule.out"
+    serve = ops.serve("--set", "schedule.interval_seconds=10", "--set", "schedule.on_new_data=false",
+                      "--set", "schedule.deployment=ops-scheduled", "--set", "train.learning_rate=0.004", log=log)
+    try:
+        def two_finished():
+            runs = [r for r in ops.flow_runs("ops-scheduled") if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED")]
+            return runs if len(runs) >= 2 else None
+
+        runs = _wait(two_finished, 420, "two scheduled runs to finish", interval=2)
+    finally:
+        assert _stop(serve) is not None
+    first, second = sorted(runs, key=lambda r: r["start_time"])[:2]
+    assert first["parameters"]["trigger"] == second["parameters"]["trigger"] == "schedule"
+    assert first["state"]["name"] == "Completed", log.read_text()[-3000:]
+    assert second["state"]["name"] == "Nothing to do", log.read_text()[-3000:]
+    assert "candidate version 2" in second["state"]["message"]
+    entries = [e for e in ops.audit() if e["event"] == "nothing_to_do" and e["data"]["flow_run_id"] == second["id"]]
+    assert len(entries) == 1 and entries[0]["data"]["matched"]["version"] == "2"
+    # The skipped run is an MLflow run too, closed with its outcome; nothing new was registered.
+    run = ops.mlflow_run(entries[0]["data"]["run_id"])
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert run["info"]["status"] == "FINISHED" and tags["tunegate.outcome"] == "nothing_to_do"
+    versions = _get_json(f"{ops.mlflow}/api/2.0/mlflow/model-versions/search?filter=name%3D%27{MODEL}%27")["model_versions"]
+    assert sorted(v["version"] for v in versions) == ["1", "2"]
+    assert ops.cli("audit", "verify", "-p", str(ops.params)).returncode == 0
+
+
+def test_new_data_triggers_a_run_evaluated_against_the_champion(ops):
+    # Acceptance 2: a new version of the configured data, added with `tunegate data add`.
+    log = ops.work / "serve-data.out"
+    serve = ops.serve(log=log)  # the params' own deployment: no schedule, the new-data trigger
+    try:
+        _wait(lambda: _get_json(f"{ops.api}/automations/filter", {}) and "serving" in log.read_text(), 120, "the trigger to be registered")
+        time.sleep(5)  # the server's trigger service loads new automations on its next refresh
+        extra = ops.data_repo / "data" / "extra.jsonl"
+        demo_lines = (REPO / "data" / "demo" / "train.jsonl").read_text().splitlines()
+        extra.write_text("\n".join(line for i, line in enumerate(demo_lines) if i % 3 != 0) + "\n")
+        added = ops.cli("data", "add", "--repo", str(ops.data_repo), str(extra))
+        assert "event tunegate.data.added sent" in added.stdout
+
+        def finished():
+            runs = [r for r in ops.flow_runs("ops-retrain") if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED")]
+            return runs or None
+
+        runs = _wait(finished, 420, "a data-triggered run to finish", interval=2)
+    finally:
+        _stop(serve)
+    run = runs[0]
+    assert run["parameters"]["trigger"].startswith(f"data:tunegate.dataset.{extra}@"), run["parameters"]
+    assert run["state"]["name"] == "Completed", log.read_text()[-3000:]
+    started = [e for e in ops.audit() if e["event"] == "run_started" and e["data"]["flow_run_id"] == run["id"]]
+    mlflow_run = ops.mlflow_run(started[0]["data"]["run_id"])
+    tags = {t["key"]: t["value"] for t in mlflow_run["data"]["tags"]}
+    assert tags["tunegate.baseline_source"] == "champion" and tags["tunegate.baseline_version"] == "1"
+    assert tags["tunegate.outcome"] == "registered" and tags["tunegate.registered_version"] == "3"
+    assert "inputs changed" in tags["tunegate.freshness"] and "source extra" in tags["tunegate.freshness"]
+    metrics = {m["key"] for m in mlflow_run["data"]["metrics"]}
+    assert {"baseline_exact_match", "candidate_exact_match"} <= metrics
+
+
+def test_status_shows_schedule_runs_and_waiting_candidates(ops):
+    result = ops.cli("status", "-p", str(ops.params), "--json")
+    status = json.loads(result.stdout.strip().splitlines()[-1])
+    assert status["champion"]["version"] == "1"
+    [pending] = status["pending"]
+    assert pending["version"] == "3" and pending["waiting_s"] > 0 and pending["missing_roles"] == ["any"]
+    outcomes = [r["outcome"] for r in status["runs"]]
+    assert {"registered", "nothing_to_do"} <= set(outcomes)
+    assert any(r["trigger"].startswith("data:") for r in status["runs"])
+    assert status["schedule"]["prefect"]["served"] is True and status["schedule"]["prefect"]["paused"] is True  # served, then stopped
+    text = ops.cli("status", "-p", str(ops.params)).stdout
+    assert "waiting for approval: version 3" in text and "nothing_to_do" in text
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make setup installs it where apt is available)")
+def test_screens_of_both_uis(ops):
+    """Screenshots of the flow run with its artifacts (Prefect UI) and of the model with its aliases (MLflow UI)."""
+    runs = [r for r in ops.flow_runs("ops-retrain") if r["state"]["type"] == "COMPLETED"]
+    screens = ops.home / "screens"
+    screens.mkdir(exist_ok=True)
+    pages = {
+        "prefect-flow-run": (f"{ops.prefect}/runs/flow-run/{runs[0]['id']}?tab=Artifacts", runs[0]["name"]),
+        "mlflow-registered-model": (f"{ops.mlflow}/#/models/{MODEL}", "champion"),
+    }
+    for name, (url, expected) in pages.items():
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={ops.work / ('chromium-' + name)}", "--window-size=1400,1000", "--virtual-time-budget=15000"]
+        dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=180)
+        assert expected in dom.stdout, f"{name}: {expected!r} not rendered\n{dom.stderr[-1500:]}"
+        shot = screens / f"{name}.png"
+        subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", url], capture_output=True, text=True, timeout=180)
+        assert shot.is_file() and shot.stat().st_size > 20_000, name
+
+
+def test_server_stops_both_on_ctrl_c(ops):
+    code = _stop(ops.server)
+    assert code == 0, ops.server_out.read_text()[-2000:]
+    assert "stopped (SIGINT)" in ops.server_out.read_text()
+    for url in (f"{ops.api}/health", f"{ops.mlflow}/health"):
+        with pytest.raises(OSError):
+            urllib.request.urlopen(url, timeout=5)
+    assert not (ops.home / "server.json").exists()

@@ -1,0 +1,101 @@
+"""Skip when unchanged: has a model already been trained from exactly these inputs?
+
+A run's inputs are its data md5s (the dataset's and every source file's), the
+fingerprint of its params (``Params.fingerprint``: everything but the schedule)
+and the code it ran (``gitinfo.code_fingerprint``). They are tags on every
+MLflow run; an unattended run compares its own with those of the champion's
+training run and of a candidate still waiting for approval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SOURCE_PREFIX = "tunegate.source_md5."
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    data_md5: str
+    params_sha256: str
+    code: str
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> RunInputs | None:
+        """The inputs recorded on a run; None for a run that predates the tags."""
+        needed = ("tunegate.data_md5", "tunegate.params_sha256", "tunegate.code_fingerprint")
+        if not all(tags.get(key) for key in needed):
+            return None
+        sources = {k.removeprefix(SOURCE_PREFIX): v for k, v in tags.items() if k.startswith(SOURCE_PREFIX)}
+        return cls(tags["tunegate.data_md5"], tags["tunegate.params_sha256"], tags["tunegate.code_fingerprint"], sources)
+
+    def differences(self, other: RunInputs) -> list[str]:
+        """What differs, in words; empty when the inputs are the same."""
+        out = []
+        if self.data_md5 != other.data_md5:
+            out.append(f"data md5 {other.data_md5[:12]} -> {self.data_md5[:12]}")
+        for name in sorted(set(self.sources) | set(other.sources)):
+            if self.sources.get(name) != other.sources.get(name):
+                out.append(f"source {name}: {(other.sources.get(name) or 'none')[:12]} -> {(self.sources.get(name) or 'none')[:12]}")
+        if self.params_sha256 != other.params_sha256:
+            out.append("params changed")
+        if self.code != other.code:
+            out.append(f"code {other.code[:12]} -> {self.code[:12]}")
+        return out
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A model an unattended run may already have: the champion or a candidate waiting for approval."""
+
+    role: str  # "champion" | "candidate"
+    version: str
+    run_id: str | None
+    inputs: RunInputs | None
+
+
+@dataclass(frozen=True)
+class FreshnessCheck:
+    skip: bool
+    reason: str
+    matched: Reference | None = None
+    changes: dict[str, list[str]] = field(default_factory=dict)  # reference role -> what differs
+
+    def to_dict(self) -> dict[str, Any]:
+        matched = None
+        if self.matched:
+            matched = {"role": self.matched.role, "version": self.matched.version, "run_id": self.matched.run_id}
+        return {"skip": self.skip, "reason": self.reason, "matched": matched, "changes": self.changes}
+
+
+def check(current: RunInputs, references: list[Reference], *, unattended: bool, force: bool) -> FreshnessCheck:
+    """Decide whether a run has anything to do.
+
+    Only unattended (scheduled or triggered) runs skip; a forced run or one a person
+    started by hand always trains.
+    """
+    if force:
+        return FreshnessCheck(False, "forced: the unchanged-inputs check was skipped")
+    if not unattended:
+        return FreshnessCheck(False, "started by hand: always trains")
+    changes: dict[str, list[str]] = {}
+    for ref in references:
+        if ref.inputs is None:
+            changes[ref.role] = [f"version {ref.version} has no recorded inputs"]
+            continue
+        diff = current.differences(ref.inputs)
+        if not diff:
+            waiting = " (still waiting for approval)" if ref.role == "candidate" else ""
+            return FreshnessCheck(
+                True,
+                f"nothing to do: data, params and code equal those of {ref.role} version {ref.version}{waiting}",
+                ref,
+                changes,
+            )
+        changes[ref.role] = diff
+    if not references:
+        return FreshnessCheck(False, "no champion or candidate yet: a first model is trained", None, changes)
+    said = "; ".join(f"vs {role}: {', '.join(diff)}" for role, diff in changes.items())
+    return FreshnessCheck(False, f"inputs changed ({said})", None, changes)
