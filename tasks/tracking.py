@@ -12,7 +12,7 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 from tasks.common import RETRY_TRANSIENT, BaselineRef, DataRef, RunContext
-from tunegate import tracking
+from tunegate import failures, tracking
 from tunegate.gitinfo import code_fingerprint, git_commit
 from tunegate.params import Params, dump_params, load_params
 from tunegate.paths import repo_root, tunegate_home
@@ -50,6 +50,8 @@ def start_run(params: Params, params_file: str, resume_run_id: str | None = None
         run_id = tracking.start_run(params.project.name, run_name=flow_run.get_name() or "retrain", tags=tags)
     tracking.log_params(run_id, params.flat())
     tracking.log_text(run_id, dump_params(params), "params/resolved_params.yaml")
+    for earlier in failures.reconcile():
+        logger.warning("recorded an earlier failure the tracking server missed: flow run %s (%s)", earlier["flow_run_id"], earlier["reason"][:200])
     work_dir = tunegate_home() / "runs" / run_id
     work_dir.mkdir(parents=True, exist_ok=True)
     record(
@@ -125,20 +127,19 @@ def record_failure(flow, flow_run_obj, state) -> None:
         experiment, model_name = loaded.project.name, loaded.model.registered_name
     except Exception:
         pass
-    run_ids = []
+    run_ids: list[str] = []
+    recorded = False
     if experiment:
         try:
             for run in tracking.find_runs_by_tag(experiment, "tunegate.prefect_flow_run_id", flow_run_id):
-                tracking.set_tags(run.info.run_id, {"tunegate.failure": reason[:4000], "tunegate.outcome": "failed"})
-                tracking.log_text(run.info.run_id, reason, "failure.txt")
-                tracking.end_run(run.info.run_id, "FAILED")
-                run_ids.append(run.info.run_id)
                 _detach_candidate(model_name, run.data.tags.get("tunegate.registered_version"))
-        except Exception:  # the tracking server itself may be what failed
-            pass
+            run_ids = failures.mark_failed(experiment, flow_run_id, reason)
+            recorded = True
+        except Exception:  # the tracking server itself may be what failed: the next run records it
+            failures.remember(experiment, flow_run_id, reason)
     record(
         "run_failed",
-        {"flow_run_id": flow_run_id, "mlflow_run_ids": run_ids, "reason": reason[:4000]},
+        {"flow_run_id": flow_run_id, "mlflow_run_ids": run_ids, "reason": reason[:4000], "recorded_in_mlflow": recorded},
         model_name=model_name,
     )
 

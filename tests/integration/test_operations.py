@@ -268,6 +268,37 @@ def test_status_shows_schedule_runs_and_waiting_candidates(ops):
     assert "waiting for approval: version 3" in text and "nothing_to_do" in text
 
 
+def test_prefect_yaml_deploys_to_a_process_work_pool(ops):
+    """prefect.yaml's deployment on a process work pool: deployed with `prefect deploy`, a worker runs it."""
+    prefect = str(Path(sys.executable).parent / "prefect")
+    env = {**ops.env, "TUNEGATE_REPO": str(REPO)}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run([prefect, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"prefect {' '.join(args)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        return result
+
+    run("work-pool", "create", "tunegate-process", "--type", "process")
+    run("--no-prompt", "deploy", "--name", "tunegate-retrain")
+    deployment = _get_json(f"{ops.api}/deployments/name/retrain/tunegate-retrain")
+    assert deployment["work_pool_name"] == "tunegate-process"
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * 1"]
+    assert deployment["parameters"]["trigger"] == "schedule"
+    assert deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
+    automations = _get_json(f"{ops.api}/automations/filter", {})
+    templated = [a for a in automations if a["actions"][0].get("deployment_id") == deployment["id"]]
+    assert templated and templated[0]["actions"][0]["parameters"]["trigger"] == "data:{{ event.resource.id }}@{{ event.payload.md5 }}"
+
+    # A run as the schedule starts it, on the ops params: inputs equal candidate 3's, so the worker's run has nothing to do.
+    flow_run = _get_json(f"{ops.api}/deployments/{deployment['id']}/create_flow_run", {"parameters": {"params_file": str(ops.params)}})
+    run("worker", "start", "--pool", "tunegate-process", "--run-once")
+    finished = _wait(lambda: (r := _get_json(f"{ops.api}/flow_runs/{flow_run['id']}"))["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED") and r,
+                     300, "the worker's flow run to finish", interval=2)
+    assert finished["work_pool_name"] == "tunegate-process"
+    assert finished["state"]["name"] == "Nothing to do", finished["state"]
+    assert "candidate version 3" in finished["state"]["message"]
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make setup installs it where apt is available)")
 def test_screens_of_both_uis(ops):
     """Screenshots of the flow run with its artifacts (Prefect UI) and of the model with its aliases (MLflow UI)."""

@@ -28,10 +28,11 @@ def new_model() -> str:
     return f"promo-{uuid.uuid4().hex[:8]}"
 
 
-def candidate(name: str, initiator: str = "ivan", baseline_version: str = "") -> str:
+def candidate(name: str, initiator: str = "ivan", baseline_version: str = "", run_status: str | None = "FINISHED") -> str:
     """A registered version that passed the gate (made directly on the registry), now alias candidate."""
     run_id = tracking.start_run("promotion-tests", "r", {"tunegate.initiator": initiator})
-    tracking.end_run(run_id, "FINISHED")
+    if run_status:
+        tracking.end_run(run_id, run_status)
     client = tracking.client()
     try:
         client.create_registered_model(name)
@@ -42,6 +43,17 @@ def candidate(name: str, initiator: str = "ivan", baseline_version: str = "") ->
     })
     tracking.set_alias(name, tracking.CANDIDATE, str(mv.version))
     return str(mv.version)
+
+
+def test_a_version_whose_run_did_not_finish_is_never_promoted():
+    # A run that registered its candidate and then lost its tracking server stays RUNNING (or is marked FAILED).
+    for status, said in ((None, "RUNNING"), ("FAILED", "FAILED")):
+        name = new_model()
+        v = candidate(name, run_status=status)
+        with pytest.raises(promotion.PromotionError, match=f"ended {said}, not FINISHED"):
+            promotion.approve(name, v, "alice", "looks good", ANYONE)
+        assert tracking.alias_version(name, "champion") is None
+        assert events(name, "approval_refused")[-1]["data"]["why"].endswith("not FINISHED")
 
 
 def events(name: str, kind: str) -> list[dict]:
