@@ -15,6 +15,12 @@ from typing import Any
 SOURCE_PREFIX = "tunegate.source_md5."
 
 
+def short_code(code: str) -> str:
+    """``abc123def456`` or ``abc123def456+dirty.0f1e2d3c`` for a code fingerprint."""
+    commit, _, dirty = code.partition("+dirty.")
+    return commit[:12] + (f"+dirty.{dirty[:8]}" if dirty else "")
+
+
 @dataclass(frozen=True)
 class RunInputs:
     data_md5: str
@@ -42,7 +48,7 @@ class RunInputs:
         if self.params_sha256 != other.params_sha256:
             out.append("params changed")
         if self.code != other.code:
-            out.append(f"code {other.code[:12]} -> {self.code[:12]}")
+            out.append(f"code {short_code(other.code)} -> {short_code(self.code)}")
         return out
 
 

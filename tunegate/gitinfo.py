@@ -16,15 +16,21 @@ def git_commit(root: Path) -> tuple[str, bool]:
         return "unknown", False
 
 
+# What "the code" of a run is: the pipeline's sources and pinned environment. Params and data are
+# fingerprinted on their own; docs and tests do not change what a run computes.
+CODE_PATHS = ("tunegate", "tasks", "flows", "pyproject.toml", "requirements.lock", "dvc.yaml")
+
+
 def code_fingerprint(root: Path) -> str:
-    """The commit, plus a hash of the uncommitted diff of tracked files when the tree is dirty.
+    """The commit, plus a hash of the uncommitted diff of the code (CODE_PATHS) when there is one.
 
     Two runs with the same fingerprint ran the same code (untracked files aside).
     """
     import hashlib
 
-    sha, dirty = git_commit(root)
-    if not dirty:
+    sha, _ = git_commit(root)
+    try:
+        diff = subprocess.run(["git", "diff", "HEAD", "--binary", "--", *CODE_PATHS], cwd=root, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
         return sha
-    diff = subprocess.run(["git", "diff", "HEAD", "--binary"], cwd=root, capture_output=True).stdout
-    return f"{sha}+dirty.{hashlib.sha256(diff).hexdigest()[:16]}"
+    return f"{sha}+dirty.{hashlib.sha256(diff).hexdigest()[:16]}" if diff else sha

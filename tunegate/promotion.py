@@ -41,9 +41,12 @@ def environment_user() -> str:
 
 
 def audit_log() -> Path:
+    """``$TUNEGATE_AUDIT_DIR/events.jsonl``; default ``$TUNEGATE_HOME/audit``. In a multi-user deployment
+    every process that records (workers, the host where people approve) points it at one shared directory."""
     from tunegate.paths import tunegate_home
 
-    return tunegate_home() / "audit" / "events.jsonl"
+    shared = os.environ.get("TUNEGATE_AUDIT_DIR")
+    return (Path(shared) if shared else tunegate_home() / "audit") / "events.jsonl"
 
 
 def record(event: str, data: dict[str, Any], actor: str | None = None, model_name: str | None = None, commit: str | None = None) -> dict[str, Any]:

@@ -239,6 +239,9 @@ def test_new_data_triggers_a_run_evaluated_against_the_champion(ops):
             return runs or None
 
         runs = _wait(finished, 420, "a data-triggered run to finish", interval=2)
+        # `tunegate trigger` starts the served deployment like the schedule would: nothing changed since.
+        again = ops.cli("trigger", "-p", str(ops.params), "--wait")
+        assert "Nothing to do" in again.stdout, again.stdout
     finally:
         _stop(serve)
     run = runs[0]
@@ -305,8 +308,10 @@ def test_screens_of_both_uis(ops):
     runs = [r for r in ops.flow_runs("ops-retrain") if r["state"]["type"] == "COMPLETED"]
     screens = ops.home / "screens"
     screens.mkdir(exist_ok=True)
+    [summary] = _get_json(f"{ops.api}/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [runs[0]["id"]]}, "key": {"any_": ["run-summary"]}}})
     pages = {
-        "prefect-flow-run": (f"{ops.prefect}/runs/flow-run/{runs[0]['id']}?tab=Artifacts", runs[0]["name"]),
+        "prefect-flow-run": (f"{ops.prefect}/runs/flow-run/{runs[0]['id']}", runs[0]["name"]),
+        "prefect-run-summary-artifact": (f"{ops.prefect}/artifacts/artifact/{summary['id']}", "Gate: PASSED"),
         "mlflow-registered-model": (f"{ops.mlflow}/#/models/{MODEL}", "champion"),
     }
     for name, (url, expected) in pages.items():

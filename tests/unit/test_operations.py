@@ -144,3 +144,15 @@ def test_durations_read_like_a_person_would_say_them():
     from tunegate.operations import human_duration
 
     assert [human_duration(s) for s in (5, 125, 7300, 90000, None)] == ["5s", "2m 5s", "2h 1m", "1d 1h", "-"]
+
+
+def test_kubernetes_job_template_offers_every_variable_prefect_yaml_sets():
+    import json
+
+    template = json.loads((REPO / "mlflow_config" / "k8s-work-pool-template.json").read_text())
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    [k8s] = [d for d in spec["deployments"] if d["work_pool"]["name"] == "tunegate-k8s"]
+    assert set(k8s["work_pool"]["job_variables"]) <= set(template["variables"]["properties"])
+    assert template["job_configuration"]["job_manifest"]["kind"] == "Job"
+    container = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "{{ image }}" and container["args"] == "{{ command }}"
