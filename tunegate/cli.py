@@ -250,6 +250,22 @@ def schedule(
 
 
 @app.command()
+def deploy(
+    name: Annotated[list[str] | None, typer.Option("--name", "-n", help="deployment(s) of prefect.yaml (default: tunegate-retrain)")] = None,
+) -> None:
+    """`prefect deploy` the work-pool deployments in prefect.yaml (TUNEGATE_REPO: where workers find this checkout)."""
+    from tunegate.paths import configure_environment, repo_root
+
+    configure_environment()
+    _need_server("deploy")
+    from tunegate.scheduling import deploy_prefect_yaml
+
+    code = deploy_prefect_yaml(name or ["tunegate-retrain"], repo_root())
+    if code:
+        _fail(f"prefect deploy exited {code}", code=code)
+
+
+@app.command()
 def trigger(
     params: Annotated[str, typer.Option("--params", "-p", help="params YAML file (its schedule.deployment)")] = DEFAULT_PARAMS,
     force: Annotated[bool, typer.Option("--force", help="train even when data, params and code equal the champion's")] = False,
@@ -314,12 +330,14 @@ def server(
     def _request_stop(signum, frame):  # noqa: ARG001
         stopping["signal"] = signal.Signals(signum).name
 
-    signal.signal(signal.SIGTERM, _request_stop)
-    signal.signal(signal.SIGINT, _request_stop)
     try:
-        servers = start_all(config)
+        servers = start_all(config)  # Ctrl-C while starting: start_all stops what it started
     except ServerError as error:
         _fail(str(error))
+    except KeyboardInterrupt:
+        _fail("interrupted while starting", code=130)
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
     env = client_env(config)
     console.print(f"[bold]Prefect[/bold] UI  {config.prefect_url}   API {config.prefect_api_url}", highlight=False)
     console.print(f"[bold]MLflow[/bold]  UI  {config.mlflow_url}   artifacts -> {config.artifacts_destination()}", highlight=False)

@@ -239,3 +239,39 @@ class DataWatcher:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+# --- prefect.yaml deployments -------------------------------------------------------------
+
+
+def deploy_prefect_yaml(names: list[str], repo: Path) -> int:
+    """``prefect deploy`` of the named deployments in ``repo/prefect.yaml``; returns its exit code.
+
+    Works around a Prefect 3.8.8 client bug under the pinned ``fastapi<0.155``: after creating the
+    deployment, ``prefect deploy`` asks for the pool's workers with ``limit: null``, which the
+    server rejects with 422, so the command exits 1 although the deployment exists. The patch
+    sends the server's own defaults instead; nothing else changes.
+    """
+    from prefect.cli import app as prefect_cli
+    from prefect.client.orchestration._work_pools.client import WorkPoolAsyncClient
+
+    original = WorkPoolAsyncClient.read_workers_for_work_pool
+
+    async def read_workers(self, work_pool_name, worker_filter=None, offset=None, limit=None):
+        return await original(self, work_pool_name, worker_filter, 0 if offset is None else offset, 200 if limit is None else limit)
+
+    os.environ.setdefault("TUNEGATE_REPO", str(repo))
+    argv = ["--no-prompt", "deploy", "--prefect-file", str(repo / "prefect.yaml")]
+    for name in names:
+        argv += ["--name", name]
+    WorkPoolAsyncClient.read_workers_for_work_pool = read_workers
+    cwd = os.getcwd()
+    try:
+        os.chdir(repo)  # entrypoints in prefect.yaml are relative to the repo root
+        prefect_cli(argv)
+        return 0
+    except SystemExit as done:
+        return int(done.code or 0) if not isinstance(done.code, str) else 1
+    finally:
+        os.chdir(cwd)
+        WorkPoolAsyncClient.read_workers_for_work_pool = original
