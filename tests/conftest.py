@@ -37,3 +37,14 @@ def base_model_path() -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is missing: the tests need ../shared beside the repo")
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_data() -> Path:
+    """``data/demo`` as ``dvc repro demo_data`` makes it (a no-op when it is there already)."""
+    from tunegate import dvc_adapter
+
+    demo = REPO / "data" / "demo"
+    if not (demo / "train.jsonl").is_file() or not (demo / "eval.jsonl").is_file():
+        dvc_adapter.reproduce(REPO, "demo_data", _HOME)
+    return demo

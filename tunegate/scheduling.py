@@ -264,14 +264,18 @@ def deploy_prefect_yaml(names: list[str], repo: Path) -> int:
     argv = ["--no-prompt", "deploy", "--prefect-file", str(repo / "prefect.yaml")]
     for name in names:
         argv += ["--name", name]
+    import sys
+
     WorkPoolAsyncClient.read_workers_for_work_pool = read_workers
-    cwd = os.getcwd()
+    cwd, saved_argv = os.getcwd(), sys.argv
     try:
         os.chdir(repo)  # entrypoints in prefect.yaml are relative to the repo root
-        prefect_cli(argv)
+        sys.argv = ["prefect", *argv]  # Prefect's CLI entry point reads its arguments from sys.argv
+        prefect_cli()
         return 0
     except SystemExit as done:
         return int(done.code or 0) if not isinstance(done.code, str) else 1
     finally:
+        sys.argv = saved_argv
         os.chdir(cwd)
         WorkPoolAsyncClient.read_workers_for_work_pool = original

@@ -122,21 +122,14 @@ def _write_params(ops: Ops, eval_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def ops(tmp_path_factory, base_model_path):
+def ops(tmp_path_factory, base_model_path, demo_data):
     """`tunegate server` on free loopback ports with its own $TUNEGATE_HOME; stopped with Ctrl-C at the end."""
-    from tunegate.paths import configure_environment, repo_root
     from tunegate.server import free_port
 
-    configure_environment()
     work = tmp_path_factory.mktemp("ops")
     ops = Ops(work / "home", free_port(), free_port(), work)
     # The user's data lives in its own git + DVC repo; version A is every second demo training record.
-    demo = repo_root() / "data" / "demo"
-    if not (demo / "train.jsonl").is_file():
-        from tunegate import dvc_adapter
-        from tunegate.paths import tunegate_home
-
-        dvc_adapter.reproduce(repo_root(), "demo_data", tunegate_home())
+    demo = demo_data
     ops.data_repo.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=ops.data_repo, check=True)
     subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=ops.data_repo, check=True, env=ops.env)

@@ -59,7 +59,7 @@ def databases():
             psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def test_flow_runs_against_mlflow_and_prefect_on_postgres(databases, base_model_path, tmp_path):
+def test_flow_runs_against_mlflow_and_prefect_on_postgres(databases, base_model_path, demo_data, tmp_path):
     from tunegate.server import free_port
 
     home = tmp_path / "home"
@@ -81,7 +81,7 @@ def test_flow_runs_against_mlflow_and_prefect_on_postgres(databases, base_model_
         assert f"postgresql://{PG['user']}@" in out.read_text()  # the stores it says it uses
 
         eval_small = tmp_path / "eval_small.jsonl"
-        eval_small.write_text("\n".join((REPO / "data" / "demo" / "eval.jsonl").read_text().splitlines()[::5]) + "\n")
+        eval_small.write_text("\n".join((demo_data / "eval.jsonl").read_text().splitlines()[::5]) + "\n")
         name = f"pg-{uuid.uuid4().hex[:6]}"
         client_env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api", "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
         run = subprocess.run(
