@@ -20,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TUNEGATE = str(Path(sys.executable).parent / "tunegate")
-PG = {"host": "127.0.0.1", "port": "5432", "user": "postgres"}
+PG = {"host": "127.0.0.1", "port": os.environ.get("TUNEGATE_TEST_PG_PORT", "5432"), "user": "postgres"}
 
 
 def _pg_unavailable() -> str | None:
