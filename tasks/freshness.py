@@ -14,6 +14,7 @@ from tunegate import tracking
 from tunegate.freshness import Reference, RunInputs, check
 from tunegate.params import Params
 from tunegate.promotion import record
+from tunegate.summary import render_markdown
 
 
 def _reference(role: str, ref: tracking.VersionRef | None) -> Reference | None:
@@ -60,19 +61,7 @@ def skip_run(params: Params, ctx: RunContext, data: DataRef, freshness: dict[str
         "registered_version": None,
         "gate": None,
     }
-    markdown = "\n".join([
-        f"# Nothing to do: {params.model.registered_name}",
-        "",
-        freshness["reason"],
-        "",
-        f"- started by: {ctx.trigger}",
-        f"- data md5: `{data.data_md5}`",
-        f"- params sha256: `{params.fingerprint()[:16]}`",
-        f"- code: `{ctx.code}`",
-        f"- same inputs as {matched['role']} version {matched['version']} (MLflow run `{matched['run_id']}`)",
-        "",
-        "Start a run anyway with `tunegate trigger --force` (or `tunegate run`).",
-    ])
+    markdown = render_markdown(summary)
     tracking.set_tags(ctx.run_id, {"tunegate.outcome": "nothing_to_do", "tunegate.matched_version": matched["version"]})
     tracking.log_dict(ctx.run_id, summary, "summary/summary.json")
     tracking.log_text(ctx.run_id, markdown, "summary/summary.md")

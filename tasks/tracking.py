@@ -30,7 +30,7 @@ def start_run(params: Params, params_file: str, resume_run_id: str | None = None
     """Open the MLflow run (or reopen ``resume_run_id``), log every resolved param and the code version."""
     logger = get_run_logger()
     commit, dirty = git_commit(repo_root())
-    code = code_fingerprint(repo_root())
+    code = code_fingerprint(repo_root(), commit)
     flow_run_id = str(flow_run.get_id() or "")
     tags = {
         "mlflow.source.git.commit": commit,
@@ -131,9 +131,10 @@ def record_failure(flow, flow_run_obj, state) -> None:
     recorded = False
     if experiment:
         try:
-            for run in tracking.find_runs_by_tag(experiment, "tunegate.prefect_flow_run_id", flow_run_id):
+            runs = failures.runs_of(experiment, flow_run_id)
+            for run in runs:
                 _detach_candidate(model_name, run.data.tags.get("tunegate.registered_version"))
-            run_ids = failures.mark_failed(experiment, flow_run_id, reason)
+            run_ids = failures.mark_failed(runs, reason)
             recorded = True
         except Exception:  # the tracking server itself may be what failed: the next run records it
             failures.remember(experiment, flow_run_id, reason)
@@ -148,7 +149,5 @@ def _detach_candidate(model_name: str | None, version: str | None) -> None:
     """A version registered by a run that then failed loses alias ``candidate`` (approve refuses it anyway)."""
     if not model_name or not version:
         return
-    candidate = tracking.alias_version(model_name, tracking.CANDIDATE)
-    if candidate is not None and candidate.version == version:
-        tracking.client().delete_registered_model_alias(model_name, tracking.CANDIDATE)
+    tracking.remove_alias(model_name, tracking.CANDIDATE, only_from=version)
     tracking.set_version_tag(model_name, version, "tunegate.state", "failed_run")

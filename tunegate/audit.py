@@ -17,6 +17,11 @@ from typing import Any
 GENESIS = "0" * 64
 
 
+def environment_user() -> str:
+    """Who this process acts for: ``$TUNEGATE_ACTOR`` or the login name."""
+    return os.environ.get("TUNEGATE_ACTOR") or getpass.getuser()
+
+
 def entry_hash(entry: dict[str, Any]) -> str:
     body = {k: v for k, v in entry.items() if k != "hash"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -40,7 +45,7 @@ def append_event(log: Path, event: str, data: dict[str, Any], actor: str | None 
             "seq": len(entries),
             "time": dt.datetime.now(dt.timezone.utc).isoformat(),
             "event": event,
-            "actor": actor or os.environ.get("TUNEGATE_ACTOR") or getpass.getuser(),
+            "actor": actor or environment_user(),
             "commit": commit,
             "data": data,
             "prev": entries[-1]["hash"] if entries else GENESIS,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -22,6 +22,10 @@ app = typer.Typer(
 )
 
 DEFAULT_PARAMS = "params/demo.yaml"
+# Options several commands share.
+ParamsOption = Annotated[str, typer.Option("--params", "-p", help="params YAML file")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="override: section.key=value (repeatable)")]
+ReasonOption = Annotated[str, typer.Option("--reason", help="why (recorded in the audit trail)")]
 
 
 def _console(stderr: bool = False):
@@ -56,8 +60,8 @@ def _load(params: str, overrides: list[str]):
 
 @app.command()
 def run(
-    params: Annotated[str, typer.Option("--params", "-p", help="params YAML file")] = DEFAULT_PARAMS,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override: section.key=value (repeatable)")] = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+    set_: SetOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON summary object on the last line")] = False,
     resume: Annotated[str | None, typer.Option("--resume", help="MLflow run id of a run that died: continue it from its last checkpoint")] = None,
     wait_for_approval: Annotated[bool | None, typer.Option("--wait-for-approval/--no-wait-for-approval", help="pause for a review form in the Prefect UI (default: when PREFECT_API_URL points at a server)")] = None,
@@ -205,7 +209,7 @@ def _need_server(command: str) -> None:
 @app.command()
 def schedule(
     params: Annotated[str, typer.Option("--params", "-p", help="params YAML file (its schedule section)")] = DEFAULT_PARAMS,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override: section.key=value (repeatable)")] = None,
+    set_: SetOption = None,
     limit: Annotated[int | None, typer.Option("--limit", help="most flow runs this process executes at once")] = None,
 ) -> None:
     """Serve the `retrain` deployment: its schedule and new-data trigger start runs until Ctrl-C."""
@@ -222,14 +226,12 @@ def schedule(
     from tunegate.paths import repo_root
 
     params_file = str(_params_path(params).resolve())
-    # Schedule overrides given here are part of the served parameters, like those in the file.
-    if overrides:
-        loaded = loaded.model_copy(update={"schedule": loaded.schedule.model_copy(update={"overrides": [*loaded.schedule.overrides, *[o for o in overrides if not o.startswith("schedule.")]]})})
     s = loaded.schedule
     if not (s.cron or s.interval_seconds or s.on_new_data):
         _fail(f"{params_file}: schedule has no cron, no interval_seconds and on_new_data is false: nothing would start a run", code=2)
     commit, _ = git_commit(repo_root())
-    deployment = scheduling.build_deployment(params_file, loaded, version=commit[:12])
+    run_overrides = [o for o in overrides if not o.startswith("schedule.")]  # the rest shaped `loaded` above
+    deployment = scheduling.build_deployment(params_file, loaded, version=commit[:12], overrides=run_overrides)
     console = _console()
     console.print(f"serving [bold]{scheduling.FLOW_NAME}/{s.deployment}[/bold] for {loaded.model.registered_name}: {scheduling.describe(loaded)}", highlight=False)
     for when in scheduling.next_times(loaded):
@@ -357,15 +359,9 @@ def server(
     console.print(f"stopped ({stopping['signal']}): " + ", ".join(f"{name} exit {code}" for name, code in codes.items()), highlight=False)
 
 
-def _version_dict(ref) -> dict[str, Any] | None:
-    if ref is None:
-        return None
-    return {"version": ref.version, "run_id": ref.run_id, "tags": ref.tags}
-
-
 @app.command()
 def status(
-    params: Annotated[str, typer.Option("--params", "-p", help="params YAML file")] = DEFAULT_PARAMS,
+    params: ParamsOption = DEFAULT_PARAMS,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     last: Annotated[int, typer.Option("--last", help="how many recent runs to list")] = 10,
 ) -> None:
@@ -409,7 +405,7 @@ def _run_promotion(action) -> None:
 def approve(
     version: Annotated[str, typer.Argument(help="the candidate version to approve")],
     reviewer: Annotated[str, typer.Option("--reviewer", help="who approves (checked against the policy's allow-list)")],
-    reason: Annotated[str, typer.Option("--reason", help="why")],
+    reason: ReasonOption,
     params: Annotated[str, typer.Option("--params", "-p", help="params YAML file (its gate.approvals policy applies)")] = DEFAULT_PARAMS,
 ) -> None:
     """Approve the candidate VERSION; when the policy's roles are covered, it becomes ``champion``."""
@@ -423,8 +419,8 @@ def approve(
 def reject(
     version: Annotated[str, typer.Argument(help="the candidate version to reject")],
     reviewer: Annotated[str, typer.Option("--reviewer", help="who rejects")],
-    reason: Annotated[str, typer.Option("--reason", help="why")],
-    params: Annotated[str, typer.Option("--params", "-p", help="params YAML file")] = DEFAULT_PARAMS,
+    reason: ReasonOption,
+    params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """Reject a candidate: it loses alias ``candidate`` and can never become champion."""
     loaded = _promotion(params)
@@ -436,8 +432,8 @@ def reject(
 @app.command()
 def rollback(
     reviewer: Annotated[str, typer.Option("--reviewer", help="who rolls back")],
-    reason: Annotated[str, typer.Option("--reason", help="why")],
-    params: Annotated[str, typer.Option("--params", "-p", help="params YAML file")] = DEFAULT_PARAMS,
+    reason: ReasonOption,
+    params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """Move ``champion`` back to the ``previous`` version."""
     loaded = _promotion(params)
@@ -494,7 +490,7 @@ def audit_log_command(
 @app.command()
 def lineage(
     version: Annotated[str, typer.Argument(help="registered model version")],
-    params: Annotated[str, typer.Option("--params", "-p", help="params YAML file")] = DEFAULT_PARAMS,
+    params: ParamsOption = DEFAULT_PARAMS,
     json_out: Annotated[bool, typer.Option("--json", help="print the lineage as JSON")] = False,
 ) -> None:
     """Data md5s -> validation -> run, params and commit -> evaluation vs baseline -> gate -> approvals -> aliases."""

@@ -27,14 +27,17 @@ def remember(experiment: str, flow_run_id: str, reason: str) -> None:
         handle.write(json.dumps({"experiment": experiment, "flow_run_id": flow_run_id, "reason": reason}) + "\n")
 
 
-def mark_failed(experiment: str, flow_run_id: str, reason: str) -> list[str]:
-    """Mark the MLflow runs of a failed flow run FAILED; returns their ids (raises when MLflow is down)."""
-    run_ids = []
-    for run in tracking.find_runs_by_tag(experiment, "tunegate.prefect_flow_run_id", flow_run_id):
+def runs_of(experiment: str, flow_run_id: str) -> list[Any]:
+    """The MLflow runs a flow run opened (raises when MLflow is down)."""
+    return tracking.find_runs_by_tag(experiment, "tunegate.prefect_flow_run_id", flow_run_id)
+
+
+def mark_failed(runs: list[Any], reason: str) -> list[str]:
+    """Mark MLflow runs FAILED with the reason; returns their ids (raises when MLflow is down)."""
+    for run in runs:
         tracking.set_tags(run.info.run_id, {"tunegate.failure": reason[:4000], "tunegate.outcome": "failed"})
         tracking.end_run(run.info.run_id, "FAILED")
-        run_ids.append(run.info.run_id)
-    return run_ids
+    return [run.info.run_id for run in runs]
 
 
 def reconcile() -> list[dict[str, Any]]:
@@ -46,7 +49,7 @@ def reconcile() -> list[dict[str, Any]]:
     done, left = [], []
     for entry in entries:
         try:
-            entry["mlflow_run_ids"] = mark_failed(entry["experiment"], entry["flow_run_id"], entry["reason"])
+            entry["mlflow_run_ids"] = mark_failed(runs_of(entry["experiment"], entry["flow_run_id"]), entry["reason"])
             done.append(entry)
         except Exception:  # still unreachable: keep it for the next run
             left.append(entry)

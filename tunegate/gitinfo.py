@@ -21,14 +21,15 @@ def git_commit(root: Path) -> tuple[str, bool]:
 CODE_PATHS = ("tunegate", "tasks", "flows", "pyproject.toml", "requirements.lock", "dvc.yaml")
 
 
-def code_fingerprint(root: Path) -> str:
+def code_fingerprint(root: Path, sha: str | None = None) -> str:
     """The commit, plus a hash of the uncommitted diff of the code (CODE_PATHS) when there is one.
 
-    Two runs with the same fingerprint ran the same code (untracked files aside).
+    Two runs with the same fingerprint ran the same code (untracked files aside). ``sha``: the
+    commit when the caller has it already.
     """
     import hashlib
 
-    sha, _ = git_commit(root)
+    sha = sha or git_commit(root)[0]
     try:
         diff = subprocess.run(["git", "diff", "HEAD", "--binary", "--", *CODE_PATHS], cwd=root, capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):

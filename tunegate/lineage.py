@@ -18,6 +18,11 @@ def _artifact_json(run_id: str, path: str) -> Any:
 
 
 def build_lineage(name: str, version: str) -> dict[str, Any]:
+    return _lineage(name, version)[0]
+
+
+def _lineage(name: str, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The lineage chain and the training run's summary it was built from."""
     from tunegate.promotion import audit_log
 
     try:
@@ -34,15 +39,16 @@ def build_lineage(name: str, version: str) -> dict[str, Any]:
         for key, value in ref.tags.items()
         if key.startswith("tunegate.approval.")
     }
+    entries = audit.read_entries(audit_log())
     history = [
         {"seq": e["seq"], "time": e["time"], "event": e["event"], "actor": e["actor"], "data": e["data"]}
-        for e in audit.read_entries(audit_log())
+        for e in entries
         if e["data"].get("model") == name
         and (e["data"].get("version") == version or version in (e["data"].get("champion"), e["data"].get("previous"), e["data"].get("from"), e["data"].get("to")))
     ]
-    run_events = [e for e in audit.read_entries(audit_log()) if e["data"].get("run_id") == ref.run_id]
+    run_events = [e for e in entries if e["data"].get("run_id") == ref.run_id]
     aliases = sorted(a for a, v in (tracking.client().get_registered_model(name).aliases or {}).items() if str(v) == str(version))
-    return {
+    chain = {
         "model": name,
         "version": version,
         "aliases": aliases,
@@ -77,6 +83,7 @@ def build_lineage(name: str, version: str) -> dict[str, Any]:
         "history": history,
         "run_events": [{"seq": e["seq"], "event": e["event"], "time": e["time"]} for e in run_events],
     }
+    return chain, summary
 
 
 def render_lineage(chain: dict[str, Any]) -> str:
@@ -145,8 +152,7 @@ def render_model_card(chain: dict[str, Any], summary: dict[str, Any] | None = No
 
 def publish_model_card(name: str, version: str) -> str:
     """(Re)write the card from the current lineage: run artifact and the version's description."""
-    chain = build_lineage(name, version)
-    summary = _artifact_json(chain["training"]["run_id"], "summary/summary.json")
+    chain, summary = _lineage(name, version)
     card = render_model_card(chain, summary)
     tracking.log_text(chain["training"]["run_id"], card, f"model_card/version_{version}.md")
     tracking.client().update_model_version(name, version, description=card)

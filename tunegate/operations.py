@@ -70,13 +70,13 @@ def run_rows(params: Params, last: int) -> list[dict[str, Any]]:
 
 def pending_candidates(params: Params, now_ms: int | None = None) -> list[dict[str, Any]]:
     """The candidate waiting for approval, its approvals so far, the roles still missing and its wait."""
-    from tunegate.promotion import _approvals, missing_roles
+    from tunegate.promotion import approvals_of, missing_roles
 
     now_ms = now_ms or int(time.time() * 1000)
     ref = tracking.alias_version(params.model.registered_name, tracking.CANDIDATE)
     if ref is None or ref.tags.get("tunegate.state") in ("rejected", "champion", "failed_run"):
         return []
-    approvals = _approvals(ref)
+    approvals = approvals_of(ref)
     waited = (now_ms - ref.created_ms) / 1000 if ref.created_ms else None
     return [{
         "version": ref.version,

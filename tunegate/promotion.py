@@ -11,7 +11,6 @@ Registry moves happen under an exclusive lock, so two racing approvals leave one
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import os
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tunegate import audit, tracking
+from tunegate.audit import environment_user
 from tunegate.params import ApprovalPolicy
 
 PREVIOUS = "previous"
@@ -34,10 +34,6 @@ class Outcome:
     version: str
     message: str
     champion: str | None
-
-
-def environment_user() -> str:
-    return os.environ.get("TUNEGATE_ACTOR") or getpass.getuser()
 
 
 def audit_log() -> Path:
@@ -99,7 +95,7 @@ def missing_roles(policy: ApprovalPolicy, approvals: dict[str, list[str]]) -> li
     return missing
 
 
-def _approvals(ref: tracking.VersionRef) -> dict[str, list[str]]:
+def approvals_of(ref: tracking.VersionRef) -> dict[str, list[str]]:
     return {
         key.removeprefix("tunegate.approval."): json.loads(value)["roles"]
         for key, value in ref.tags.items()
@@ -140,7 +136,7 @@ def approve(name: str, version: str, reviewer: str, reason: str, policy: Approva
             raise
         approval = {"roles": roles, "reason": reason, "env_user": env_user, "identity_matches_env": reviewer == env_user}
         tracking.set_version_tag(name, version, f"tunegate.approval.{reviewer}", json.dumps(approval))
-        approvals = _approvals(tracking.get_version(name, version))
+        approvals = approvals_of(tracking.get_version(name, version))
         record("approval", {"model": name, "version": version, "reviewer": reviewer, **approval}, actor=reviewer, model_name=name)
         missing = missing_roles(policy, approvals)
         if missing:
@@ -149,8 +145,7 @@ def approve(name: str, version: str, reviewer: str, reason: str, policy: Approva
         tracking.set_alias(name, tracking.CHAMPION, version)
         if previous:
             tracking.set_alias(name, PREVIOUS, previous)
-        with contextlib.suppress(Exception):
-            tracking.client().delete_registered_model_alias(name, tracking.CANDIDATE)
+        tracking.remove_alias(name, tracking.CANDIDATE)
         tracking.set_version_tag(name, version, "tunegate.state", "champion")
         if previous:
             tracking.set_version_tag(name, previous, "tunegate.state", "previous")
@@ -191,9 +186,7 @@ def reject(name: str, version: str, reviewer: str, reason: str) -> Outcome:
             raise PromotionError(f"version {version} is the champion; use rollback")
         tracking.set_version_tag(name, version, "tunegate.state", "rejected")
         tracking.set_version_tag(name, version, "tunegate.rejection", json.dumps({"reviewer": reviewer, "reason": reason}))
-        candidate = tracking.alias_version(name, tracking.CANDIDATE)
-        if candidate and candidate.version == version:
-            tracking.client().delete_registered_model_alias(name, tracking.CANDIDATE)
+        tracking.remove_alias(name, tracking.CANDIDATE, only_from=version)
         record("rejected", {"model": name, "version": version, "reviewer": reviewer, "reason": reason, "env_user": environment_user()}, actor=reviewer, model_name=name)
         return Outcome("rejected", version, f"version {version} rejected; champion unchanged", _champion_version(name))
 

@@ -35,10 +35,11 @@ class ScheduleError(RuntimeError):
     """The schedule cannot be served (no server, bad deployment); the message says what to do."""
 
 
-def deployment_parameters(params_file: str, params: Params, trigger: str = "schedule") -> dict[str, Any]:
+def deployment_parameters(params_file: str, params: Params, trigger: str = "schedule", overrides: list[str] | None = None) -> dict[str, Any]:
+    """The flow parameters of unattended runs: the params' ``schedule.overrides`` plus ``overrides``."""
     return {
         "params_file": params_file,
-        "overrides": list(params.schedule.overrides),
+        "overrides": [*params.schedule.overrides, *(overrides or [])],
         "trigger": trigger,
         "force": False,
         "wait_for_approval": False,  # a person approves later; a paused run would hold the only slot
@@ -74,8 +75,11 @@ def next_times(params: Params, count: int = 3, after: dt.datetime | None = None)
     return []
 
 
-def build_deployment(params_file: str, params: Params, version: str | None = None):
-    """The ``retrain`` deployment: the params' schedule, a trigger on new data, one run at a time."""
+def build_deployment(params_file: str, params: Params, version: str | None = None, overrides: list[str] | None = None):
+    """The ``retrain`` deployment: the params' schedule, a trigger on new data, one run at a time.
+
+    ``overrides`` (``--set`` outside the schedule section) reach every run it starts.
+    """
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.events import DeploymentEventTrigger
     from prefect.schedules import Cron, Interval
@@ -96,14 +100,14 @@ def build_deployment(params_file: str, params: Params, version: str | None = Non
                 description="tunegate data add, or a new DVC version of the configured data",
                 expect={DATA_ADDED, DATA_NEW_VERSION},
                 match={"prefect.resource.id": f"{RESOURCE_PREFIX}*"},
-                parameters=deployment_parameters(params_file, params, trigger=DATA_TRIGGER_TEMPLATE),
+                parameters=deployment_parameters(params_file, params, DATA_TRIGGER_TEMPLATE, overrides),
             )
         )
     return retrain.to_deployment(
         name=s.deployment,
         schedules=schedules,
         triggers=triggers,
-        parameters=deployment_parameters(params_file, params),
+        parameters=deployment_parameters(params_file, params, overrides=overrides),
         concurrency_limit=ConcurrencyLimitConfig(limit=s.max_concurrent_runs, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
         description=f"tunegate retrain of {params.model.registered_name}: {describe(params)}",
         tags=["tunegate", params.model.registered_name],

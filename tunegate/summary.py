@@ -50,11 +50,7 @@ def baseline_label(baseline: dict[str, Any]) -> str:
 
 def render_markdown(summary: dict[str, Any]) -> str:
     if summary.get("outcome") == "nothing_to_do":
-        return (
-            f"# tunegate run `{summary['run_id']}`: nothing to do\n\n{summary['reason']}\n\n"
-            f"- model: `{summary['model_name']}`\n- started by: {summary['trigger']}\n- data md5: `{summary['data_md5']}`\n"
-            f"- code: `{summary['code']}`\n\nStart a run anyway with `tunegate trigger --force`.\n"
-        )
+        return render_nothing_to_do(summary)
     base = summary["baseline"]["metrics"]
     cand = summary["candidate"]["metrics"]
     lines = [
@@ -85,4 +81,24 @@ def render_markdown(summary: dict[str, Any]) -> str:
         )
     else:
         lines.append("Nothing was registered.")
+    return "\n".join(lines) + "\n"
+
+
+def render_nothing_to_do(summary: dict[str, Any]) -> str:
+    """The summary of a run that ended early because its inputs equal an existing model's."""
+    matched = summary["matched"]
+    lines = [
+        f"# tunegate run `{summary['run_id']}`: nothing to do",
+        "",
+        summary["reason"],
+        "",
+        f"- model: `{summary['model_name']}`",
+        f"- started by: {summary['trigger']}",
+        f"- data md5: `{summary['data_md5']}`",
+        f"- params sha256: `{summary['params_sha256'][:16]}`",
+        f"- code: `{summary['code']}`",
+        f"- same inputs as {matched['role']} version {matched['version']} (MLflow run `{matched['run_id']}`)",
+        "",
+        "Start a run anyway with `tunegate trigger --force` (or `tunegate run`).",
+    ]
     return "\n".join(lines) + "\n"

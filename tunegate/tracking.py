@@ -6,6 +6,7 @@ All calls go through an explicit ``MlflowClient`` and run id, never the fluent
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from dataclasses import dataclass
@@ -18,14 +19,26 @@ CHAMPION = "champion"
 CANDIDATE = "candidate"
 
 
-def client():
-    import mlflow
+@functools.lru_cache(maxsize=8)
+def _client_for(uri: str):
     from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def client():
+    """The client for the current tracking URI (one per URI); also points MLflow's fluent API there."""
+    import mlflow
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return _client_for(uri)
+
+
+def _param_value(value: Any) -> str:
+    """How a param value is logged: JSON for lists and mappings, str() for the rest."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
 def ensure_experiment(name: str) -> str:
@@ -56,7 +69,7 @@ def reopen_run(run_id: str, flat_params: dict[str, Any], tags: dict[str, str]) -
     except MlflowException:
         raise ValueError(f"--resume {run_id}: no such MLflow run at {tracking_uri()}") from None
     logged = run.data.params
-    changed = sorted(k for k, v in flat_params.items() if k in logged and logged[k] != (json.dumps(v) if isinstance(v, (list, dict)) else str(v)))
+    changed = sorted(k for k, v in flat_params.items() if k in logged and logged[k] != _param_value(v))
     if changed:
         raise ValueError(f"--resume {run_id}: params differ from the run's: {', '.join(changed)}")
     c.update_run(run_id, status="RUNNING")
@@ -68,9 +81,10 @@ def reopen_run(run_id: str, flat_params: dict[str, Any], tags: dict[str, str]) -
 def log_params(run_id: str, flat: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
-    items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in flat.items()]
+    items = [Param(k, _param_value(v)) for k, v in flat.items()]
+    c = client()
     for start in range(0, len(items), 100):
-        client().log_batch(run_id, params=items[start : start + 100])
+        c.log_batch(run_id, params=items[start : start + 100])
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
@@ -232,6 +246,13 @@ def versions_of_run(name: str, run_id: str) -> list[VersionRef]:
 
 def set_alias(name: str, alias: str, version: str) -> None:
     client().set_registered_model_alias(name, alias, str(version))
+
+
+def remove_alias(name: str, alias: str, only_from: str | None = None) -> None:
+    """Delete ``alias`` of ``name`` (when it exists and, with ``only_from``, points at that version)."""
+    current = alias_version(name, alias)
+    if current is not None and (only_from is None or current.version == str(only_from)):
+        client().delete_registered_model_alias(name, alias)
 
 
 def set_version_tag(name: str, version: str, key: str, value: str) -> None:
