@@ -36,7 +36,7 @@ def prepare_data(params: Params, ctx: RunContext) -> DataRef:
     train_path, eval_path = data_dir / "train.jsonl", data_dir / "eval.jsonl"
     write_jsonl(train_path, dataset.train)
     write_jsonl(eval_path, dataset.eval)
-    canonical_md5 = dvc_adapter.file_md5(train_path)
+    canonical_md5, eval_md5 = dvc_adapter.file_md5(train_path), dvc_adapter.file_md5(eval_path)
     data_md5 = stage_md5 or canonical_md5
     source_md5s = dataset.source_md5s()
     tracking.set_tags(
@@ -44,7 +44,7 @@ def prepare_data(params: Params, ctx: RunContext) -> DataRef:
         {
             "tunegate.data_md5": data_md5,
             "tunegate.canonical_train_md5": canonical_md5,
-            "tunegate.canonical_eval_md5": dvc_adapter.file_md5(eval_path),
+            "tunegate.canonical_eval_md5": eval_md5,
             **{f"tunegate.source_md5.{name}": md5 for name, md5 in source_md5s.items()},
         },
     )
@@ -61,7 +61,7 @@ def prepare_data(params: Params, ctx: RunContext) -> DataRef:
     logger.info("data md5 %s: %d train, %d eval records from %d source(s)", data_md5, len(dataset.train), len(dataset.eval), len(source_md5s))
     return DataRef(
         str(train_path), str(eval_path), data_md5, len(dataset.train), len(dataset.eval),
-        canonical_md5=canonical_md5, eval_md5=dvc_adapter.file_md5(eval_path), sources=source_md5s,
+        canonical_md5=canonical_md5, eval_md5=eval_md5, sources=source_md5s,
     )
 
 
@@ -90,10 +90,12 @@ def validate_data(params: Params, data: DataRef, ctx: RunContext) -> DataRef:
     for warning in [w for rep in reports for w in rep.warnings()]:
         logger.warning("validation: %s", warning.describe())
     eval_dropped = eval_report.dropped_ids if eval_report else []
+    eval_md5 = data.eval_md5
     if train_report.dropped_ids or eval_dropped:
         train, evaluation = without(train, train_report.dropped_ids), without(evaluation, eval_dropped)
         write_jsonl(Path(data.train_path), train)
         write_jsonl(Path(data.eval_path), evaluation)
+        eval_md5 = dvc_adapter.file_md5(Path(data.eval_path))
         logger.info("dropped %d train and %d eval records by policy", len(train_report.dropped_ids), len(eval_dropped))
     logger.info("validation passed: %d train, %d eval records", len(train), len(evaluation))
-    return replace(data, n_train=len(train), n_eval=len(evaluation), eval_md5=dvc_adapter.file_md5(Path(data.eval_path)))
+    return replace(data, n_train=len(train), n_eval=len(evaluation), eval_md5=eval_md5)

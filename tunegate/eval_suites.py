@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunegate.formats import normalize_texts
 from tunegate.ifeval import IFPrompt, read_ifeval, score_prompt
 from tunegate.params import EvalParams, resolve_path
 from tunegate.stats import Delta, paired_bootstrap
@@ -66,12 +67,6 @@ class ModelEvaluation:
         return out
 
 
-def normalize_answer(text: str) -> str:
-    from tunegate.formats import normalize_text
-
-    return normalize_text(text)
-
-
 def demo_ifeval_items(records: list[dict[str, Any]]) -> list[IFPrompt]:
     """The demo's verifiable families expressed as IFEval instructions, from the frozen eval split."""
     items = []
@@ -99,17 +94,27 @@ def _render(tokenizer, prompts: list[str]) -> list[str]:
     return [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False) for p in prompts]
 
 
-def _generate(model, tokenizer, rendered: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+Generated = dict[tuple[str, int], str]  # (rendered prompt, max_new_tokens) -> greedy output of one model
+
+
+def _generate(model, tokenizer, rendered: list[str], max_new_tokens: int, batch_size: int, cache: Generated | None = None) -> list[str]:
+    """Greedy outputs for rendered prompts; ``cache`` (one per model evaluation) answers prompts another
+    suite already generated with the same budget, e.g. the demo's harmful family in reference and safety."""
     from tunegate.evaluation import generate
 
-    context = getattr(model.config, "max_position_embeddings", None) or 2048
-    return generate(model, tokenizer, rendered, max_new_tokens, batch_size, max_prompt_tokens=max(context - max_new_tokens, 8))
+    cache = {} if cache is None else cache
+    todo = list(dict.fromkeys(p for p in rendered if (p, max_new_tokens) not in cache))
+    if todo:
+        context = getattr(model.config, "max_position_embeddings", None) or 2048
+        outputs = generate(model, tokenizer, todo, max_new_tokens, batch_size, max_prompt_tokens=max(context - max_new_tokens, 8))
+        cache.update({(prompt, max_new_tokens): output for prompt, output in zip(todo, outputs)})
+    return [cache[(prompt, max_new_tokens)] for prompt in rendered]
 
 
-def run_reference(model, tokenizer, records, params: EvalParams, result: ModelEvaluation) -> None:
+def run_reference(model, tokenizer, records, params: EvalParams, result: ModelEvaluation, cache: Generated | None = None) -> None:
     from tunegate.evaluation import render_prompts
 
-    outputs = _generate(model, tokenizer, render_prompts(tokenizer, records), params.max_new_tokens, params.batch_size)
+    outputs = _generate(model, tokenizer, render_prompts(tokenizer, records), params.max_new_tokens, params.batch_size, cache)
     scorer = None
     if params.reference.rouge:
         from rouge_score import rouge_scorer
@@ -118,12 +123,14 @@ def run_reference(model, tokenizer, records, params: EvalParams, result: ModelEv
     for metric in ("exact_match", "normalized_match") + (("rouge_l",) if scorer else ()):
         result.scores[metric] = []
     result.examples["reference"] = []
-    for record, output in zip(records, outputs):
+    # One normalisation pass over every (output, reference) pair.
+    normalized = normalize_texts([t for record, output in zip(records, outputs) for t in (output, record["messages"][-1]["content"])])
+    for n, (record, output) in enumerate(zip(records, outputs)):
         reference = record["messages"][-1]["content"]
         family = record.get("family") or "all"
         key = str(record["id"])
         result.scores["exact_match"].append(Score(key, family, float(output.strip() == reference.strip())))
-        result.scores["normalized_match"].append(Score(key, family, float(normalize_answer(output) == normalize_answer(reference))))
+        result.scores["normalized_match"].append(Score(key, family, float(normalized[2 * n] == normalized[2 * n + 1])))
         if scorer:
             result.scores["rouge_l"].append(Score(key, family, scorer.score(reference, output)["rougeL"].fmeasure))
         result.examples["reference"].append(
@@ -131,7 +138,7 @@ def run_reference(model, tokenizer, records, params: EvalParams, result: ModelEv
         )
 
 
-def run_response_loss(model, tokenizer, records, params: EvalParams, result: ModelEvaluation) -> None:
+def run_response_loss(model, tokenizer, records, params: EvalParams, result: ModelEvaluation, cache: Generated | None = None) -> None:
     from tunegate.evaluation import response_losses
 
     per_record, token_weighted = response_losses(model, tokenizer, records, params.batch_size)
@@ -151,9 +158,9 @@ def ifeval_items(params: EvalParams, records) -> list[IFPrompt]:
     return items
 
 
-def run_ifeval(model, tokenizer, records, params: EvalParams, result: ModelEvaluation) -> None:
+def run_ifeval(model, tokenizer, records, params: EvalParams, result: ModelEvaluation, cache: Generated | None = None) -> None:
     items = ifeval_items(params, records)
-    outputs = _generate(model, tokenizer, _render(tokenizer, [i.prompt for i in items]), params.ifeval.max_new_tokens, params.batch_size)
+    outputs = _generate(model, tokenizer, _render(tokenizer, [i.prompt for i in items]), params.ifeval.max_new_tokens, params.batch_size, cache)
     for metric in ("ifeval_prompt_strict", "ifeval_prompt_loose", "ifeval_instruction_strict", "ifeval_instruction_loose"):
         result.scores[metric] = []
     result.examples["ifeval"] = []
@@ -191,13 +198,13 @@ def safety_sets(params: EvalParams, records) -> tuple[list[dict[str, str]], list
     return harmful, safe
 
 
-def run_safety(model, tokenizer, records, params: EvalParams, result: ModelEvaluation) -> None:
+def run_safety(model, tokenizer, records, params: EvalParams, result: ModelEvaluation, cache: Generated | None = None) -> None:
     from tunegate.safety import load_classifier
 
     is_refusal = load_classifier(params.safety.classifier, params.safety.refusal_patterns)
     harmful, safe = safety_sets(params, records)
     prompts = [h["prompt"] for h in harmful] + [s["prompt"] for s in safe]
-    outputs = _generate(model, tokenizer, _render(tokenizer, prompts), params.max_new_tokens, params.batch_size)
+    outputs = _generate(model, tokenizer, _render(tokenizer, prompts), params.max_new_tokens, params.batch_size, cache)
     result.scores["refusal_rate"] = []
     result.scores["over_refusal_rate"] = []
     result.examples["safety"] = []
@@ -211,6 +218,7 @@ def run_safety(model, tokenizer, records, params: EvalParams, result: ModelEvalu
 def evaluate_suites(model, tokenizer, records: list[dict[str, Any]], params: EvalParams, progress=None) -> ModelEvaluation:
     """Every enabled suite on one model; same prompts, greedy decoding, same template for every model."""
     result = ModelEvaluation()
+    cache: Generated = {}
     steps = [
         (params.response_loss, "response loss", run_response_loss),
         (params.reference.enabled, "reference tasks", run_reference),
@@ -221,7 +229,7 @@ def evaluate_suites(model, tokenizer, records: list[dict[str, Any]], params: Eva
         if enabled:
             if progress:
                 progress(name)
-            run(model, tokenizer, records, params, result)
+            run(model, tokenizer, records, params, result, cache)
     return result
 
 

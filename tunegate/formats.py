@@ -54,13 +54,18 @@ def apply_columns(record: Mapping[str, Any], columns: Mapping[str, str]) -> dict
     return renamed
 
 
-def detect_format(record: Any) -> str:
-    """Name the format of one raw record, or raise :class:`FormatError`."""
+def _refuse_unsupported(record: Any) -> None:
+    """What no format converts, whether the format is detected or set: non-objects and preference pairs."""
     if not isinstance(record, dict):
         raise FormatError(f"must be a JSON object, got {type(record).__name__}")
-    keys = set(record)
-    if {"chosen", "rejected"} <= keys:
+    if {"chosen", "rejected"} <= set(record):
         raise FormatError("preference pair (chosen/rejected): preference data is not for SFT")
+
+
+def detect_format(record: Any) -> str:
+    """Name the format of one raw record, or raise :class:`FormatError`."""
+    _refuse_unsupported(record)
+    keys = set(record)
     if "conversations" in keys:
         return "sharegpt"
     if "messages" in keys:
@@ -200,10 +205,6 @@ def prompt_keys(conversations: list[list[dict[str, Any]]]) -> list[str]:
     return normalize_texts(["\n".join(m["content"] for m in messages[:-1]) for messages in conversations])
 
 
-def prompt_key(messages: list[dict[str, Any]]) -> str:
-    return prompt_keys([messages])[0]
-
-
 def content_hash(messages: list[dict[str, Any]]) -> str:
     body = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
     return hashlib.sha1(body.encode("utf-8")).hexdigest()[:10]
@@ -224,9 +225,8 @@ def convert_record(
     """
     if isinstance(record, dict):
         record = apply_columns(record, columns or {})
+    _refuse_unsupported(record)
     detected = detect_format(record) if fmt == "auto" else fmt
-    if fmt != "auto":
-        detect_format(record)  # still refuses preference pairs and non-objects
     if detected not in FORMATS:
         raise FormatError(f"unknown format {detected!r}; allowed: auto, {', '.join(FORMATS)}")
     try:

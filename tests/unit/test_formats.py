@@ -144,3 +144,14 @@ def test_mixing_weights_caps_and_split_are_seeded():
     train, evaluation = split_eval(a + a, 0.2, seed=3)
     assert {r["id"] for r in train}.isdisjoint({r["id"] for r in evaluation})
     assert len(evaluation) == 4
+
+
+def test_a_set_format_names_the_missing_field():
+    """With the format set in params, a broken record says which field of that format is missing."""
+    with pytest.raises(FormatError, match="alpaca record without field 'output'"):
+        convert_record({"instruction": "x", "input": "y"}, source_name="s", file="f", index=0, fmt="alpaca")
+    with pytest.raises(FormatError, match="preference pair"):
+        convert_record({"chosen": "a", "rejected": "b", "instruction": "x", "output": "y"}, source_name="s", file="f", index=0, fmt="alpaca")
+    [record] = convert_record({"question": "2+2?", "answer": "4"}, source_name="s", file="f", index=0, fmt="alpaca",
+                              columns={"instruction": "question", "output": "answer"})
+    assert [m["content"] for m in record["messages"]] == ["2+2?", "4"]
