@@ -6,6 +6,7 @@ fact a Great Expectations expectation then checks. Pure: no files, no GE.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,23 +36,13 @@ def roles_valid(roles: Sequence[str]) -> bool:
     An assistant block is an assistant turn, optionally a tool call followed by tool
     results and a further assistant turn (ShareGPT function_call/observation).
     """
-    i = 1 if roles and roles[0] == "system" else 0
-    if i >= len(roles):
-        return False
-    while i < len(roles):
-        if roles[i] != "user":
-            return False
-        i += 1
-        if i >= len(roles) or roles[i] != "assistant":
-            return False
-        i += 1
-        while i < len(roles) and roles[i] == "tool":
-            while i < len(roles) and roles[i] == "tool":
-                i += 1
-            if i >= len(roles) or roles[i] != "assistant":
-                return False
-            i += 1
-    return roles[-1] == "assistant"
+    codes = "".join(_ROLE_CODES.get(role, "?") for role in roles)
+    return _CONVERSATION.fullmatch(codes) is not None
+
+
+# system? then one or more (user, assistant, then any number of tool results + assistant) blocks
+_ROLE_CODES = {"system": "s", "user": "u", "assistant": "a", "tool": "t"}
+_CONVERSATION = re.compile(r"s?(?:ua(?:t+a)*)+")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -186,27 +177,20 @@ def count_record_tokens(tokenizer, records: list[dict[str, Any]], chunk_size: in
     One tokenizer pass over the full texts; the prompt length is read off the offsets
     (tokens that start inside the rendered prompt), so no second pass is needed.
     """
+    from tunegate.tokenize import plain_messages, render_prompt, unbounded_length
+
     full_lengths: list[int] = []
     prompt_lengths: list[int] = []
-    limit_before = tokenizer.model_max_length
-    tokenizer.model_max_length = int(1e30)  # counting, not feeding a model: no over-length warning
-    try:
+    with unbounded_length(tokenizer):  # counting, not feeding a model
         # Chunks bound the memory the offset lists take; the result is the same.
         for start in range(0, len(records), chunk_size):
             fulls, prompt_chars = [], []
             for record in records[start : start + chunk_size]:
-                messages = [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
-                prompt = (
-                    tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
-                    if len(messages) > 1
-                    else ""
-                )
+                messages = plain_messages(record["messages"])
                 fulls.append(tokenizer.apply_chat_template(messages, tokenize=False))
-                prompt_chars.append(len(prompt))
+                prompt_chars.append(len(render_prompt(tokenizer, messages[:-1])))
             encoded = tokenizer(fulls, add_special_tokens=False, return_offsets_mapping=True)
             for offsets, limit in zip(encoded["offset_mapping"], prompt_chars):
                 full_lengths.append(len(offsets))
                 prompt_lengths.append(sum(1 for begin, _ in offsets if begin < limit))
-    finally:
-        tokenizer.model_max_length = limit_before
     return full_lengths, prompt_lengths

@@ -9,6 +9,7 @@ prompts at evaluation and serving time, so training and inference agree.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,15 +34,36 @@ class TokenizedExample:
         return sum(label != IGNORE for label in self.labels)
 
 
+@contextlib.contextmanager
+def unbounded_length(tokenizer):
+    """No over-length warning while counting tokens or before tunegate truncates (after masking) itself."""
+    limit_before = tokenizer.model_max_length
+    tokenizer.model_max_length = int(1e30)
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.model_max_length = limit_before
+
+
+def plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Role and content only: what the chat template renders."""
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def render_prompt(tokenizer, plain: list[dict[str, Any]]) -> str:
+    """The rendered text before the answer to ``plain`` (the turns so far plus the generation prompt)."""
+    return tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=False) if plain else ""
+
+
 def assistant_spans(tokenizer, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of its assistant turns."""
-    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    plain = plain_messages(messages)
     full = tokenizer.apply_chat_template(plain, tokenize=False)
     spans = []
     for i, message in enumerate(plain):
         if message["role"] != "assistant":
             continue
-        start_text = tokenizer.apply_chat_template(plain[:i], add_generation_prompt=True, tokenize=False) if i else ""
+        start_text = render_prompt(tokenizer, plain[:i])
         end_text = tokenizer.apply_chat_template(plain[: i + 1], tokenize=False)
         if not (end_text.startswith(start_text) and full.startswith(end_text)):
             raise TemplateError(
@@ -71,9 +93,7 @@ def tokenize_conversation(tokenizer, messages: list[dict[str, Any]], max_length:
 
 def tokenize_records(tokenizer, records: list[dict[str, Any]], max_length: int, last_turn_only: bool = False) -> list[TokenizedExample]:
     """Tokenise every record; a record left with no trainable token fails, naming it."""
-    limit_before = tokenizer.model_max_length
-    tokenizer.model_max_length = int(1e30)  # we truncate ourselves, after masking
-    try:
+    with unbounded_length(tokenizer):
         examples = []
         for record in records:
             example = tokenize_conversation(tokenizer, record["messages"], max_length, last_turn_only)
@@ -87,5 +107,3 @@ def tokenize_records(tokenizer, records: list[dict[str, Any]], max_length: int, 
                 )
             examples.append(example)
         return examples
-    finally:
-        tokenizer.model_max_length = limit_before
