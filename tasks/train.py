@@ -11,6 +11,7 @@ from prefect.cache_policies import NONE
 from tasks.common import RETRY_TRANSIENT, DataRef, RunContext
 from tunegate import tracking
 from tunegate.promotion import record
+from tunegate.modeling import read_model_info
 from tunegate.params import Params
 from tunegate.sources import read_canonical
 from tunegate.training import train_model
@@ -58,6 +59,11 @@ def tune(params: Params, data: DataRef, ctx: RunContext) -> TunedModel:
         },
         step=result.global_step,
     )
+    info = read_model_info(result.model_dir)
+    tracking.set_tags(ctx.run_id, {
+        "tunegate.chat_template": info.chat_template,  # what rendered the data, not what params asked
+        "tunegate.stop_token_ids": ",".join(str(i) for i in info.stop_token_ids),
+    })
     tracking.log_artifacts(ctx.run_id, result.model_dir, "tunegate_model")
     if result.merged_dir:
         tracking.log_artifacts(ctx.run_id, result.merged_dir, "merged_model")

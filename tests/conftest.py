@@ -48,3 +48,31 @@ def demo_data() -> Path:
     if not (demo / "train.jsonl").is_file() or not (demo / "eval.jsonl").is_file():
         dvc_adapter.reproduce(REPO, "demo_data", _HOME)
     return demo
+
+
+# --- tiny models of other families (tests/model_families.py), built once per session ---------
+
+import sys  # noqa: E402
+
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import model_families` in any import mode
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """A 2-layer random GPT-2 (Conv1D, GPT-2 tokenizer, no pad token, no chat template)."""
+    from model_families import GPT2_TOKENIZER, build_tiny_gpt2
+
+    if not GPT2_TOKENIZER.is_file():
+        pytest.skip(f"{GPT2_TOKENIZER} is missing: the tests need ../shared beside the repo")
+    return build_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_chatml(tmp_path_factory) -> Path:
+    """A 2-layer random Qwen2 with a ChatML tool-calling template; EOS <|endoftext|>, end of turn <|im_end|>."""
+    from model_families import GPT2_TOKENIZER, build_tiny_chatml
+
+    if not GPT2_TOKENIZER.is_file():
+        pytest.skip(f"{GPT2_TOKENIZER} is missing: the tests need ../shared beside the repo")
+    return build_tiny_chatml(tmp_path_factory.mktemp("tiny-chatml"))

@@ -8,11 +8,10 @@ from tunegate.metrics import EvalMetrics, aggregate, score
 
 
 def render_prompts(tokenizer, records: list[dict[str, Any]]) -> list[str]:
-    """The prompt of each record (all turns before the final answer) through the chat template."""
-    return [
-        tokenizer.apply_chat_template(r["messages"][:-1], add_generation_prompt=True, tokenize=False)
-        for r in records
-    ]
+    """The prompt of each record (all turns before the final answer, its tools) through the chat template."""
+    from tunegate.tokenize import render_prompt_of
+
+    return [render_prompt_of(tokenizer, r) for r in records]
 
 
 def generate(
@@ -21,12 +20,16 @@ def generate(
 ) -> list[str]:
     """Greedy generation, batched with left padding and the KV cache; returns the decoded continuations.
 
+    Generation stops on any stop token: the tokenizer's EOS, the template's end-of-turn token
+    and the model's own ``generation_config`` EOS list (:func:`tunegate.templates.stop_token_ids`).
     Outputs equal one-prompt-at-a-time generation (``bench/eval.py`` checks it). Prompts longer
     than ``max_prompt_tokens`` keep their end (the generation prompt).
     """
     import torch
 
     from transformers import GenerationConfig
+
+    from tunegate.templates import stop_token_ids
 
     tokenizer.padding_side = "left"
     tokenizer.truncation_side = "left"
@@ -37,7 +40,7 @@ def generate(
         do_sample=False,
         max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stop_token_ids(tokenizer, model.generation_config),
         bos_token_id=tokenizer.bos_token_id,
     )
     outputs: list[str] = []
@@ -60,21 +63,40 @@ def response_losses(model, tokenizer, records: list[dict[str, Any]], batch_size:
     """Cross-entropy on the final assistant turn's tokens (EOS included): per record, and token-weighted overall."""
     import torch
 
+    from tunegate.templates import end_of_turn
+    from tunegate.tokenize import render_record, turn_end, unbounded_length
+
     prompts = render_prompts(tokenizer, records)
-    fulls = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in records]
+    eot = end_of_turn(tokenizer)
+    # The answer up to and including its end-of-turn token: what training labels, nothing after it.
+    fulls = [
+        (full := render_record(tokenizer, r))[: turn_end(full, len(p), r["messages"][-1]["content"], eot)]
+        for r, p in zip(records, prompts)
+    ]
     per_record: list[float] = []
     total_loss, total_tokens = 0.0, 0
     tokenizer.padding_side = "right"
     model.eval()
+    # Longer than the model's context: keep the end (the answer), as generation keeps the prompt's end.
+    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     for start in range(0, len(records), batch_size):
         batch_full = fulls[start : start + batch_size]
         batch_prompt = prompts[start : start + batch_size]
-        enc = tokenizer(batch_full, add_special_tokens=False, padding=True, return_tensors="pt")
+        with unbounded_length(tokenizer):
+            full_ids = tokenizer(batch_full, add_special_tokens=False)["input_ids"]
+            prompt_lens = [len(ids) for ids in tokenizer(batch_prompt, add_special_tokens=False)["input_ids"]]
+        cut = [max(0, len(ids) - context) if context else 0 for ids in full_ids]
+        rows = [ids[c:] for ids, c in zip(full_ids, cut)]
+        width = max(len(r) for r in rows)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        enc = {
+            "input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
+            "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+        }
         labels = enc["input_ids"].clone()
         labels[enc["attention_mask"] == 0] = -100
-        for row, prompt in enumerate(batch_prompt):
-            prompt_len = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-            labels[row, :prompt_len] = -100
+        for row, (prompt_len, c) in enumerate(zip(prompt_lens, cut)):
+            labels[row, : max(prompt_len - c, 0)] = -100
         with torch.no_grad():
             logits = model(**enc).logits[:, :-1, :]
         targets = labels[:, 1:]

@@ -3,8 +3,10 @@
 Canonical record::
 
     {"id": "alpaca_en_demo-000017-3f2a9c1e",
-     "messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...],
-     "tools": str | None,            # JSON tool schema (ShareGPT tool-calling data)
+     "messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str,
+                   "tool_calls": [{"type": "function", "function": {"name", "arguments": {...}}}],  # calls only
+                   "loss_weight": 0}, ...],   # only on assistant turns kept out of the loss
+     "tools": str | None,            # JSON tool schemas (ShareGPT/OpenAI/LLaMA-Factory tool-calling data)
      "source": {"file": str, "index": int, "format": str},
      "family": str}                  # task family or source name, for per-family metrics
 
@@ -88,22 +90,96 @@ def _text(value: Any, field: str) -> str:
     raise FormatError(f"field {field!r} must be a string, got {type(value).__name__}")
 
 
-def _openai_content(content: Any, field: str) -> str:
-    """OpenAI content: a string, or a list of typed parts whose text parts are joined."""
+def _part_text(part: dict[str, Any]) -> Any:
+    """A typed part's text: OpenAI puts it under ``text``, LLaMA-Factory v1 under ``value``."""
+    return part["text"] if "text" in part else part.get("value")
+
+
+def _openai_content(content: Any, field: str) -> tuple[str, list[dict[str, Any]], Any]:
+    """OpenAI / LLaMA-Factory v1 content: a string, or typed parts.
+
+    Returns (text of the text parts, tool calls from ``tool_call`` parts, tool schemas from a
+    ``tools`` part or None). Media and reasoning parts are refused: this pipeline tunes on text.
+    """
+    if content is None:
+        return "", [], None
     if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            elif isinstance(part, str):
-                texts.append(part)
-            else:
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise FormatError(f"{field}: content part of type {kind!r} is not text")
-        return "".join(texts)
-    raise FormatError(f"{field} must be a string or a list of text parts, got {type(content).__name__}")
+        return content, [], None
+    if not isinstance(content, list):
+        raise FormatError(f"{field} must be a string or a list of typed parts, got {type(content).__name__}")
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    tools = None
+    for n, part in enumerate(content):
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        value = _part_text(part) if isinstance(part, dict) else None
+        if kind == "text" and isinstance(value, str):
+            texts.append(value)
+        elif kind == "tool_call" and value is not None:
+            calls += tool_calls_from(value, f"{field}[{n}]")
+        elif kind == "tools" and value is not None:
+            tools = value
+        elif kind in ("text", "tool_call", "tools"):
+            raise FormatError(f"{field}[{n}]: {kind} part without a string 'text' or 'value'")
+        else:
+            raise FormatError(
+                f"{field}[{n}]: content part of type {kind!r} is not supported (text, tool_call and tools parts are; "
+                "images, audio, video and reasoning are not)"
+            )
+    return "".join(texts), calls, tools
+
+
+def tool_calls_from(value: Any, field: str) -> list[dict[str, Any]]:
+    """Tool calls in the form chat templates take: ``[{"type": "function", "function": {"name", "arguments": {...}}}]``.
+
+    Accepts a JSON string or object of one call ``{"name", "arguments"}`` (ShareGPT ``function_call``,
+    LLaMA-Factory), a list of them, or OpenAI ``tool_calls`` entries (``arguments`` as a JSON string).
+    """
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise FormatError(f'{field}: a tool call must be JSON {{"name": ..., "arguments": {{...}}}}, got text') from None
+    items = value if isinstance(value, list) else [value]
+    calls = []
+    for n, item in enumerate(items):
+        fn = item.get("function", item) if isinstance(item, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise FormatError(f"{field}: tool call {n} has no function name")
+        arguments = fn.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError:
+                raise FormatError(f"{field}: arguments of tool call {fn['name']!r} are not JSON") from None
+        call: dict[str, Any] = {"type": "function", "function": {"name": fn["name"], "arguments": arguments}}
+        if isinstance(item, dict) and item.get("id"):
+            call["id"] = str(item["id"])
+        calls.append(call)
+    return calls
+
+
+def _calls_text(calls: list[dict[str, Any]]) -> str:
+    """The calls as JSON text: the turn's content for checks, and for templates without tool-call support."""
+    plain = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in calls]
+    return json.dumps(plain[0] if len(plain) == 1 else plain, ensure_ascii=False)
+
+
+def _loss_weight(item: dict[str, Any], role: str, field: str) -> int | None:
+    """A turn's ``loss_weight`` (LLaMA-Factory) or ``weight`` (Axolotl): 0 keeps an assistant turn out of
+    the loss, 1 keeps it in. Anything else is refused rather than silently ignored."""
+    key = "loss_weight" if "loss_weight" in item else "weight" if "weight" in item else None
+    if key is None:
+        return None
+    value = item[key]
+    if isinstance(value, bool) or value not in (0, 1):
+        raise FormatError(f"{field}.{key} {value!r}: only 0 (turn out of the loss) or 1 (in the loss) are supported")
+    if role != "assistant" and value == 1:
+        raise FormatError(f"{field}.{key} 1 on a {role} turn: only assistant turns can be in the loss")
+    return int(value) if role == "assistant" else None
 
 
 def _from_alpaca(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -136,27 +212,44 @@ def _turns(record: dict[str, Any], field: str, role_key: str, roles: dict[str, s
         yield turn, item, roles[role]
 
 
+def _with_weight(message: dict[str, Any], item: dict[str, Any], field: str) -> dict[str, Any]:
+    if _loss_weight(item, message["role"], field) == 0:
+        message["loss_weight"] = 0
+    return message
+
+
 def _from_sharegpt(record: dict[str, Any]) -> list[dict[str, Any]]:
     messages = []
     if record.get("system"):
         messages.append({"role": "system", "content": _text(record["system"], "system")})
     for turn, item, role in _turns(record, "conversations", "from", SHAREGPT_ROLES):
-        message = {"role": role, "content": _text(item.get("value"), f"conversations[{turn}].value")}
+        field = f"conversations[{turn}]"
+        message = {"role": role, "content": _text(item.get("value"), f"{field}.value")}
         if item["from"] == "function_call":
-            message["tool_call"] = True
-        messages.append(message)
+            message["tool_calls"] = tool_calls_from(message["content"], f"{field}.value")
+        messages.append(_with_weight(message, item, field))
     return messages
 
 
 def _from_openai(record: dict[str, Any]) -> list[dict[str, Any]]:
     messages = []
     for turn, item, role in _turns(record, "messages", "role", OPENAI_ROLES):
-        message = {"role": role, "content": _openai_content(item.get("content"), f"messages[{turn}].content")}
+        field = f"messages[{turn}]"
+        text, calls, tools = _openai_content(item.get("content"), f"{field}.content")
         if item.get("tool_calls"):
-            message["tool_call"] = True
-            if not message["content"]:
-                message["content"] = json.dumps(item["tool_calls"], sort_keys=True)
-        messages.append(message)
+            calls += tool_calls_from(item["tool_calls"], f"{field}.tool_calls")
+        if tools is not None:
+            record.setdefault("tools", tools)
+            if role == "system" and not text:
+                continue  # a system turn that only carried the tool schemas
+        message: dict[str, Any] = {"role": role, "content": text}
+        if calls:
+            message["tool_calls"] = calls
+            message["content"] = text or _calls_text(calls)
+        for key in ("name", "tool_call_id"):
+            if isinstance(item.get(key), str):
+                message[key] = item[key]
+        messages.append(_with_weight(message, item, field))
     return messages
 
 
@@ -200,14 +293,43 @@ def normalize_texts(texts: list[str]) -> list[str]:
     return normalize_column(texts)
 
 
-def prompt_keys(conversations: list[list[dict[str, Any]]]) -> list[str]:
-    """Normalised text of every turn before the final answer, for many records at once."""
-    return normalize_texts(["\n".join(m["content"] for m in messages[:-1]) for messages in conversations])
+def prompt_text(record: dict[str, Any]) -> str:
+    """What the model sees before the final answer: the tool schemas (normalised JSON) and every earlier turn.
+
+    Records with the same turns but different tools are different prompts.
+    """
+    turns = "\n".join(m["content"] for m in record["messages"][:-1])
+    tools = record.get("tools")
+    if not tools:
+        return turns
+    parsed = json.loads(tools) if isinstance(tools, str) else tools
+    return json.dumps(parsed, sort_keys=True, ensure_ascii=False) + "\n" + turns
+
+
+def prompt_keys(records: list[dict[str, Any]]) -> list[str]:
+    """Normalised :func:`prompt_text` of many records at once (duplicates, conflicts, train/eval overlap)."""
+    return normalize_texts([prompt_text(r) for r in records])
 
 
 def content_hash(messages: list[dict[str, Any]]) -> str:
     body = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
     return hashlib.sha1(body.encode("utf-8")).hexdigest()[:10]
+
+
+def _tools_json(tools: Any) -> str | None:
+    """Tool schemas as canonical JSON text (sorted keys), None when there are none."""
+    if tools is None or tools == "":
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError:
+            raise FormatError("field 'tools' is not JSON (a list of function schemas)") from None
+    if isinstance(tools, dict):
+        tools = [tools]
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise FormatError("field 'tools' must be a list of function schemas (JSON objects)")
+    return json.dumps(tools, sort_keys=True, ensure_ascii=False) if tools else None
 
 
 def convert_record(
@@ -242,9 +364,7 @@ def convert_record(
             conversations = [converter(record)]
     except KeyError as missing:
         raise FormatError(f"{detected} record without field {missing}") from None
-    tools = record.get("tools")
-    if tools is not None and not isinstance(tools, str):
-        tools = json.dumps(tools, sort_keys=True)
+    tools = _tools_json(record.get("tools"))
     out = []
     for sub, messages in enumerate(conversations):
         suffix = f".{sub}" if len(conversations) > 1 else ""

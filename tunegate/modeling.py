@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tunegate.templates import chat_template
+from tunegate.templates import apply_template
 
 MODEL_INFO_FILE = "tunegate_model.json"
 
@@ -22,7 +22,8 @@ class ModelInfo:
 
     method: str  # "lora" (adapter over base_model) or "full"
     base_model: str  # absolute local path of the base model
-    chat_template: str
+    chat_template: str  # the template used: a built-in's name or "tokenizer:<sha256 prefix>"
+    stop_token_ids: tuple[int, ...] = ()  # generation ends on any of these (EOS, end-of-turn, ...)
 
 
 def model_source(name: str) -> str:
@@ -40,16 +41,36 @@ def model_source(name: str) -> str:
     return name
 
 
-def load_tokenizer(path: str | Path, template_name: str):
+def load_tokenizer(path: str | Path, template_name: str | None = None):
+    """The tokenizer with the chat template params ask for (see :func:`tunegate.templates.apply_template`)
+    and a pad token (unk, else EOS: padding is masked everywhere tunegate pads)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = chat_template(template_name)
+    apply_template(tokenizer, template_name)
     if tokenizer.pad_token is None:
-        # stories260K has no pad token; unk never occurs in the demo data.
+        # stories260K and GPT-2 have no pad token; unk never occurs in the demo data.
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer
+
+
+def generation_config_for(model, tokenizer):
+    """The model's generation config, stopping on every stop token (tokenizer EOS, the template's
+    end-of-turn token, the model's own EOS list) and padding with the tokenizer's pad token."""
+    import copy
+
+    from transformers import GenerationConfig
+
+    from tunegate.templates import stop_token_ids
+
+    base = getattr(model, "generation_config", None)
+    config = copy.deepcopy(base) if base is not None else GenerationConfig()
+    stops = stop_token_ids(tokenizer, base)
+    config.eos_token_id = stops[0] if len(stops) == 1 else stops
+    config.pad_token_id = tokenizer.pad_token_id
+    if tokenizer.bos_token_id is not None:
+        config.bos_token_id = tokenizer.bos_token_id
+    return config
 
 
 def load_base_model(path: str | Path):
@@ -64,27 +85,75 @@ def load_base_model(path: str | Path):
 
 
 def save_model(model: Any, tokenizer: Any, out_dir: Path, info: ModelInfo, resolved_params: str) -> Path:
-    """Save weights (adapter or full), tokenizer with its template, params and model info."""
+    """Save weights (adapter or full), tokenizer with its template, the generation config with every
+    stop token (also beside an adapter, where ``save_pretrained`` writes none), params and model info."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    generation = generation_config_for(model, tokenizer)
+    target = getattr(model, "get_base_model", lambda: model)()
+    target.generation_config = generation
     model.save_pretrained(str(out_dir), safe_serialization=True)
+    generation.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
+    stops = generation.eos_token_id if isinstance(generation.eos_token_id, list) else [generation.eos_token_id]
+    info = ModelInfo(info.method, info.base_model, info.chat_template, tuple(int(i) for i in stops if i is not None))
     (out_dir / MODEL_INFO_FILE).write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
     (out_dir / "resolved_params.yaml").write_text(resolved_params, encoding="utf-8")
     return out_dir
 
 
 def read_model_info(model_dir: Path) -> ModelInfo:
-    return ModelInfo(**json.loads((Path(model_dir) / MODEL_INFO_FILE).read_text(encoding="utf-8")))
+    raw = json.loads((Path(model_dir) / MODEL_INFO_FILE).read_text(encoding="utf-8"))
+    raw["stop_token_ids"] = tuple(raw.get("stop_token_ids") or ())
+    return ModelInfo(**raw)
 
 
 def load_saved_model(model_dir: Path):
-    """Load a directory written by :func:`save_model`; returns (model, tokenizer)."""
+    """Load a directory written by :func:`save_model`; returns (model, tokenizer).
+
+    The tokenizer keeps the template saved with it (the one training used); an adapter's base
+    model gets the generation config saved beside the adapter, so it stops where training taught it.
+    """
     model_dir = Path(model_dir)
     info = read_model_info(model_dir)
-    tokenizer = load_tokenizer(model_dir, info.chat_template)
+    tokenizer = load_tokenizer(model_dir, None)
     if info.method == "full":
         return load_base_model(model_dir), tokenizer
     from peft import PeftModel
+    from transformers import GenerationConfig
 
     base = load_base_model(info.base_model)
+    if (model_dir / "generation_config.json").is_file():
+        base.generation_config = GenerationConfig.from_pretrained(str(model_dir))
     return PeftModel.from_pretrained(base, str(model_dir)), tokenizer
+
+
+def serving_base(base_model: str | Path, generation_dir: Path, home: Path) -> Path:
+    """A base-model directory for ``mlflow.transformers`` to load an adapter onto: the base's files
+    linked, its ``generation_config.json`` replaced by the adapter's (with every stop token).
+
+    MLflow loads a PEFT adapter over ``base_model_path`` and takes the generation config from
+    there, so the base's own (EOS only) would let served answers run past the end of turn.
+    Kept under ``$TUNEGATE_HOME/serving_bases/<hash of base path and config>``.
+    """
+    import hashlib
+    import os
+
+    base_model = Path(base_model)
+    config_text = (generation_dir / "generation_config.json").read_text(encoding="utf-8")
+    key = hashlib.sha256(f"{base_model.resolve()}\n{config_text}".encode()).hexdigest()[:16]
+    out = home / "serving_bases" / f"{base_model.name}-{key}"
+    if (out / "generation_config.json").is_file():
+        return out
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for item in base_model.iterdir():
+        if item.name != "generation_config.json":
+            (tmp / item.name).symlink_to(item.resolve())
+    (tmp / "generation_config.json").write_text(config_text, encoding="utf-8")
+    try:
+        tmp.rename(out)
+    except OSError:  # another process made it first: same content
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -116,7 +116,7 @@ def mix(sources: list[tuple[SourceSpec, list[dict[str, Any]]]], seed: int) -> li
 
 def split_eval(records: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Hold out ``fraction`` of the distinct prompts (seeded), so no prompt lands on both sides."""
-    keys = prompt_keys([r["messages"] for r in records])
+    keys = prompt_keys(records)
     unique = sorted(set(keys))
     random.Random(seed).shuffle(unique)
     n_eval = max(1, round(fraction * len(unique))) if unique else 0

@@ -1,15 +1,20 @@
-"""Tokenising chat records for training: labels on every assistant turn, nothing else.
+"""Rendering chat records through the template, and tokenising them for training.
 
-The chat template renders the conversation; the characters of each assistant turn
-(its content and the end-of-turn/EOS token the template appends) are located by
-rendering the conversation up to that turn, and the tokens that start inside those
-spans keep their ids as labels. Everything else is -100. The same template renders
-prompts at evaluation and serving time, so training and inference agree.
+Every render of a canonical record (training text, masks, token counts, evaluation
+prompts) goes through :func:`template_messages` and :func:`render`, so tools reach the
+template as ``tools=`` and tool calls as ``tool_calls`` wherever the template supports
+them, identically in training, evaluation and serving.
+
+Labels: each assistant turn's characters — from the end of the generation prompt up to
+and including the template's end-of-turn token (:func:`tunegate.templates.end_of_turn`),
+nothing after it — keep their token ids; everything else is -100. Turns with
+``loss_weight`` 0 are left out of the loss.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,38 +50,115 @@ def unbounded_length(tokenizer):
         tokenizer.model_max_length = limit_before
 
 
-def plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Role and content only: what the chat template renders."""
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+def record_tools(record: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The record's tool schemas as the list ``apply_chat_template(tools=...)`` takes, or None."""
+    raw = record.get("tools")
+    if not raw:
+        return None
+    tools = json.loads(raw) if isinstance(raw, str) else raw
+    if isinstance(tools, dict):
+        tools = [tools]
+    return [t if "function" in t and t.get("type", "function") == "function" else {"type": "function", "function": t} for t in tools]
 
 
-def render_prompt(tokenizer, plain: list[dict[str, Any]]) -> str:
-    """The rendered text before the answer to ``plain`` (the turns so far plus the generation prompt)."""
-    return tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=False) if plain else ""
+def template_messages(tokenizer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Canonical messages as the template takes them: role and content; tool calls as ``tool_calls``
+    when the template renders them (else their JSON text); with tools the template cannot render,
+    the schemas are written into the system turn so the model still sees them."""
+    from tunegate.templates import supports_tool_calls, supports_tools
+
+    native_calls = supports_tool_calls(tokenizer)
+    out = []
+    for m in messages:
+        message: dict[str, Any] = {"role": m["role"], "content": m["content"]}
+        if m.get("tool_calls") and native_calls:
+            message = {"role": m["role"], "content": "", "tool_calls": m["tool_calls"]}
+        for key in ("name", "tool_call_id"):
+            if m.get(key):
+                message[key] = m[key]
+        out.append(message)
+    if tools and not supports_tools(tokenizer):
+        schema = "Available tools (JSON schemas):\n" + "\n".join(json.dumps(t, ensure_ascii=False, sort_keys=True) for t in tools)
+        if out and out[0]["role"] == "system":
+            out[0] = {**out[0], "content": f"{out[0]['content']}\n\n{schema}"}
+        else:
+            out.insert(0, {"role": "system", "content": schema})
+    return out
 
 
-def assistant_spans(tokenizer, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of its assistant turns."""
-    plain = plain_messages(messages)
-    full = tokenizer.apply_chat_template(plain, tokenize=False)
+def render(tokenizer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *, generation_prompt: bool = False) -> str:
+    """The template's text for template-ready ``messages`` (see :func:`template_messages`)."""
+    if not messages:
+        return ""
+    kwargs: dict[str, Any] = {"tools": tools} if tools and _passes_tools(tokenizer) else {}
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False, **kwargs)
+
+
+def _passes_tools(tokenizer) -> bool:
+    from tunegate.templates import supports_tools
+
+    return supports_tools(tokenizer)
+
+
+def render_record(tokenizer, record: dict[str, Any]) -> str:
+    """The whole conversation of a canonical record as the model is trained on it."""
+    tools = record_tools(record)
+    return render(tokenizer, template_messages(tokenizer, record["messages"], tools), tools)
+
+
+def render_prompt_of(tokenizer, record: dict[str, Any]) -> str:
+    """Everything before the record's final answer, with the generation prompt: what the model sees at evaluation."""
+    tools = record_tools(record)
+    messages = template_messages(tokenizer, record["messages"], tools)
+    return render(tokenizer, messages[:-1], tools, generation_prompt=True)
+
+
+def assistant_spans(tokenizer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, eot: str | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character span of each assistant turn with a loss.
+
+    A span starts where the generation prompt before the turn ends and ends right after the
+    template's end-of-turn text (``eot``); turns with ``loss_weight`` 0 have no span.
+    """
+    from tunegate.templates import end_of_turn
+
+    eot = end_of_turn(tokenizer) if eot is None else eot
+    view = template_messages(tokenizer, messages, tools)
+    offset = len(view) - len(messages)  # a system turn added for tool schemas
+    full = render(tokenizer, view, tools)
     spans = []
-    for i, message in enumerate(plain):
-        if message["role"] != "assistant":
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant" or message.get("loss_weight", 1) == 0:
             continue
-        start_text = render_prompt(tokenizer, plain[:i])
-        end_text = tokenizer.apply_chat_template(plain[: i + 1], tokenize=False)
+        j = i + offset
+        start_text = render(tokenizer, view[:j], tools, generation_prompt=True)
+        end_text = render(tokenizer, view[: j + 1], tools)
         if not (end_text.startswith(start_text) and full.startswith(end_text)):
             raise TemplateError(
                 "the chat template renders a conversation differently from its prefixes "
                 f"(assistant turn {i}); per-turn loss masks need a prefix-stable template"
             )
-        spans.append((len(start_text), len(end_text)))
+        spans.append((len(start_text), turn_end(end_text, len(start_text), message["content"], eot)))
     return full, spans
 
 
-def tokenize_conversation(tokenizer, messages: list[dict[str, Any]], max_length: int, last_turn_only: bool = False) -> TokenizedExample:
+def turn_end(text: str, start: int, content: str, eot: str | None) -> int:
+    """Where the assistant turn starting at ``start`` ends: after its end-of-turn text (searched from
+    the end of its content when the template shows the content verbatim), else after the content."""
+    found = text.find(content, start) if content else -1
+    search_from = found + len(content) if found >= 0 else start
+    if eot:
+        at = text.find(eot, search_from)
+        if at >= 0:
+            return at + len(eot)
+    return search_from if found >= 0 else len(text.rstrip())
+
+
+def tokenize_conversation(
+    tokenizer, messages: list[dict[str, Any]], max_length: int, last_turn_only: bool = False,
+    tools: list[dict[str, Any]] | None = None, eot: str | None = None,
+) -> TokenizedExample:
     """input_ids and labels of one conversation, truncated to ``max_length`` tokens (keep the start)."""
-    full, spans = assistant_spans(tokenizer, messages)
+    full, spans = assistant_spans(tokenizer, messages, tools, eot)
     if last_turn_only:
         spans = spans[-1:]
     encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
@@ -93,17 +175,24 @@ def tokenize_conversation(tokenizer, messages: list[dict[str, Any]], max_length:
 
 def tokenize_records(tokenizer, records: list[dict[str, Any]], max_length: int, last_turn_only: bool = False) -> list[TokenizedExample]:
     """Tokenise every record; a record left with no trainable token fails, naming it."""
+    from tunegate.templates import end_of_turn
+
+    eot = end_of_turn(tokenizer)
     with unbounded_length(tokenizer):
         examples = []
         for record in records:
-            example = tokenize_conversation(tokenizer, record["messages"], max_length, last_turn_only)
+            example = tokenize_conversation(
+                tokenizer, record["messages"], max_length, last_turn_only, tools=record_tools(record), eot=eot
+            )
             if example.trainable == 0:
                 source = record.get("source") or {}
                 where = f"{source.get('file', '?')} record {source.get('index', '?')} (id {record.get('id')})"
-                raise AllMaskedError(
-                    f"{where}: every label is masked after truncation to {max_length} tokens "
-                    f"(the prompt fills the context); drop it with validation.rules.response_truncated=drop "
-                    f"or raise train.max_length"
+                weights_off = all(m.get("loss_weight", 1) == 0 for m in record["messages"] if m["role"] == "assistant")
+                why = (
+                    "every assistant turn has loss_weight 0" if weights_off else
+                    f"every label is masked after truncation to {max_length} tokens (the prompt fills the context); "
+                    "drop it with validation.rules.response_truncated=drop or raise train.max_length"
                 )
+                raise AllMaskedError(f"{where}: {why}")
             examples.append(example)
         return examples

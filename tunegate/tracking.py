@@ -168,18 +168,23 @@ def log_transformers_model(run_id: str, model_dir: Path) -> str:
     """Log a saved tunegate model as an MLflow transformers model; returns its ``models:/`` URI.
 
     Adapters are logged without base weights, referencing the local base model through
-    ``base_model_path`` so that loading never reaches a hub.
+    ``base_model_path`` so that loading never reaches a hub; the path is the base's files with
+    the adapter's generation config (:func:`tunegate.modeling.serving_base`), so a served model
+    stops on the same tokens as evaluation.
     """
     import mlflow
 
-    from tunegate.modeling import load_saved_model, read_model_info
+    from tunegate.modeling import load_saved_model, read_model_info, serving_base
+    from tunegate.paths import tunegate_home
 
     info = read_model_info(model_dir)
     model, tokenizer = load_saved_model(model_dir)
     client()
     kwargs: dict[str, Any] = {}
     if info.method != "full":
-        kwargs["base_model_path"] = info.base_model
+        has_config = (Path(model_dir) / "generation_config.json").is_file()
+        base = serving_base(info.base_model, Path(model_dir), tunegate_home()) if has_config else info.base_model
+        kwargs["base_model_path"] = str(base)
     with mlflow.start_run(run_id=run_id):
         logged = mlflow.transformers.log_model(
             transformers_model={"model": model, "tokenizer": tokenizer},

@@ -264,10 +264,12 @@ def train_model(
         log_history=list(trainer.state.log_history),
     )
     if trainer.is_world_process_zero():
+        from tunegate.templates import template_id
+
         info = ModelInfo(
             method=params.train.method,
             base_model=str(model_source(params.model.base_model)),
-            chat_template=params.model.chat_template,
+            chat_template=template_id(tokenizer.chat_template),
         )
         save_model(trainer.model, tokenizer, result.model_dir, info, dump_params(params))
         if params.train.merge_adapter and params.train.method != "full":

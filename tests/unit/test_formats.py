@@ -58,9 +58,11 @@ def test_sharegpt_tool_call_turns_survive():
     record = records[index]
     roles = [m["role"] for m in record["messages"]]
     assert "tool" in roles
-    call = next(m for m in record["messages"] if m.get("tool_call"))
+    call = next(m for m in record["messages"] if m.get("tool_calls"))
     source_call = next(t for t in raw[index]["conversations"] if t["from"] == "function_call")
     assert call["role"] == "assistant" and call["content"] == source_call["value"]
+    parsed = json.loads(source_call["value"])
+    assert call["tool_calls"] == [{"type": "function", "function": {"name": parsed["name"], "arguments": parsed["arguments"]}}]
     observation = next(t for t in raw[index]["conversations"] if t["from"] == "observation")
     assert {"role": "tool", "content": observation["value"]} in record["messages"]
     assert json.loads(record["tools"]) == json.loads(raw[index]["tools"])
