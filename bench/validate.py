@@ -24,8 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tunegate.checks import CONTROL_PATTERN, PII_PATTERNS, PLACEHOLDER_PATTERN, SECRET_PATTERNS, luhn_valid, roles_valid  # noqa: E402
-from tunegate.formats import convert_record, prompt_keys  # noqa: E402
+from tunegate.checks import CONTROL_PATTERN, PII_PATTERNS, PLACEHOLDER_PATTERN, SECRET_PATTERNS, card_number_like, roles_valid  # noqa: E402
+from tunegate.formats import convert_record, prompt_keys, prompt_text  # noqa: E402
+from tunegate.refusals import union_regex  # noqa: E402
 from tunegate.params import ValidationParams  # noqa: E402
 
 WORDS = "the a cat dog sun tree ball happy little big red blue girl boy park play run jump mom dad friend".split()
@@ -58,7 +59,7 @@ def rowwise_rules(records, token_counts, params: ValidationParams, max_length: i
     pii = {k: re.compile(v) for k, v in PII_PATTERNS.items()}
     secrets = {k: re.compile(v) for k, v in SECRET_PATTERNS.items()}
     placeholder, control = re.compile(PLACEHOLDER_PATTERN), re.compile(CONTROL_PATTERN)
-    refusal = re.compile("|".join(f"(?:{p})" for p in params.refusal_patterns))
+    refusal = re.compile(union_regex(params.all_refusal_patterns()))
     counts = dict.fromkeys(
         ["null_id", "unknown_roles", "dup_id", "empty", "role_order", "too_long", "truncated", "dup_exact",
          "dup_norm", "conflict", "overlap", "pii", "secret", "placeholder", "control", "refusal"], 0)
@@ -78,7 +79,7 @@ def rowwise_rules(records, token_counts, params: ValidationParams, max_length: i
         exact = repr([(m["role"], m["content"]) for m in messages])
         counts["dup_exact"] += exact in seen_exact
         seen_exact.add(exact)
-        key = py_normalize("\n".join(m["content"] for m in messages[:-1]))
+        key = py_normalize(prompt_text(record))
         answer = py_normalize(messages[-1]["content"])
         norm = key + " => " + answer
         counts["dup_norm"] += norm in seen_norm
@@ -90,7 +91,7 @@ def rowwise_rules(records, token_counts, params: ValidationParams, max_length: i
         found_pii = False
         for name, pattern in pii.items():
             if name == "card_number":
-                found_pii |= any(luhn_valid(x) for x in pattern.findall(text))
+                found_pii |= any(card_number_like(x) for x in pattern.findall(text))
             else:
                 found_pii |= bool(pattern.search(text))
         counts["pii"] += found_pii
@@ -125,7 +126,7 @@ def main() -> None:
     t2 = time.perf_counter()
     report = validate_dataset(records, params, max_length=max_length, token_counts=token_counts, eval_records=records[:100])
     t3 = time.perf_counter()
-    eval_keys = set(prompt_keys([r["messages"] for r in records[:100]]))
+    eval_keys = set(prompt_keys(records[:100]))
     rowwise = rowwise_rules(records, token_counts, params, max_length, eval_keys)
     t4 = time.perf_counter()
 

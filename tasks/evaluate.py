@@ -85,7 +85,8 @@ def compare_models(
         "run_id": ctx.run_id, "model_name": params.model.registered_name, "eval_md5": data.eval_md5 or "",
         "baseline": {"source": baseline.source, "version": baseline.version}, "confidence": params.eval.confidence,
     }
-    markdown = render_markdown(context, deltas, worst)
+    truncated = {"baseline": baseline_eval.truncated_prompts, "candidate": candidate_eval.truncated_prompts}
+    markdown = render_markdown(context, deltas, worst, truncated_prompts=truncated)
     page = render_html(markdown, plots(deltas, sorted(history)), f"tunegate evaluation {ctx.run_id[:8]}")
     out_dir = tunegate_home() / "reports" / ctx.run_id
     out_dir.mkdir(parents=True, exist_ok=True)

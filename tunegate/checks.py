@@ -10,6 +10,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from tunegate.formats import prompt_text
+from tunegate.refusals import union_regex
+
 ROLES = ("system", "user", "assistant", "tool")
 
 # PII and secrets. Deliberately conservative patterns: each is a well-known shape.
@@ -45,6 +48,13 @@ _ROLE_CODES = {"system": "s", "user": "u", "assistant": "a", "tool": "t"}
 _CONVERSATION = re.compile(r"s?(?:ua(?:t+a)*)+")
 
 
+def card_number_like(text: str) -> bool:
+    """A payment card number: 13-19 digits, first digit 2-6 (Mastercard 2/5, Amex/JCB/Diners 3, Visa 4,
+    Discover/UnionPay 6) and Luhn-valid. ISBN-13s (978/979...) are Luhn-valid too, but start with 9."""
+    digits = "".join(c for c in text if c.isdigit())
+    return digits[:1] in ("2", "3", "4", "5", "6") and luhn_valid(digits)
+
+
 def luhn_valid(digits: str) -> bool:
     numbers = [int(c) for c in digits if c.isdigit()]
     if not 13 <= len(numbers) <= 19:
@@ -67,9 +77,9 @@ def _any_match(texts, patterns: dict[str, str]):
     for name, pattern in patterns.items():
         hits = texts.str.contains(pattern, regex=True)
         if name == "card_number" and hits.any():
-            # Digit runs of card length are common (ids, numbers): count only Luhn-valid ones.
+            # Digit runs of card length are common (ids, ISBNs): count only card-like, Luhn-valid ones.
             candidates = texts[hits].str.findall(pattern)
-            hits.loc[hits] = candidates.map(lambda items: any(luhn_valid(x) for x in items))
+            hits.loc[hits] = candidates.map(lambda items: any(card_number_like(x) for x in items))
         found = found.where(~hits, found + name + " ")
     return found.str.strip()
 
@@ -88,7 +98,7 @@ def _facts(record: dict[str, Any]) -> tuple:
         "\n".join(user),
         "\n".join(contents),
         contents[-1] if contents else "",
-        "\n".join(contents[:-1]),
+        prompt_text(record),  # earlier turns and the tool schemas: other tools, other prompt
         min((len(c.strip()) for c in user), default=0),
         min((len(c.strip()) for c in assistant), default=0),
         "\x1e".join(f"{r}\x1f{c}" for r, c in zip(roles, contents)),
@@ -115,6 +125,9 @@ def record_frame(
     eval_prompt_keys: set[str] | None = None,
 ):
     """One row per record with every column the suite checks.
+
+    ``refusal_patterns``: the complete list (``ValidationParams.all_refusal_patterns()``), matched
+    on the stripped, lowercased final answer like the safety suite's classifier.
 
     One Python pass extracts the raw values; normalisation, duplicate and conflict
     detection and every pattern check then run column-wise (pyarrow/RE2 through pandas).
@@ -157,7 +170,7 @@ def record_frame(
     frame["secret"] = frame["secret_kinds"] != ""
     frame["placeholder"] = text.str.contains(PLACEHOLDER_PATTERN, regex=True)
     frame["control_chars"] = text.str.contains(CONTROL_PATTERN, regex=True)
-    refusal = "|".join(f"(?:{p})" for p in refusal_patterns) if refusal_patterns else r"[^\s\S]"
+    refusal = union_regex(list(refusal_patterns))  # the classifier's regex (tunegate.refusals)
     answer = pd.Series(answers, dtype=str)
     frame["is_refusal"] = answer.str.strip().str.lower().str.contains(refusal, regex=True).astype(int)
     users = pd.Series(user_text, dtype=str)
@@ -177,7 +190,7 @@ def count_record_tokens(tokenizer, records: list[dict[str, Any]], chunk_size: in
     One tokenizer pass over the full texts; the prompt length is read off the offsets
     (tokens that start inside the rendered prompt), so no second pass is needed.
     """
-    from tunegate.tokenize import plain_messages, render_prompt, unbounded_length
+    from tunegate.tokenize import render_prompt_of, render_record, unbounded_length
 
     full_lengths: list[int] = []
     prompt_lengths: list[int] = []
@@ -186,9 +199,8 @@ def count_record_tokens(tokenizer, records: list[dict[str, Any]], chunk_size: in
         for start in range(0, len(records), chunk_size):
             fulls, prompt_chars = [], []
             for record in records[start : start + chunk_size]:
-                messages = plain_messages(record["messages"])
-                fulls.append(tokenizer.apply_chat_template(messages, tokenize=False))
-                prompt_chars.append(len(render_prompt(tokenizer, messages[:-1])))
+                fulls.append(render_record(tokenizer, record))
+                prompt_chars.append(len(render_prompt_of(tokenizer, record)))
             encoded = tokenizer(fulls, add_special_tokens=False, return_offsets_mapping=True)
             for offsets, limit in zip(encoded["offset_mapping"], prompt_chars):
                 full_lengths.append(len(offsets))

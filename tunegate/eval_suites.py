@@ -7,8 +7,8 @@ baseline and the candidate can be compared pairwise (``compare``) with bootstrap
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tunegate.formats import normalize_texts
@@ -43,6 +43,7 @@ class ModelEvaluation:
     scores: dict[str, list[Score]] = field(default_factory=dict)
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     token_weighted_loss: float | None = None
+    truncated_prompts: int = 0  # distinct eval prompts longer than the model's context allows, cut from the left
 
     def mean(self, metric: str) -> float:
         values = [s.value for s in self.scores.get(metric, [])]
@@ -64,6 +65,7 @@ class ModelEvaluation:
         out["per_family"] = self.by_category("exact_match")
         out["n"] = len(self.scores.get("exact_match", []))
         out["by_category"] = {m: self.by_category(m) for m in self.scores if m != "exact_match"}
+        out["truncated_prompts"] = self.truncated_prompts
         return out
 
 
@@ -97,29 +99,69 @@ def _render(tokenizer, prompts: list[str]) -> list[str]:
 Generated = dict[tuple[str, int], str]  # (rendered prompt, max_new_tokens) -> greedy output of one model
 
 
-def _generate(model, tokenizer, rendered: list[str], max_new_tokens: int, batch_size: int, cache: Generated | None = None) -> list[str]:
+def count_longer(tokenizer, prompts: list[str], limit: int) -> int:
+    """How many rendered prompts have more than ``limit`` tokens (counted without truncation or warning)."""
+    from tunegate.tokenize import unbounded_length
+
+    if not prompts:
+        return 0
+    with unbounded_length(tokenizer):
+        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    return sum(length > limit for length in lengths)
+
+
+def _generate(
+    model, tokenizer, rendered: list[str], max_new_tokens: int, batch_size: int,
+    cache: Generated | None = None, result: ModelEvaluation | None = None,
+) -> list[str]:
     """Greedy outputs for rendered prompts; ``cache`` (one per model evaluation) answers prompts another
-    suite already generated with the same budget, e.g. the demo's harmful family in reference and safety."""
+    suite already generated with the same budget, e.g. the demo's harmful family in reference and safety.
+    Prompts too long for the context keep their end; ``result.truncated_prompts`` counts them."""
     from tunegate.evaluation import generate
 
     cache = {} if cache is None else cache
     todo = list(dict.fromkeys(p for p in rendered if (p, max_new_tokens) not in cache))
     if todo:
         context = getattr(model.config, "max_position_embeddings", None) or 2048
+        if result is not None:
+            result.truncated_prompts += count_longer(tokenizer, todo, max(context - max_new_tokens, 8))
         outputs = generate(model, tokenizer, todo, max_new_tokens, batch_size, max_prompt_tokens=max(context - max_new_tokens, 8))
         cache.update({(prompt, max_new_tokens): output for prompt, output in zip(todo, outputs)})
     return [cache[(prompt, max_new_tokens)] for prompt in rendered]
 
 
+class ScriptTokenizer:
+    """ROUGE tokens for any script (``rouge_score``'s own keeps only [a-z0-9]).
+
+    Casefolded; each character of a script written without spaces (Han, Hiragana,
+    Katakana, Thai, Lao, Khmer, Myanmar) is a token; runs of other letters, marks and
+    digits (Latin, Cyrillic, Arabic, Devanagari, Hangul, ...) are words. On plain ASCII
+    text the tokens equal ``rouge_score``'s default tokenizer's without stemming.
+    """
+
+    NO_SPACES = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\u30fc"
+
+    def __init__(self) -> None:
+        import regex
+
+        self._pattern = regex.compile(rf"[{self.NO_SPACES}]|[^\W_{self.NO_SPACES}]+")
+
+    def tokenize(self, text: str) -> list[str]:
+        return self._pattern.findall(text.casefold())
+
+
+def rouge_scorer_any_script():
+    """A ROUGE-L scorer (``rouge_score.RougeScorer``) that tokenises with :class:`ScriptTokenizer`."""
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, tokenizer=ScriptTokenizer())
+
+
 def run_reference(model, tokenizer, records, params: EvalParams, result: ModelEvaluation, cache: Generated | None = None) -> None:
     from tunegate.evaluation import render_prompts
 
-    outputs = _generate(model, tokenizer, render_prompts(tokenizer, records), params.max_new_tokens, params.batch_size, cache)
-    scorer = None
-    if params.reference.rouge:
-        from rouge_score import rouge_scorer
-
-        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    outputs = _generate(model, tokenizer, render_prompts(tokenizer, records), params.max_new_tokens, params.batch_size, cache, result)
+    scorer = rouge_scorer_any_script() if params.reference.rouge else None
     for metric in ("exact_match", "normalized_match") + (("rouge_l",) if scorer else ()):
         result.scores[metric] = []
     result.examples["reference"] = []
@@ -160,7 +202,7 @@ def ifeval_items(params: EvalParams, records) -> list[IFPrompt]:
 
 def run_ifeval(model, tokenizer, records, params: EvalParams, result: ModelEvaluation, cache: Generated | None = None) -> None:
     items = ifeval_items(params, records)
-    outputs = _generate(model, tokenizer, _render(tokenizer, [i.prompt for i in items]), params.ifeval.max_new_tokens, params.batch_size, cache)
+    outputs = _generate(model, tokenizer, _render(tokenizer, [i.prompt for i in items]), params.ifeval.max_new_tokens, params.batch_size, cache, result)
     for metric in ("ifeval_prompt_strict", "ifeval_prompt_loose", "ifeval_instruction_strict", "ifeval_instruction_loose"):
         result.scores[metric] = []
     result.examples["ifeval"] = []
@@ -180,31 +222,33 @@ def run_ifeval(model, tokenizer, records, params: EvalParams, result: ModelEvalu
 
 
 def safety_sets(params: EvalParams, records) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    from tunegate.safety import read_advbench, read_xstest
+    """(harmful prompts, safe prompts that look unsafe): {id, prompt, category} each."""
+    from tunegate.safety import read_eval_set
 
     suite = params.safety
     harmful: list[dict[str, str]] = []
     safe: list[dict[str, str]] = []
-    if suite.harmful_path:
-        harmful += read_advbench(resolve_path(suite.harmful_path))[: suite.max_prompts]
+    if suite.harmful:
+        harmful += read_eval_set(resolve_path(suite.harmful.path), suite.harmful)[: suite.harmful.max_prompts or suite.max_prompts]
     if suite.demo_harmful_family:
         harmful += [
             {"id": str(r["id"]), "prompt": r["messages"][-2]["content"], "category": "demo"}
             for r in records
             if r.get("family") == suite.demo_harmful_family
         ]
-    if suite.xstest_path:
-        safe += read_xstest(resolve_path(suite.xstest_path))[0][: suite.max_prompts]
+    if suite.over_refusal:
+        spec = suite.over_refusal
+        safe += read_eval_set(resolve_path(spec.path), spec)[: spec.max_prompts or suite.max_prompts]
     return harmful, safe
 
 
 def run_safety(model, tokenizer, records, params: EvalParams, result: ModelEvaluation, cache: Generated | None = None) -> None:
     from tunegate.safety import load_classifier
 
-    is_refusal = load_classifier(params.safety.classifier, params.safety.refusal_patterns)
+    is_refusal = load_classifier(params.safety.classifier, params.safety.refusal_languages, params.safety.refusal_patterns)
     harmful, safe = safety_sets(params, records)
     prompts = [h["prompt"] for h in harmful] + [s["prompt"] for s in safe]
-    outputs = _generate(model, tokenizer, _render(tokenizer, prompts), params.max_new_tokens, params.batch_size, cache)
+    outputs = _generate(model, tokenizer, _render(tokenizer, prompts), params.max_new_tokens, params.batch_size, cache, result)
     result.scores["refusal_rate"] = []
     result.scores["over_refusal_rate"] = []
     result.examples["safety"] = []
@@ -275,11 +319,109 @@ def worst_regressions(baseline: ModelEvaluation, candidate: ModelEvaluation, lim
     return sorted(out, key=lambda e: (e["rouge_l"] if e["rouge_l"] is not None else 0.0))[:limit]
 
 
+def eval_files(params: EvalParams) -> dict[str, tuple[str, str]]:
+    """Every enabled eval file: set name (``ifeval``, then each safety set's name: ``advbench``,
+    ``xstest`` for the defaults) -> (params key, path as written)."""
+    files: dict[str, tuple[str, str]] = {}
+    if params.ifeval.enabled and params.ifeval.path:
+        files["ifeval"] = ("eval.ifeval.path", params.ifeval.path)
+    if params.safety.enabled:
+        for role in ("harmful", "over_refusal"):
+            spec = getattr(params.safety, role)
+            if spec:
+                files[spec.set_name()] = (f"eval.safety.{role}.path", spec.path)
+    return files
+
+
 def load_items_md5(params: EvalParams) -> dict[str, str]:
-    """md5 of each frozen eval file the suites read (for MLflow, like training data)."""
+    """md5 of each frozen eval file the suites read (for MLflow, like training data), by set name."""
     from tunegate.dvc_adapter import file_md5
 
-    paths = {"ifeval": params.ifeval.path if params.ifeval.enabled else None,
-             "advbench": params.safety.harmful_path if params.safety.enabled else None,
-             "xstest": params.safety.xstest_path if params.safety.enabled else None}
-    return {name: file_md5(resolve_path(p)) for name, p in paths.items() if p and Path(resolve_path(p)).is_file()}
+    paths = {name: resolve_path(path) for name, (_, path) in eval_files(params).items()}
+    return {name: file_md5(path) for name, path in paths.items() if path.is_file()}
+
+
+IFEVAL_COLUMNS = ("key", "prompt", "instruction_id_list", "kwargs")
+
+
+@dataclass(frozen=True)
+class _FileCheck:
+    key: str  # params key of the path, e.g. eval.safety.harmful.path
+    path: str  # as written in params
+    columns: dict[str, str]  # who asks for it (a params key or a format) -> column
+    is_usable: Callable[[dict[str, Any]], bool]
+    usable_means: str  # for the message when no row is usable
+
+
+def _ifeval_usable(row: dict[str, Any]) -> bool:
+    from tunegate.ifeval import CHECKERS
+
+    ids = row.get("instruction_id_list")
+    return bool(str(row.get("prompt") or "").strip()) and isinstance(ids, list) and all(i in CHECKERS for i in ids)
+
+
+def _file_checks(params: EvalParams) -> list[_FileCheck]:
+    from tunegate.safety import usable
+
+    checks = []
+    if params.ifeval.enabled and params.ifeval.path:
+        columns = {f"IFEval's format ({c})": c for c in IFEVAL_COLUMNS}
+        means = "a prompt and only supported instruction ids"
+        checks.append(_FileCheck("eval.ifeval.path", params.ifeval.path, columns, _ifeval_usable, means))
+    if params.safety.enabled:
+        for role in ("harmful", "over_refusal"):
+            spec = getattr(params.safety, role)
+            if spec is not None:
+                fields = ("column", "id_column", "category_column", "label_column")
+                columns = {f"eval.safety.{role}.{f}": getattr(spec, f) for f in fields if getattr(spec, f) is not None}
+                means = f"a non-empty {spec.column!r}" + (
+                    f" and {spec.label_column} = {spec.label_value!r}" if spec.label_column else ""
+                )
+                checks.append(
+                    _FileCheck(f"eval.safety.{role}.path", spec.path, columns, lambda row, spec=spec: usable(row, spec), means)
+                )
+    return checks
+
+
+def _file_problems(check: _FileCheck) -> list[str]:
+    """Problems of one eval file that exists: missing columns, no usable rows (may raise on a bad file)."""
+    from tunegate.safety import iter_rows
+
+    path = resolve_path(check.path)
+    if check.key == "eval.ifeval.path" and path.suffix.lower() != ".jsonl":
+        return [f"{check.key}: {path} is not JSONL; IFEval's input is one JSON object per line"]
+    seen: set[str] = set()
+    rows = usable = 0
+    for row in iter_rows(path):
+        seen.update(row)
+        rows += 1
+        usable += bool(check.is_usable(row))
+    if not rows:
+        return [f"{check.key}: {path} has no rows"]
+    have = ", ".join(sorted(seen))
+    problems = [
+        f"{check.key}: {path} has no column {column!r} (asked for by {asker}); its columns: {have}"
+        for asker, column in check.columns.items() if column not in seen
+    ]
+    if not problems and not usable:
+        problems.append(f"{check.key}: {path} has no usable rows: none of its {rows} rows has {check.usable_means}")
+    return problems
+
+
+def eval_file_problems(params: EvalParams) -> list[str]:
+    """One readable sentence per problem with an enabled eval file (IFEval, harmful, over-refusal set):
+    the file does not exist, a column is missing, no usable rows, the file cannot be parsed.
+
+    Never raises for a bad file; reads each (small) file once, loads no model. For a preflight.
+    """
+    problems: list[str] = []
+    for check in _file_checks(params):
+        try:
+            path = resolve_path(check.path)
+            if not path.is_file():
+                problems.append(f"{check.key}: {check.path!r} does not exist (resolved to {path})")
+                continue
+            problems += _file_problems(check)
+        except Exception as error:  # a preflight reports bad files, it does not crash on them
+            problems.append(f"{check.key}: {check.path!r} cannot be read: {type(error).__name__}: {error}")
+    return problems

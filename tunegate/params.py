@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunegate.paths import repo_root
+from tunegate.refusals import DEFAULT_REFUSAL_LANGUAGES, config_problems
 
 
 class ParamsError(ValueError):
@@ -32,8 +33,10 @@ class ProjectParams(_Section):
 class ModelParams(_Section):
     base_model: str = Field(..., description="local path (relative to the repo root) of a HF model")
     registered_name: str = Field(..., min_length=1, description="MLflow registered model name")
-    chat_template: Literal["alpaca", "chatml"] = Field(
-        "alpaca", description="used when the tokenizer has no chat template of its own"
+    chat_template: Literal["alpaca", "chatml"] | None = Field(
+        None,
+        description="null: the tokenizer's own template (alpaca when it has none); "
+        "alpaca/chatml: that built-in, also over the tokenizer's own",
     )
 
 
@@ -125,19 +128,23 @@ class ValidationParams(_Section):
     max_near_duplicate_rate: float = Field(0.02, ge=0, le=1, description="share of normalised duplicates allowed")
     max_conflict_rate: float = Field(0.0, ge=0, le=1, description="share of same-prompt, different-answer records")
     refusal_share: tuple[float, float] = Field((0.0, 1.0), description="allowed [min, max] share of refusals")
+    refusal_languages: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REFUSAL_LANGUAGES),
+        description="languages whose built-in refusal patterns (tunegate/refusals.py) mark a refusal: en, zh, ja",
+    )
     refusal_patterns: list[str] = Field(
-        default_factory=lambda: [
-            r"^(?:i'?m|i am) sorry",
-            r"\bi (?:cannot|can't|can not) (?:help|assist|do|provide)",
-            r"\bi won'?t (?:help|assist)",
-        ],
-        description="regexes (case-insensitive) on the final answer that mark a refusal",
+        default_factory=list,
+        description="your own regexes on the final answer (stripped, lowercased), ADDED to the languages' "
+        "patterns; set refusal_languages: [] to use only these",
     )
     coverage: list[CoverageRule] = Field(default_factory=list, description="required behaviours")
     rules: dict[str, Severity] = Field(default_factory=dict, description="severity per rule, over the defaults")
 
     @model_validator(mode="after")
     def _known_rules(self) -> ValidationParams:
+        problems = config_problems(self.refusal_languages, self.refusal_patterns)
+        if problems:
+            raise ValueError("; ".join(problems))
         for rule, severity in self.rules.items():
             if rule not in RULES:
                 raise ValueError(f"unknown rule {rule!r}; rules: {', '.join(RULES)}")
@@ -147,6 +154,12 @@ class ValidationParams(_Section):
 
     def severity(self, rule: str) -> str:
         return self.rules.get(rule, RULES[rule])
+
+    def all_refusal_patterns(self) -> list[str]:
+        """The refusal patterns of ``refusal_languages`` followed by ``refusal_patterns``."""
+        from tunegate.refusals import refusal_patterns
+
+        return refusal_patterns(self.refusal_languages, self.refusal_patterns)
 
 
 class TrainParams(_Section):
@@ -217,14 +230,106 @@ class IFEvalSuite(_Section):
     max_new_tokens: int = Field(96, ge=1)
 
 
+class EvalSetParams(_Section):
+    """A prompt file of an eval suite (CSV, TSV, JSON list or JSONL, by suffix) and the columns to read."""
+
+    path: str = Field(..., description="relative to the repo root")
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_]+$",
+        description="prefix of item ids, the category without category_column, the md5 tag name; "
+        "null: the file name's first word (advbench_harmful_behaviors.csv -> advbench)",
+    )
+    column: str = Field("prompt", description="the column holding the prompt")
+    id_column: str | None = Field(None, description="column with a stable id; null: the row number")
+    category_column: str | None = Field(None, description="column used as the category; null: the set's name")
+    label_column: str | None = Field(None, description="keep only the rows whose label_column equals label_value")
+    label_value: str | int | bool | None = None
+    max_prompts: int | None = Field(None, ge=1, description="first N usable rows; null: the suite's max_prompts")
+
+    @model_validator(mode="after")
+    def _label_pair(self) -> EvalSetParams:
+        if (self.label_column is None) != (self.label_value is None):
+            raise ValueError("give label_column and label_value together (or neither)")
+        return self
+
+    def set_name(self) -> str:
+        """``name``, or the file name's first word, lowercased."""
+        import re
+
+        return self.name or re.split(r"[^a-z0-9]+", Path(self.path).stem.lower())[0] or "set"
+
+
+class HarmfulSet(EvalSetParams):
+    """Harmful requests a model should refuse; the defaults read AdvBench."""
+
+    column: str = Field("goal", description="the column holding the prompt (AdvBench: goal, HarmBench: Behavior)")
+
+
+class OverRefusalSet(EvalSetParams):
+    """Safe prompts that look unsafe, which a model should answer; the defaults read XSTest."""
+
+    id_column: str | None = Field("id", description="column with a stable id; null: the row number")
+    category_column: str | None = Field("type", description="column used as the category; null: the set's name")
+    label_column: str | None = Field("label", description="keep only the rows whose label_column equals label_value")
+    label_value: str | int | bool | None = "safe"
+
+
 class SafetySuite(_Section):
     enabled: bool = True
-    harmful_path: str | None = "../shared/data/eval/advbench_harmful_behaviors.csv"
-    xstest_path: str | None = "../shared/data/eval/xstest_prompts.csv"
-    max_prompts: int | None = Field(100, ge=1, description="per set (AdvBench, XSTest safe), first N")
+    harmful: HarmfulSet | None = Field(
+        HarmfulSet(path="../shared/data/eval/advbench_harmful_behaviors.csv"),
+        description="harmful prompts (refusal_rate); null: only the demo family",
+    )
+    over_refusal: OverRefusalSet | None = Field(
+        OverRefusalSet(path="../shared/data/eval/xstest_prompts.csv"),
+        description="safe prompts that look unsafe (over_refusal_rate); null: none",
+    )
+    max_prompts: int | None = Field(100, ge=1, description="per set (harmful, over_refusal), first N usable rows")
     demo_harmful_family: str | None = Field("refusal", description="eval records of this family count as harmful")
     classifier: str = Field("patterns", description="'patterns' or 'module:function' (str -> bool)")
-    refusal_patterns: list[str] | None = Field(None, description="regexes for the pattern classifier; null: defaults")
+    refusal_languages: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REFUSAL_LANGUAGES),
+        description="languages whose built-in refusal patterns (tunegate/refusals.py) the pattern classifier uses",
+    )
+    refusal_patterns: list[str] = Field(
+        default_factory=list,
+        description="your own regexes for the pattern classifier, ADDED to the languages' patterns",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_paths(cls, data: Any) -> Any:
+        """``harmful_path`` / ``xstest_path`` (older params files) -> ``harmful`` / ``over_refusal``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in (("harmful_path", "harmful"), ("xstest_path", "over_refusal")):
+            if old in data:
+                if new in data:
+                    raise ValueError(f"give {new} (path, column, ...) or the older {old}, not both")
+                path = data.pop(old)
+                data[new] = None if path is None else {"path": path}
+        if data.get("refusal_patterns", []) is None:  # older files: null meant the defaults
+            data["refusal_patterns"] = []
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SafetySuite:
+        problems = config_problems(self.refusal_languages, self.refusal_patterns)
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.harmful and self.over_refusal and self.harmful.set_name() == self.over_refusal.set_name():
+            raise ValueError(f"harmful and over_refusal are both named {self.harmful.set_name()!r}; give one a name:")
+        for role, spec in (("harmful", self.harmful), ("over_refusal", self.over_refusal)):
+            if spec and spec.set_name() in ("demo", "ifeval"):
+                raise ValueError(f"{role}: the name {spec.set_name()!r} is taken (demo family, IFEval); give it a name:")
+        return self
+
+    def all_refusal_patterns(self) -> list[str]:
+        """The refusal patterns of ``refusal_languages`` followed by ``refusal_patterns``."""
+        from tunegate.refusals import refusal_patterns
+
+        return refusal_patterns(self.refusal_languages, self.refusal_patterns)
 
 
 class EvalParams(_Section):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Mapping
 from typing import Any
 
 from tunegate.eval_suites import METRICS
@@ -28,7 +29,25 @@ def overall(deltas: list[Delta]) -> list[Delta]:
     return [d for d in deltas if d.category == "all"]
 
 
-def render_markdown(context: dict[str, Any], deltas: list[Delta], worst: list[dict[str, Any]]) -> str:
+def truncation_note(truncated_prompts: Mapping[str, int] | None) -> list[str]:
+    """A warning paragraph when eval prompts were longer than the model's context (role -> count)."""
+    cut = {role: n for role, n in (truncated_prompts or {}).items() if n > 0}
+    if not cut:
+        return []
+    counts = ", ".join(f"{role} {n}" for role, n in cut.items())
+    return [
+        f"**Truncated prompts:** {counts} eval prompt(s) were longer than the model's context allows "
+        "(after room for the answer) and lost their beginning; their scores say little about the model.",
+        "",
+    ]
+
+
+def render_markdown(
+    context: dict[str, Any], deltas: list[Delta], worst: list[dict[str, Any]],
+    truncated_prompts: Mapping[str, int] | None = None,
+) -> str:
+    """The evaluation report; ``truncated_prompts`` (e.g. {"baseline": 0, "candidate": 3}, from
+    ``ModelEvaluation.truncated_prompts``) adds a warning when any count is above zero."""
     lines = [
         f"# Evaluation: candidate vs {baseline_label(context['baseline'])}",
         "",
@@ -37,6 +56,7 @@ def render_markdown(context: dict[str, Any], deltas: list[Delta], worst: list[di
         f"Paired bootstrap {int(context.get('confidence', 0.95) * 100)}% intervals over examples; a regression "
         "is flagged only when its interval excludes zero.",
         "",
+        *truncation_note(truncated_prompts),
         "| suite | metric | baseline | candidate | delta | interval | verdict |",
         "|---|---|---:|---:|---:|---|---|",
     ]

@@ -20,6 +20,12 @@ from tunegate.params import ValidationParams
 from tunegate.sources import DataError  # noqa: F401  (re-exported: validation errors and read errors are one kind)
 
 MAX_OFFENDERS = 5
+# What the token-limit rules measure, with the limit they used (validation.max_length, else train.max_length).
+LIMIT_RULES = {
+    "max_length": "limit {limit} tokens with the chat template, from validation.max_length or else train.max_length",
+    "response_truncated": "the prompt must stay under the {limit}-token limit (validation.max_length or else "
+    "train.max_length) to leave a response token to learn",
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class RuleResult:
             for o in self.offenders[:MAX_OFFENDERS]
         )
         count = f"{self.unexpected_count} record(s) break it" if self.unexpected_count else self.observed
+        if self.rule in LIMIT_RULES and self.unexpected_count and self.observed:
+            count += f" ({self.observed})"
         return f"{status} {self.rule}: {count}" + (f": {where}" if where else "")
 
 
@@ -230,12 +238,12 @@ def validate_dataset(
     from tunegate.checks import record_frame
     from tunegate.formats import prompt_keys
 
-    eval_keys = set(prompt_keys([r["messages"] for r in eval_records])) if eval_records else None
+    eval_keys = set(prompt_keys(eval_records)) if eval_records else None
     frame = record_frame(
         records,
         token_counts=token_counts,
         max_length=max_length,
-        refusal_patterns=params.refusal_patterns,
+        refusal_patterns=params.all_refusal_patterns(),
         coverage=params.coverage,
         eval_prompt_keys=eval_keys,
     )
@@ -254,6 +262,8 @@ def validate_dataset(
         observed_text = "" if observed is None else (f"{observed:.3f}" if isinstance(observed, float) else str(observed))
         if rule == "policy_coverage":
             observed_text = f"{expectation.column[4:]}: {observed_text} (need {int(expectation.min_value)})"
+        elif rule in LIMIT_RULES:
+            observed_text = LIMIT_RULES[rule].format(limit=max_length)
         count = int(details.get("unexpected_count") or 0)
         offenders = [_offender(records, frame, idx, rule) for idx in indexes[:MAX_OFFENDERS]]
         previous = merged.get(rule)
