@@ -87,8 +87,8 @@ def validate_data(params: Params, data: DataRef, ctx: RunContext) -> DataRef:
     )
     if not passed:
         raise DataError(error_message(reports))
-    for warning in [w for rep in reports for w in rep.warnings()]:
-        logger.warning("validation: %s", warning.describe())
+    for split, warning in [(rep.split, w) for rep in reports for w in rep.warnings()]:
+        logger.warning("validation (%s): %s", split, warning.describe())
     eval_dropped = eval_report.dropped_ids if eval_report else []
     eval_md5 = data.eval_md5
     if train_report.dropped_ids or eval_dropped:

@@ -22,7 +22,13 @@ from tunegate.summary import build_summary, render_markdown
 
 @task(cache_policy=NONE)
 def load_run_params(params_file: str, overrides: list[str]) -> Params:
-    return load_params(Path(params_file), overrides)
+    """Load the params and run the preflight, so a scheduled or served run with a mistake fails
+    here, before an MLflow run opens (raises :class:`tunegate.preflight.PreflightError`)."""
+    from tunegate.preflight import check_preflight
+
+    params = load_params(Path(params_file), overrides)
+    check_preflight(params, params_file=params_file, command="retrain flow")
+    return params
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -34,9 +34,15 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr)
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1, json_out: bool = False) -> NoReturn:
+    """Print ``error: message`` to stderr and exit ``code``; with ``json_out`` stdout ends with
+    ``{"outcome": "failed", "error": message}`` (the ``--json`` contract holds on failure too)."""
+    from rich.markup import escape
+
     # soft_wrap: long paths and rule names stay on one line, so logs can be grepped.
-    _console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True, markup=True)
+    _console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True, markup=True)
+    if json_out:
+        print(json.dumps({"outcome": "failed", "error": message}), flush=True)
     raise typer.Exit(code)
 
 
@@ -49,72 +55,128 @@ def _params_path(params: str) -> Path:
     return path
 
 
-def _load(params: str, overrides: list[str]):
+def _load(params: str, overrides: list[str], json_out: bool = False):
     from tunegate.params import ParamsError, load_params
 
     try:
         return load_params(_params_path(params), overrides)
     except ParamsError as error:
-        _fail(str(error), code=2)
+        _fail(str(error), code=2, json_out=json_out)
 
 
 @app.command()
 def run(
     params: ParamsOption = DEFAULT_PARAMS,
     set_: SetOption = None,
-    json_out: Annotated[bool, typer.Option("--json", help="print one JSON summary object on the last line")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print one JSON object on the last line: the summary, or {outcome: failed, error}")] = False,
     resume: Annotated[str | None, typer.Option("--resume", help="MLflow run id of a run that died: continue it from its last checkpoint")] = None,
     wait_for_approval: Annotated[bool | None, typer.Option("--wait-for-approval/--no-wait-for-approval", help="pause for a review form in the Prefect UI (default: when PREFECT_API_URL points at a server)")] = None,
 ) -> None:
-    """Run the retrain flow: validate, tune, evaluate against the baseline, gate, register."""
+    """Run the retrain flow: validate, tune, evaluate against the baseline, gate, register.
+
+    Params, data and eval files, the base model, its tokenizer and template and the hardware are
+    checked first (the preflight): any problem stops the command (exit 2) before anything starts.
+    """
+    import os
+
     from tunegate.paths import configure_environment
 
     overrides = list(set_ or [])
-    loaded = _load(params, overrides)
+    loaded = _load(params, overrides, json_out=json_out)
     configure_environment()
-    from tunegate.summary import render_markdown
+    wait = bool(os.environ.get("PREFECT_API_URL")) if wait_for_approval is None else wait_for_approval
+    if wait and not os.environ.get("PREFECT_API_URL"):
+        _fail("--wait-for-approval needs a Prefect server to answer the form in (set PREFECT_API_URL)", code=2, json_out=json_out)
+    from tunegate.preflight import format_problems, run_preflight
 
-    from flows.retrain import retrain
+    problems = run_preflight(loaded, params_file=params)
+    if problems:
+        _fail(format_problems(problems, "tunegate run"), code=2, json_out=json_out)
+
     from tunegate.validation import DataError
 
     console = _console(stderr=json_out)
     console.rule(f"tunegate run: {loaded.model.registered_name}")
     try:
-        import os
+        from flows.retrain import retrain
 
-        wait = bool(os.environ.get("PREFECT_API_URL")) if wait_for_approval is None else wait_for_approval
-        if wait and not os.environ.get("PREFECT_API_URL"):
-            _fail("--wait-for-approval needs a Prefect server to answer the form in (set PREFECT_API_URL)", code=2)
         summary = retrain(params_file=str(_params_path(params)), overrides=overrides, resume_run_id=resume, wait_for_approval=wait)
     except DataError as error:
-        _fail(str(error))
+        _fail(str(error), json_out=json_out)
     except Exception as error:  # the flow run and the MLflow run record the details
-        _fail(f"{type(error).__name__}: {error}")
+        _fail(_flow_error_message(error), json_out=json_out)
+    summary.setdefault("outcome", "registered" if summary.get("registered_version") else "gate_failed")
     from rich.markdown import Markdown
+
+    from tunegate.summary import render_markdown
 
     console.print(Markdown(render_markdown(summary)))
     if json_out:
         print(json.dumps(summary, default=str))
 
 
+def _flow_error_message(error: BaseException) -> str:
+    """What to tell a person about an exception out of the flow; Prefect's ephemeral-server time-out explained."""
+    from tunegate.preflight import PreflightError
+
+    if isinstance(error, PreflightError):
+        return str(error)
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    timeout = next((e for e in chain if isinstance(e, RuntimeError) and "ephemeral Prefect API server" in str(e)), None)
+    if timeout is None:
+        return f"{type(error).__name__}: {error}"
+    import os
+
+    from tunegate.paths import PREFECT_EPHEMERAL_TIMEOUT, tunegate_home
+    from tunegate.preflight import write_log
+
+    log = write_log("Prefect ephemeral server start", timeout, prefix="prefect-ephemeral")
+    seconds = os.environ.get(PREFECT_EPHEMERAL_TIMEOUT, "20")
+    return (
+        f"the Prefect server that `tunegate run` starts for itself (PREFECT_API_URL is unset) did not answer "
+        f"within {seconds} s: the machine is loaded, or the Prefect database under {tunegate_home() / 'prefect'} "
+        f"is being created on a first run; nothing was trained or registered. Run again with more time "
+        f"(`{PREFECT_EPHEMERAL_TIMEOUT}=600 tunegate run ...`), or start `tunegate server` in another shell and "
+        f"export the PREFECT_API_URL it prints. Details: {log}"
+    )
+
+
+def _check_format(fmt: str) -> None:
+    """Exit 2 naming the allowed values when ``--format`` is not one of them."""
+    from tunegate.formats import FORMATS
+
+    allowed = ("auto", *FORMATS)
+    if fmt not in allowed:
+        _fail(f"--format {fmt!r}: allowed: {', '.join(allowed)}", code=2)
+
+
 @app.command()
 def validate(
     paths: Annotated[list[Path], typer.Argument(help="training data files (JSON list or JSONL, any supported format)")],
     eval_paths: Annotated[list[Path] | None, typer.Option("--eval", help="eval data files; enables the train/eval overlap check")] = None,
-    params: Annotated[str | None, typer.Option("--params", "-p", help="params file whose validation rules, model and template apply")] = None,
+    params: Annotated[str | None, typer.Option("--params", "-p", help="params file whose validation rules, model, template and token limit apply (default: the demo's model, template and limit with default rules)")] = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, alpaca, sharegpt, openai, prompt_completion or self_instruct")] = "auto",
+    max_length: Annotated[int | None, typer.Option("--max-length", min=8, help="token limit with the chat template (default: validation.max_length, else train.max_length of the params)")] = None,
     report_dir: Annotated[Path | None, typer.Option("--report-dir", help="write report.md, report.json and Data Docs here")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the reports as one JSON object")] = False,
 ) -> None:
     """Validate data files alone: the same conversion and expectation suite as `run`."""
     from tunegate.paths import configure_environment
 
+    _check_format(fmt)
     loaded = _load(params or DEFAULT_PARAMS, [])
     if params is None:
-        # Without --params only the model and template come from the demo; the rules are the defaults.
+        # Without --params only the model, template and token limit come from the demo; the rules are the defaults.
         from tunegate.params import ValidationParams
 
         loaded = loaded.model_copy(update={"validation": ValidationParams()})
+    if max_length is not None:
+        loaded = loaded.model_copy(update={"validation": loaded.validation.model_copy(update={"max_length": max_length})})
+    _console(stderr=True).print(_validate_settings(loaded, params, max_length), highlight=False, soft_wrap=True, markup=False)
     configure_environment()
     from tunegate.dataset import load_sources, validate_splits
     from tunegate.modeling import load_tokenizer
@@ -123,11 +185,8 @@ def validate(
     from tunegate.validation import error_message, save_report
 
     console = _console(stderr=json_out)
-    try:
-        train_specs = [SourceParams(path=str(p.resolve()), format=fmt) for p in paths]
-        eval_specs = [SourceParams(path=str(p.resolve()), format=fmt) for p in eval_paths or []]
-    except Exception as error:  # pydantic: a --format that is not allowed
-        _fail(f"--format {fmt!r}: {str(error).splitlines()[-1]}", code=2)
+    train_specs = [SourceParams(path=str(p.resolve()), format=fmt) for p in paths]
+    eval_specs = [SourceParams(path=str(p.resolve()), format=fmt) for p in eval_paths or []]
     try:
         train_sources = load_sources(train_specs)
         eval_sources = load_sources(eval_specs)
@@ -137,7 +196,10 @@ def validate(
         console.print(f"{source.path}: {source.counts['records']} records ({source.records[0]['source']['format'] if source.records else 'empty'}), md5 {source.md5}")
     train = [r for s in train_sources for r in s.records]
     evaluation = [r for s in eval_sources for r in s.records]
-    tokenizer = load_tokenizer(loaded.base_model_path(), loaded.model.chat_template)
+    try:
+        tokenizer = load_tokenizer(loaded.base_model_path(), loaded.model.chat_template)
+    except Exception as error:  # a missing or broken model: say which, no traceback
+        _fail(f"model.base_model {loaded.model.base_model!r}: its tokenizer does not load ({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}); pass --params with a usable model", code=2)
     docs = report_dir / "data_docs" if report_dir else None
     train_report, eval_report = validate_splits(loaded, train, evaluation, tokenizer, docs_dir=docs)
     reports = [train_report] + ([eval_report] if eval_report else [])
@@ -149,8 +211,28 @@ def validate(
         from rich.markdown import Markdown
 
         console.print(Markdown("\n".join(r.to_markdown() for r in reports)))
+    warnings = _console(stderr=True)
+    for report in reports:
+        for rule in report.warnings():
+            warnings.print(f"warning: {report.split}: {rule.describe()}", highlight=False, soft_wrap=True, markup=False)
     if not all(r.passed for r in reports):
         _fail(error_message(reports))
+
+
+def _validate_settings(loaded, params: str | None, max_length: int | None) -> str:
+    """One line: the model, template and token limit `tunegate validate` uses, and where each comes from."""
+    origin = f"--params {params}" if params else f"{DEFAULT_PARAMS} (the demo's; pass --params FILE for yours)"
+    if max_length is not None:
+        limit, limit_origin = max_length, "--max-length"
+    elif loaded.validation.max_length:
+        limit, limit_origin = loaded.validation.max_length, "validation.max_length"
+    else:
+        limit, limit_origin = loaded.train.max_length, "train.max_length"
+    template = loaded.model.chat_template or "the tokenizer's own (alpaca when it has none)"
+    return (
+        f"validate: model {loaded.model.base_model}, chat template {template}, token limit {limit} "
+        f"({limit_origin}{'' if max_length is not None else ', --max-length N to change'}); from {origin}"
+    )
 
 
 data_app = typer.Typer(help="Put data under DVC and inspect it.", no_args_is_help=True)

@@ -400,7 +400,8 @@ def _file_problems(check: _FileCheck) -> list[str]:
         return [f"{check.key}: {path} has no rows"]
     have = ", ".join(sorted(seen))
     problems = [
-        f"{check.key}: {path} has no column {column!r} (asked for by {asker}); its columns: {have}"
+        f"{check.key}: {path} has no column {column!r} (asked for by {asker}); its columns: {have}; "
+        f"set {asker} to one of them"
         for asker, column in check.columns.items() if column not in seen
     ]
     if not problems and not usable:
@@ -419,7 +420,10 @@ def eval_file_problems(params: EvalParams) -> list[str]:
         try:
             path = resolve_path(check.path)
             if not path.is_file():
-                problems.append(f"{check.key}: {check.path!r} does not exist (resolved to {path})")
+                problems.append(
+                    f"{check.key}: {check.path!r} does not exist (resolved to {path}); fix the path, or disable "
+                    "the set (null) or its suite (enabled: false)"
+                )
                 continue
             problems += _file_problems(check)
         except Exception as error:  # a preflight reports bad files, it does not crash on them

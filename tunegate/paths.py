@@ -30,6 +30,10 @@ MLFLOW_HTTP = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
 }
+# How long `tunegate run` waits for the Prefect server it starts for itself (ephemeral mode); Prefect's
+# default of 20 s is too short on a loaded machine or while a fresh Prefect database is created.
+PREFECT_EPHEMERAL_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+PREFECT_EPHEMERAL_TIMEOUT_DEFAULT = "180"
 
 
 def repo_root() -> Path:
@@ -64,4 +68,5 @@ def configure_environment() -> Path:
         os.environ.setdefault(key, value)
     os.environ["PREFECT_HOME"] = str(home / "prefect")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault(PREFECT_EPHEMERAL_TIMEOUT, PREFECT_EPHEMERAL_TIMEOUT_DEFAULT)
     return home

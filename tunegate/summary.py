@@ -38,6 +38,9 @@ def build_summary(
         "gate": {"passed": gate["passed"], "reasons": gate["reasons"]},
         "registered_version": registered_version,
         "alias": "candidate" if registered_version else None,
+        # "registered", "gate_failed" (the gate refused the candidate); a skipped run's summary says
+        # "nothing_to_do" and `tunegate run --json` prints {"outcome": "failed", "error": ...} on failure.
+        "outcome": "registered" if registered_version else "gate_failed",
     }
 
 

@@ -47,22 +47,12 @@ class TrainResult:
 
 
 def check_environment(params: Params) -> None:
-    """Fail fast, before loading a model, on settings this machine cannot run."""
-    import torch
+    """Fail fast, before loading a model, on settings this machine cannot run (the preflight's hardware checks)."""
+    from tunegate.preflight import hardware_problems
 
-    t = params.train
-    if t.method == "qlora":
-        if not torch.cuda.is_available():
-            raise TrainingSetupError(
-                "train.method=qlora needs a CUDA GPU (4-bit weights through bitsandbytes) and this machine has "
-                "none; use train.method=lora or dora here, or run on a GPU machine (see README: on a GPU machine)"
-            )
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise TrainingSetupError("train.method=qlora needs bitsandbytes: pip install bitsandbytes") from None
-    if t.device == "auto" and t.precision != "fp32" and not torch.cuda.is_available():
-        raise TrainingSetupError(f"train.precision={t.precision} needs a GPU; this machine has none")
+    problems = hardware_problems(params)
+    if problems:
+        raise TrainingSetupError("; ".join(problems))
 
 
 def peft_config(params: Params):
