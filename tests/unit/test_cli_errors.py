@@ -226,7 +226,7 @@ def test_ephemeral_server_timeout_is_explained(tmp_path, monkeypatch, home, base
     error = json.loads(result.stdout.strip().splitlines()[-1])["error"]
     for text in ("did not answer within", "loaded", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=600", "tunegate server", "PREFECT_API_URL"):
         assert text in error, text
-    log = Path(error.rsplit("The server's output is in ", 1)[1])
+    log = Path(error.rsplit("Details: ", 1)[1])
     assert log.is_file() and "starting..." in log.read_text()
 
 
