@@ -297,6 +297,14 @@ def tokenizer_problems(params: Params, model_dir: Path) -> list[str]:
             "(the user's or the assistant's message is missing from its output); set model.chat_template: "
             "alpaca or chatml to use a built-in template"
         ]
+    from tunegate.templates import end_of_turn
+
+    if end_of_turn(tokenizer) is None:
+        return [
+            f"model.base_model: {name!r} with {template}: the chat template puts no end-of-turn token (nor the "
+            "EOS) after an assistant answer, so the model cannot learn where to stop; use a template that "
+            "ends turns (model.chat_template: alpaca or chatml)"
+        ]
     return []
 
 

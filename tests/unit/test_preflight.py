@@ -214,3 +214,21 @@ def test_unexpected_error_names_a_log_file_not_a_traceback(monkeypatch, tmp_path
     log = Path(problem.message.split("the traceback is in ", 1)[1].split(";", 1)[0])
     assert log.parent == tmp_path / "home" / "logs" and log.name.startswith("preflight-")
     assert "Traceback" in log.read_text() and "surprise" in log.read_text()
+
+
+def test_template_without_end_of_turn_is_refused(base_model_path, tmp_path):
+    """A template that ends answers with nothing would train a model that never stops."""
+    import shutil
+
+    from tunegate.params import parse_params
+    from tunegate.preflight import tokenizer_problems
+
+    model = tmp_path / "model"
+    shutil.copytree(base_model_path, model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    params = parse_params({"model": {"base_model": str(model), "registered_name": "x"},
+                           "data": {"train": [{"path": "x.jsonl"}], "dvc_stage": None}}, "p.yaml")
+    problems = tokenizer_problems(params, model)
+    assert len(problems) == 1 and "cannot learn where to stop" in problems[0]
