@@ -26,6 +26,7 @@ class TunedModel:
     train_runtime_s: float
     tokens_per_second: float
     resumed_from: str | None = None
+    chat_template: str = ""  # the template the data was rendered with (tunegate.templates.template_id)
 
 
 @task(cache_policy=NONE, timeout_seconds=6 * 3600, **RETRY_TRANSIENT)
@@ -80,5 +81,5 @@ def tune(params: Params, data: DataRef, ctx: RunContext) -> TunedModel:
     )
     return TunedModel(
         str(result.model_dir), model_uri, result.final_loss, result.global_step,
-        result.train_runtime_s, result.tokens_per_second, result.resumed_from,
+        result.train_runtime_s, result.tokens_per_second, result.resumed_from, info.chat_template,
     )
