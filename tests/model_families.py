@@ -142,8 +142,13 @@ def build_tiny_gpt2(out_dir: Path, seed: int = SEED) -> Path:
     )
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(config).eval()
-    model.generation_config.bos_token_id = eot
-    model.generation_config.eos_token_id = eot
+    return _save(model, tokenizer, out_dir, bos_token_id=eot, eos_token_id=eot)
+
+
+def _save(model, tokenizer, out_dir: Path, **generation) -> Path:
+    """Set the generation config's special ids and save model (safetensors) and tokenizer to ``out_dir``."""
+    for key, value in generation.items():
+        setattr(model.generation_config, key, value)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
@@ -178,13 +183,7 @@ def build_tiny_chatml(out_dir: Path, seed: int = SEED) -> Path:
     model = Qwen2ForCausalLM(config)
     model.resize_token_embeddings(len(tokenizer))  # new rows drawn from the seeded generator
     model.eval()
-    model.generation_config.bos_token_id = None
-    model.generation_config.eos_token_id = eot
-    model.generation_config.pad_token_id = eot
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-    tokenizer.save_pretrained(str(out_dir))
-    return out_dir
+    return _save(model, tokenizer, out_dir, bos_token_id=None, eos_token_id=eot, pad_token_id=eot)
 
 
 def n_params(model) -> int:

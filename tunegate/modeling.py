@@ -139,6 +139,13 @@ def serving_base(base_model: str | Path, generation_dir: Path, home: Path) -> Pa
     import os
 
     base_model = Path(base_model)
+    if not base_model.is_dir():  # a hub id: its snapshot in the local cache (the preflight made sure it is there)
+        from tunegate.preflight import cached_snapshot, hf_cache_dir
+
+        snapshot = cached_snapshot(str(base_model), hf_cache_dir())
+        if snapshot is None:
+            raise FileNotFoundError(f"base model {str(base_model)!r} is neither a directory nor in the Hugging Face cache")
+        base_model = snapshot
     config_text = (generation_dir / "generation_config.json").read_text(encoding="utf-8")
     key = hashlib.sha256(f"{base_model.resolve()}\n{config_text}".encode()).hexdigest()[:16]
     out = home / "serving_bases" / f"{base_model.name}-{key}"

@@ -324,12 +324,20 @@ def _has_module(name: str) -> bool:
 def hardware_problems(params: Params) -> list[str]:
     """Training settings this machine cannot run: QLoRA, bf16/fp16 and flash attention need CUDA.
 
-    Imports torch only when a setting needs a GPU. ``tunegate.training.check_environment`` can
-    raise on these sentences.
+    Imports torch only when a setting needs a GPU. ``tunegate.training.check_environment``
+    raises on these sentences.
     """
     t = params.train
-    wants_gpu = t.method == "qlora" or t.precision != "fp32" or t.attn_implementation == "flash_attention_2"
-    if not wants_gpu:
+    # (asked for, setting as params spell it, what it needs, its package, the fix without a GPU)
+    needs = [
+        (t.method == "qlora", "train.method: qlora", "a CUDA GPU (4-bit NF4 weights through bitsandbytes)",
+         "bitsandbytes", "use train.method: lora or dora here"),
+        (t.precision != "fp32", f"train.precision: {t.precision}", "a CUDA GPU", None,
+         "set train.precision: fp32 (and train.device: cpu) here"),
+        (t.attn_implementation == "flash_attention_2", "train.attn_implementation: flash_attention_2", "a CUDA GPU",
+         "flash_attn", "set train.attn_implementation: sdpa (or remove it)"),
+    ]
+    if not any(asked for asked, *_ in needs):
         return []
     import torch
 
@@ -337,35 +345,18 @@ def hardware_problems(params: Params) -> list[str]:
     on_cpu = "train.device is cpu" if cuda else "this machine has none"
     usable = cuda and t.device == "auto"
     problems: list[str] = []
-    if t.method == "qlora":
+    for asked, setting, need, package, fix in needs:
+        if not asked:
+            continue
         if not usable:
-            problems.append(
-                f"train.method: qlora needs a CUDA GPU (4-bit NF4 weights through bitsandbytes) and {on_cpu}; "
-                "use train.method: lora or dora here, or run on a GPU machine with train.device: auto"
-            )
-        elif not _has_module("bitsandbytes"):
-            problems.append("train.method: qlora needs the bitsandbytes package: .venv/bin/pip install bitsandbytes")
-    if t.precision != "fp32":
-        if not usable:
-            problems.append(
-                f"train.precision: {t.precision} needs a CUDA GPU and {on_cpu}; set train.precision: fp32 "
-                "(and train.device: cpu) here, or run on a GPU machine with train.device: auto"
-            )
-        elif t.precision == "bf16" and not torch.cuda.is_bf16_supported():
+            problems.append(f"{setting} needs {need} and {on_cpu}; {fix}, or run on a GPU machine with train.device: auto")
+        elif package and not _has_module(package):
+            install = "flash-attn --no-build-isolation" if package == "flash_attn" else package
+            problems.append(f"{setting} needs the {package} package: .venv/bin/pip install {install}")
+        elif setting == "train.precision: bf16" and not torch.cuda.is_bf16_supported():
             problems.append(
                 f"train.precision: bf16: the GPU ({torch.cuda.get_device_name(0)}) does not support bfloat16; "
                 "set train.precision: fp16"
-            )
-    if t.attn_implementation == "flash_attention_2":
-        if not usable:
-            problems.append(
-                f"train.attn_implementation: flash_attention_2 needs a CUDA GPU and {on_cpu}; set "
-                "train.attn_implementation: sdpa (or remove it), or run on a GPU machine with train.device: auto"
-            )
-        elif not _has_module("flash_attn"):
-            problems.append(
-                "train.attn_implementation: flash_attention_2 needs the flash_attn package: "
-                ".venv/bin/pip install flash-attn --no-build-isolation, or set train.attn_implementation: sdpa"
             )
     return problems
 

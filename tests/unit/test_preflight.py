@@ -124,13 +124,18 @@ def test_demo_tokenizer_renders(base_model_path):
     assert preflight.tokenizer_problems(_params(), base_model_path) == []
 
 
+def _with_template(base_model_path: Path, out: Path, template: str):
+    """A copy of the base model whose tokenizer carries ``template``, and params that use its own template."""
+    shutil.copytree(base_model_path, out)
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    config["chat_template"] = template
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return out, _params(**{"model.base_model": str(out), "model.chat_template": None})
+
+
 def test_a_template_that_fails_names_model_template_and_log(tmp_path, base_model_path):
-    model = tmp_path / "broken-template"
-    shutil.copytree(base_model_path, model)
-    config = json.loads((model / "tokenizer_config.json").read_text())
-    config["chat_template"] = "{{ raise_exception('this template is broken') }}"
-    (model / "tokenizer_config.json").write_text(json.dumps(config))
-    (problem,) = preflight.tokenizer_problems(_params(**{"model.base_model": str(model), "model.chat_template": None}), model)
+    model, params = _with_template(base_model_path, tmp_path / "broken-template", "{{ raise_exception('this template is broken') }}")
+    (problem,) = preflight.tokenizer_problems(params, model)
     assert str(model) in problem and "model.chat_template" in problem and "this template is broken" in problem
     log = Path(problem.rsplit("details in ", 1)[1])
     assert log.is_file() and "Traceback" in log.read_text()
@@ -218,17 +223,8 @@ def test_unexpected_error_names_a_log_file_not_a_traceback(monkeypatch, tmp_path
 
 def test_template_without_end_of_turn_is_refused(base_model_path, tmp_path):
     """A template that ends answers with nothing would train a model that never stops."""
-    import shutil
-
-    from tunegate.params import parse_params
-    from tunegate.preflight import tokenizer_problems
-
-    model = tmp_path / "model"
-    shutil.copytree(base_model_path, model)
-    config = json.loads((model / "tokenizer_config.json").read_text())
-    config["chat_template"] = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    (model / "tokenizer_config.json").write_text(json.dumps(config))
-    params = parse_params({"model": {"base_model": str(model), "registered_name": "x"},
-                           "data": {"train": [{"path": "x.jsonl"}], "dvc_stage": None}}, "p.yaml")
-    problems = tokenizer_problems(params, model)
+    model, params = _with_template(
+        base_model_path, tmp_path / "no-end", "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    )
+    problems = preflight.tokenizer_problems(params, model)
     assert len(problems) == 1 and "cannot learn where to stop" in problems[0]
