@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from tunegate.templates import end_of_turn, supports_tool_calls, supports_tools
+
 IGNORE = -100
 
 
@@ -65,8 +67,6 @@ def template_messages(tokenizer, messages: list[dict[str, Any]], tools: list[dic
     """Canonical messages as the template takes them: role and content; tool calls as ``tool_calls``
     when the template renders them (else their JSON text); with tools the template cannot render,
     the schemas are written into the system turn so the model still sees them."""
-    from tunegate.templates import supports_tool_calls, supports_tools
-
     native_calls = supports_tool_calls(tokenizer)
     out = []
     for m in messages:
@@ -90,14 +90,8 @@ def render(tokenizer, messages: list[dict[str, Any]], tools: list[dict[str, Any]
     """The template's text for template-ready ``messages`` (see :func:`template_messages`)."""
     if not messages:
         return ""
-    kwargs: dict[str, Any] = {"tools": tools} if tools and _passes_tools(tokenizer) else {}
+    kwargs: dict[str, Any] = {"tools": tools} if tools and supports_tools(tokenizer) else {}
     return tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False, **kwargs)
-
-
-def _passes_tools(tokenizer) -> bool:
-    from tunegate.templates import supports_tools
-
-    return supports_tools(tokenizer)
 
 
 def render_record(tokenizer, record: dict[str, Any]) -> str:
@@ -119,8 +113,6 @@ def assistant_spans(tokenizer, messages: list[dict[str, Any]], tools: list[dict[
     A span starts where the generation prompt before the turn ends and ends right after the
     template's end-of-turn text (``eot``); turns with ``loss_weight`` 0 have no span.
     """
-    from tunegate.templates import end_of_turn
-
     eot = end_of_turn(tokenizer) if eot is None else eot
     view = template_messages(tokenizer, messages, tools)
     offset = len(view) - len(messages)  # a system turn added for tool schemas
@@ -175,8 +167,6 @@ def tokenize_conversation(
 
 def tokenize_records(tokenizer, records: list[dict[str, Any]], max_length: int, last_turn_only: bool = False) -> list[TokenizedExample]:
     """Tokenise every record; a record left with no trainable token fails, naming it."""
-    from tunegate.templates import end_of_turn
-
     eot = end_of_turn(tokenizer)
     with unbounded_length(tokenizer):
         examples = []
