@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunegate.formats import normalize_texts
-from tunegate.ifeval import IFPrompt, read_ifeval, score_prompt
+from tunegate.ifeval import CHECKERS, IFPrompt, read_ifeval, score_prompt
 from tunegate.params import EvalParams, resolve_path
 from tunegate.stats import Delta, paired_bootstrap
 
@@ -123,9 +123,10 @@ def _generate(
     todo = list(dict.fromkeys(p for p in rendered if (p, max_new_tokens) not in cache))
     if todo:
         context = getattr(model.config, "max_position_embeddings", None) or 2048
+        limit = max(context - max_new_tokens, 8)
         if result is not None:
-            result.truncated_prompts += count_longer(tokenizer, todo, max(context - max_new_tokens, 8))
-        outputs = generate(model, tokenizer, todo, max_new_tokens, batch_size, max_prompt_tokens=max(context - max_new_tokens, 8))
+            result.truncated_prompts += count_longer(tokenizer, todo, limit)
+        outputs = generate(model, tokenizer, todo, max_new_tokens, batch_size, max_prompt_tokens=limit)
         cache.update({(prompt, max_new_tokens): output for prompt, output in zip(todo, outputs)})
     return [cache[(prompt, max_new_tokens)] for prompt in rendered]
 
@@ -322,15 +323,7 @@ def worst_regressions(baseline: ModelEvaluation, candidate: ModelEvaluation, lim
 def eval_files(params: EvalParams) -> dict[str, tuple[str, str]]:
     """Every enabled eval file: set name (``ifeval``, then each safety set's name: ``advbench``,
     ``xstest`` for the defaults) -> (params key, path as written)."""
-    files: dict[str, tuple[str, str]] = {}
-    if params.ifeval.enabled and params.ifeval.path:
-        files["ifeval"] = ("eval.ifeval.path", params.ifeval.path)
-    if params.safety.enabled:
-        for role in ("harmful", "over_refusal"):
-            spec = getattr(params.safety, role)
-            if spec:
-                files[spec.set_name()] = (f"eval.safety.{role}.path", spec.path)
-    return files
+    return {check.name: (check.key, check.path) for check in _file_checks(params)}
 
 
 def load_items_md5(params: EvalParams) -> dict[str, str]:
@@ -346,6 +339,7 @@ IFEVAL_COLUMNS = ("key", "prompt", "instruction_id_list", "kwargs")
 
 @dataclass(frozen=True)
 class _FileCheck:
+    name: str  # the set's name: ifeval, advbench, xstest, ...
     key: str  # params key of the path, e.g. eval.safety.harmful.path
     path: str  # as written in params
     columns: dict[str, str]  # who asks for it (a params key or a format) -> column
@@ -354,8 +348,6 @@ class _FileCheck:
 
 
 def _ifeval_usable(row: dict[str, Any]) -> bool:
-    from tunegate.ifeval import CHECKERS
-
     ids = row.get("instruction_id_list")
     return bool(str(row.get("prompt") or "").strip()) and isinstance(ids, list) and all(i in CHECKERS for i in ids)
 
@@ -367,7 +359,7 @@ def _file_checks(params: EvalParams) -> list[_FileCheck]:
     if params.ifeval.enabled and params.ifeval.path:
         columns = {f"IFEval's format ({c})": c for c in IFEVAL_COLUMNS}
         means = "a prompt and only supported instruction ids"
-        checks.append(_FileCheck("eval.ifeval.path", params.ifeval.path, columns, _ifeval_usable, means))
+        checks.append(_FileCheck("ifeval", "eval.ifeval.path", params.ifeval.path, columns, _ifeval_usable, means))
     if params.safety.enabled:
         for role in ("harmful", "over_refusal"):
             spec = getattr(params.safety, role)
@@ -378,7 +370,8 @@ def _file_checks(params: EvalParams) -> list[_FileCheck]:
                     f" and {spec.label_column} = {spec.label_value!r}" if spec.label_column else ""
                 )
                 checks.append(
-                    _FileCheck(f"eval.safety.{role}.path", spec.path, columns, lambda row, spec=spec: usable(row, spec), means)
+                    _FileCheck(spec.set_name(), f"eval.safety.{role}.path", spec.path, columns,
+                               lambda row, spec=spec: usable(row, spec), means)
                 )
     return checks
 

@@ -121,30 +121,46 @@ class CoverageRule(_Section):
         return self
 
 
-class ValidationParams(_Section):
-    min_records: int = Field(1, ge=1)
-    max_length: int | None = Field(None, ge=8, description="token limit with the chat template; default train.max_length")
-    max_duplicate_rate: float = Field(0.0, ge=0, le=1, description="share of exact duplicates allowed")
-    max_near_duplicate_rate: float = Field(0.02, ge=0, le=1, description="share of normalised duplicates allowed")
-    max_conflict_rate: float = Field(0.0, ge=0, le=1, description="share of same-prompt, different-answer records")
-    refusal_share: tuple[float, float] = Field((0.0, 1.0), description="allowed [min, max] share of refusals")
+class _RefusalSettings(_Section):
+    """Which answers count as refusals: built-in patterns per language plus the user's own (one set,
+    ``tunegate.refusals``, for the data check and for the safety suite's pattern classifier)."""
+
     refusal_languages: list[str] = Field(
         default_factory=lambda: list(DEFAULT_REFUSAL_LANGUAGES),
         description="languages whose built-in refusal patterns (tunegate/refusals.py) mark a refusal: en, zh, ja",
     )
     refusal_patterns: list[str] = Field(
         default_factory=list,
-        description="your own regexes on the final answer (stripped, lowercased), ADDED to the languages' "
+        description="your own regexes on the answer (stripped, lowercased), ADDED to the languages' "
         "patterns; set refusal_languages: [] to use only these",
     )
+
+    @model_validator(mode="after")
+    def _usable_refusals(self) -> _RefusalSettings:
+        problems = config_problems(self.refusal_languages, self.refusal_patterns)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def all_refusal_patterns(self) -> list[str]:
+        """The refusal patterns of ``refusal_languages`` followed by ``refusal_patterns``."""
+        from tunegate.refusals import refusal_patterns
+
+        return refusal_patterns(self.refusal_languages, self.refusal_patterns)
+
+
+class ValidationParams(_RefusalSettings):
+    min_records: int = Field(1, ge=1)
+    max_length: int | None = Field(None, ge=8, description="token limit with the chat template; default train.max_length")
+    max_duplicate_rate: float = Field(0.0, ge=0, le=1, description="share of exact duplicates allowed")
+    max_near_duplicate_rate: float = Field(0.02, ge=0, le=1, description="share of normalised duplicates allowed")
+    max_conflict_rate: float = Field(0.0, ge=0, le=1, description="share of same-prompt, different-answer records")
+    refusal_share: tuple[float, float] = Field((0.0, 1.0), description="allowed [min, max] share of refusals")
     coverage: list[CoverageRule] = Field(default_factory=list, description="required behaviours")
     rules: dict[str, Severity] = Field(default_factory=dict, description="severity per rule, over the defaults")
 
     @model_validator(mode="after")
     def _known_rules(self) -> ValidationParams:
-        problems = config_problems(self.refusal_languages, self.refusal_patterns)
-        if problems:
-            raise ValueError("; ".join(problems))
         for rule, severity in self.rules.items():
             if rule not in RULES:
                 raise ValueError(f"unknown rule {rule!r}; rules: {', '.join(RULES)}")
@@ -154,12 +170,6 @@ class ValidationParams(_Section):
 
     def severity(self, rule: str) -> str:
         return self.rules.get(rule, RULES[rule])
-
-    def all_refusal_patterns(self) -> list[str]:
-        """The refusal patterns of ``refusal_languages`` followed by ``refusal_patterns``."""
-        from tunegate.refusals import refusal_patterns
-
-        return refusal_patterns(self.refusal_languages, self.refusal_patterns)
 
 
 class TrainParams(_Section):
@@ -274,7 +284,7 @@ class OverRefusalSet(EvalSetParams):
     label_value: str | int | bool | None = "safe"
 
 
-class SafetySuite(_Section):
+class SafetySuite(_RefusalSettings):
     enabled: bool = True
     harmful: HarmfulSet | None = Field(
         HarmfulSet(path="../shared/data/eval/advbench_harmful_behaviors.csv"),
@@ -287,14 +297,6 @@ class SafetySuite(_Section):
     max_prompts: int | None = Field(100, ge=1, description="per set (harmful, over_refusal), first N usable rows")
     demo_harmful_family: str | None = Field("refusal", description="eval records of this family count as harmful")
     classifier: str = Field("patterns", description="'patterns' or 'module:function' (str -> bool)")
-    refusal_languages: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_REFUSAL_LANGUAGES),
-        description="languages whose built-in refusal patterns (tunegate/refusals.py) the pattern classifier uses",
-    )
-    refusal_patterns: list[str] = Field(
-        default_factory=list,
-        description="your own regexes for the pattern classifier, ADDED to the languages' patterns",
-    )
 
     @model_validator(mode="before")
     @classmethod
@@ -315,21 +317,12 @@ class SafetySuite(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> SafetySuite:
-        problems = config_problems(self.refusal_languages, self.refusal_patterns)
-        if problems:
-            raise ValueError("; ".join(problems))
         if self.harmful and self.over_refusal and self.harmful.set_name() == self.over_refusal.set_name():
             raise ValueError(f"harmful and over_refusal are both named {self.harmful.set_name()!r}; give one a name:")
         for role, spec in (("harmful", self.harmful), ("over_refusal", self.over_refusal)):
             if spec and spec.set_name() in ("demo", "ifeval"):
                 raise ValueError(f"{role}: the name {spec.set_name()!r} is taken (demo family, IFEval); give it a name:")
         return self
-
-    def all_refusal_patterns(self) -> list[str]:
-        """The refusal patterns of ``refusal_languages`` followed by ``refusal_patterns``."""
-        from tunegate.refusals import refusal_patterns
-
-        return refusal_patterns(self.refusal_languages, self.refusal_patterns)
 
 
 class EvalParams(_Section):
