@@ -7,6 +7,7 @@ safetensors only. Nothing here reaches a hub: paths are local directories.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,27 @@ def model_source(name: str) -> str:
     if local.is_dir() or Path(name).is_absolute() or name.startswith("."):
         return str(local)
     return name
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache as the environment names it now (HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME)."""
+    env = os.environ
+    explicit = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(os.path.expandvars(explicit)).expanduser()
+    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(os.path.expandvars(home)).expanduser() / "hub"
+
+
+def cached_snapshot(repo_id: str, cache_dir: Path) -> Path | None:
+    """The local snapshot directory of hub model ``repo_id`` in ``cache_dir``, or None; file system only."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json", cache_dir=str(cache_dir))
+    except Exception:  # an id the hub would refuse (bad characters): not in any cache
+        return None
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def load_tokenizer(path: str | Path, template_name: str | None = None):
@@ -140,8 +162,6 @@ def serving_base(base_model: str | Path, generation_dir: Path, home: Path) -> Pa
 
     base_model = Path(base_model)
     if not base_model.is_dir():  # a hub id: its snapshot in the local cache (the preflight made sure it is there)
-        from tunegate.preflight import cached_snapshot, hf_cache_dir
-
         snapshot = cached_snapshot(str(base_model), hf_cache_dir())
         if snapshot is None:
             raise FileNotFoundError(f"base model {str(base_model)!r} is neither a directory nor in the Hugging Face cache")

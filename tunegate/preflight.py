@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunegate.modeling import cached_snapshot, hf_cache_dir
+
 if TYPE_CHECKING:
     from tunegate.params import Params
 
@@ -157,31 +159,10 @@ def eval_problems(params: Params) -> list[str]:
 # --- base model ---------------------------------------------------------------------------------
 
 
-def hf_cache_dir() -> Path:
-    """The Hugging Face hub cache as the environment names it now (HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME)."""
-    env = os.environ
-    explicit = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
-    if explicit:
-        return Path(os.path.expandvars(explicit)).expanduser()
-    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
-    return Path(os.path.expandvars(home)).expanduser() / "hub"
-
-
 def hub_offline() -> bool:
     """Whether hub downloads are off (tunegate's default: ``HF_HUB_OFFLINE=1``)."""
     value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "1"
     return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def cached_snapshot(repo_id: str, cache_dir: Path) -> Path | None:
-    """The local snapshot directory of hub model ``repo_id`` in ``cache_dir``, or None; file system only."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(repo_id, "config.json", cache_dir=str(cache_dir))
-    except Exception:  # an id the hub would refuse (bad characters): not in any cache
-        return None
-    return Path(found).parent if isinstance(found, str) else None
 
 
 def weights_problems(model_dir: Path, key: str, name: str) -> list[str]:
