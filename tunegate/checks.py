@@ -190,7 +190,7 @@ def count_record_tokens(tokenizer, records: list[dict[str, Any]], chunk_size: in
     One tokenizer pass over the full texts; the prompt length is read off the offsets
     (tokens that start inside the rendered prompt), so no second pass is needed.
     """
-    from tunegate.tokenize import render_prompt_of, render_record, unbounded_length
+    from tunegate.tokenize import render_with_prompt, unbounded_length
 
     full_lengths: list[int] = []
     prompt_lengths: list[int] = []
@@ -199,8 +199,9 @@ def count_record_tokens(tokenizer, records: list[dict[str, Any]], chunk_size: in
         for start in range(0, len(records), chunk_size):
             fulls, prompt_chars = [], []
             for record in records[start : start + chunk_size]:
-                fulls.append(render_record(tokenizer, record))
-                prompt_chars.append(len(render_prompt_of(tokenizer, record)))
+                full, prompt = render_with_prompt(tokenizer, record)
+                fulls.append(full)
+                prompt_chars.append(len(prompt))
             encoded = tokenizer(fulls, add_special_tokens=False, return_offsets_mapping=True)
             for offsets, limit in zip(encoded["offset_mapping"], prompt_chars):
                 full_lengths.append(len(offsets))

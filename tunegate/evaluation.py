@@ -64,14 +64,15 @@ def response_losses(model, tokenizer, records: list[dict[str, Any]], batch_size:
     import torch
 
     from tunegate.templates import end_of_turn
-    from tunegate.tokenize import render_record, turn_end, unbounded_length
+    from tunegate.tokenize import render_with_prompt, turn_end, unbounded_length
 
-    prompts = render_prompts(tokenizer, records)
+    rendered = [render_with_prompt(tokenizer, r) for r in records]
+    prompts = [prompt for _, prompt in rendered]
     eot = end_of_turn(tokenizer)
     # The answer up to and including its end-of-turn token: what training labels, nothing after it.
     fulls = [
-        (full := render_record(tokenizer, r))[: turn_end(full, len(p), r["messages"][-1]["content"], eot)]
-        for r, p in zip(records, prompts)
+        full[: turn_end(full, len(prompt), r["messages"][-1]["content"], eot)]
+        for r, (full, prompt) in zip(records, rendered)
     ]
     per_record: list[float] = []
     total_loss, total_tokens = 0.0, 0

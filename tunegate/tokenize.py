@@ -107,6 +107,13 @@ def render_prompt_of(tokenizer, record: dict[str, Any]) -> str:
     return render(tokenizer, messages[:-1], tools, generation_prompt=True)
 
 
+def render_with_prompt(tokenizer, record: dict[str, Any]) -> tuple[str, str]:
+    """(:func:`render_record`, :func:`render_prompt_of`) of one record, its tools parsed and turns converted once."""
+    tools = record_tools(record)
+    messages = template_messages(tokenizer, record["messages"], tools)
+    return render(tokenizer, messages, tools), render(tokenizer, messages[:-1], tools, generation_prompt=True)
+
+
 def assistant_spans(tokenizer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, eot: str | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character span of each assistant turn with a loss.
 
