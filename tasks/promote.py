@@ -9,7 +9,7 @@ from prefect.input import RunInput
 from prefect.cache_policies import NONE
 
 from tasks.common import RETRY_TRANSIENT, BaselineRef, DataRef, RunContext
-from tunegate import tracking
+from tunegate import promotion, tracking
 from tunegate.promotion import record
 from tunegate.gate import decide_promotion
 from tunegate.params import Params
@@ -55,10 +55,8 @@ def register_candidate(params: Params, ctx: RunContext, data: DataRef, baseline:
             "tunegate.baseline_version": baseline.version or "",
         },
     )
-    tracking.set_alias(name, tracking.CANDIDATE, ref.version)
+    promotion.register_candidate(name, ref.version, ctx.run_id, commit=ctx.commit)
     tracking.set_tags(ctx.run_id, {"tunegate.registered_version": ref.version})
-    record(
-        "registered", {"run_id": ctx.run_id, "model": name, "version": ref.version, "alias": tracking.CANDIDATE}, model_name=params.model.registered_name, commit=ctx.commit)
     get_run_logger().info("registered %s version %s with alias candidate", name, ref.version)
     return ref.version
 
@@ -80,15 +78,18 @@ def approval_form(summary: dict[str, Any]):
 
 @task(cache_policy=NONE)
 def apply_review(params: Params, ctx: RunContext, version: str, answer: ReviewInput, summary: dict[str, Any]) -> dict[str, Any]:
-    """Apply a Prefect-form review through the same promotion logic as `tunegate approve/reject`."""
-    from tunegate import promotion
+    """Apply a Prefect-form review through the same promotion logic as `tunegate approve/reject`.
+
+    The form cannot prove who filled it in: against an MLflow server that authenticates users the
+    worker's identity acts, so a reviewer name other than it is refused (approve with the CLI there).
+    """
 
     name = params.model.registered_name
     try:
         if answer.approve:
             outcome = promotion.approve(name, version, answer.reviewer, answer.reason, params.gate.approvals)
         else:
-            outcome = promotion.reject(name, version, answer.reviewer, answer.reason)
+            outcome = promotion.reject(name, version, answer.reviewer, answer.reason, params.gate.approvals)
     except promotion.PromotionError as error:
         get_run_logger().error("review refused: %s", error)
         return {**summary, "review": {"action": "refused", "message": str(error)}}

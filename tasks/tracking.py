@@ -12,11 +12,12 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 from tasks.common import RETRY_TRANSIENT, BaselineRef, DataRef, RunContext
-from tunegate import failures, tracking
+from tunegate import audit, failures, tracking
 from tunegate.gitinfo import code_fingerprint, git_commit
 from tunegate.params import Params, dump_params, load_params
 from tunegate.paths import repo_root, tunegate_home
-from tunegate.promotion import environment_user, record
+from tunegate.identity import actor_identity
+from tunegate.promotion import record
 from tunegate.summary import build_summary, render_markdown
 
 
@@ -38,6 +39,7 @@ def start_run(params: Params, params_file: str, resume_run_id: str | None = None
     commit, dirty = git_commit(repo_root())
     code = code_fingerprint(repo_root(), commit)
     flow_run_id = str(flow_run.get_id() or "")
+    initiator = actor_identity()
     tags = {
         "mlflow.source.git.commit": commit,
         "tunegate.git_dirty": str(dirty).lower(),
@@ -47,7 +49,8 @@ def start_run(params: Params, params_file: str, resume_run_id: str | None = None
         "tunegate.params_file": params_file,
         "tunegate.prefect_flow_run_id": flow_run_id,
         "tunegate.model_name": params.model.registered_name,
-        "tunegate.initiator": environment_user(),
+        "tunegate.initiator": initiator.name,
+        "tunegate.initiator_authenticated": str(initiator.authenticated).lower(),
     }
     if resume_run_id:
         run_id = tracking.reopen_run(resume_run_id, params.flat(), tags)
@@ -131,6 +134,7 @@ def record_failure(flow, flow_run_obj, state) -> None:
         params_file = flow_run_obj.parameters.get("params_file", "params/demo.yaml")
         loaded = load_params(Path(params_file), flow_run_obj.parameters.get("overrides") or [])
         experiment, model_name = loaded.project.name, loaded.model.registered_name
+        audit.set_params_url(loaded.audit.database_url)
     except Exception:
         pass
     run_ids: list[str] = []
@@ -155,5 +159,6 @@ def _detach_candidate(model_name: str | None, version: str | None) -> None:
     """A version registered by a run that then failed loses alias ``candidate`` (approve refuses it anyway)."""
     if not model_name or not version:
         return
-    tracking.remove_alias(model_name, tracking.CANDIDATE, only_from=version)
-    tracking.set_version_tag(model_name, version, "tunegate.state", "failed_run")
+    from tunegate.promotion import detach_candidate
+
+    detach_candidate(model_name, version, "its training run failed after registering")

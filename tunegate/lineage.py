@@ -23,7 +23,7 @@ def build_lineage(name: str, version: str) -> dict[str, Any]:
 
 def _lineage(name: str, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The lineage chain and the training run's summary it was built from."""
-    from tunegate.promotion import audit_log
+    from tunegate.promotion import alias_history
 
     try:
         ref = tracking.get_version(name, version)
@@ -39,12 +39,10 @@ def _lineage(name: str, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
         for key, value in ref.tags.items()
         if key.startswith("tunegate.approval.")
     }
-    entries = audit.read_entries(audit_log())
+    entries = audit.store().entries()
     history = [
-        {"seq": e["seq"], "time": e["time"], "event": e["event"], "actor": e["actor"], "data": e["data"]}
-        for e in entries
-        if e["data"].get("model") == name
-        and (e["data"].get("version") == version or version in (e["data"].get("champion"), e["data"].get("previous"), e["data"].get("from"), e["data"].get("to")))
+        h for h in alias_history(name)
+        if h["version"] == version or any(version in (m["from"], m["to"]) for m in h["moves"])
     ]
     run_events = [e for e in entries if e["data"].get("run_id") == ref.run_id]
     aliases = sorted(a for a, v in (tracking.client().get_registered_model(name).aliases or {}).items() if str(v) == str(version))
@@ -68,6 +66,7 @@ def _lineage(name: str, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
             "commit": tags.get("mlflow.source.git.commit"),
             "git_dirty": tags.get("tunegate.git_dirty"),
             "initiator": tags.get("tunegate.initiator"),
+            "initiator_authenticated": tags.get("tunegate.initiator_authenticated") == "true",
             "params_file": tags.get("tunegate.params_file"),
             "method": params.get("train.method"),
             "base_model": params.get("model.base_model"),
@@ -97,7 +96,7 @@ def render_lineage(chain: dict[str, Any]) -> str:
         "2. validation",
         f"   {v['status']}  report {v['report']}" + (f"  warnings/drops: {', '.join(v['failed_rules'])}" if v["failed_rules"] else ""),
         "3. training",
-        f"   run {t['run_id']}  commit {t['commit']}{' (dirty)' if t['git_dirty'] == 'true' else ''}  by {t['initiator']}",
+        f"   run {t['run_id']}  commit {t['commit']}{' (dirty)' if t['git_dirty'] == 'true' else ''}  by {t['initiator']}{'' if t.get('initiator_authenticated') else ' (not authenticated)'}",
         f"   params {t['params_file']}  method {t['method']}  base {t['base_model']}  final loss {t['final_loss']}",
         "4. evaluation vs " + (f"champion version {e['baseline']['version']}" if e["baseline"]["source"] == "champion" else "the base model"),
         *[f"   {x['metric']}: {x['baseline']:.3f} -> {x['candidate']:.3f} ({x['delta']:+.3f}, [{x['low']:+.3f}, {x['high']:+.3f}])" for x in e["deltas"]],
@@ -105,11 +104,34 @@ def render_lineage(chain: dict[str, Any]) -> str:
         "5. gate: " + ("passed" if g["passed"] else "FAILED"),
         *[f"   {r}" for r in g["reasons"]],
         "6. approvals",
-        *([f"   {who}: roles {', '.join(a['roles'])}; {a['reason']!r} (environment user {a['env_user']})" for who, a in chain["approvals"].items()] or ["   none"]),
+        *([f"   {who}: roles {', '.join(a['roles'])}; {a['reason']!r} ({_authenticity(a)})" for who, a in chain["approvals"].items()] or ["   none"]),
         "7. alias history",
-        *([f"   #{h['seq']} {h['time'][:19]} {h['event']} by {h['actor']}: " + ", ".join(f"{k}={val}" for k, val in h["data"].items() if k in ("version", "alias", "champion", "previous", "from", "to", "reason", "why")) for h in chain["history"]] or ["   none"]),
+        *([f"   {line}" for line in history_lines(chain["history"])] or ["   none"]),
     ]
     return "\n".join(lines)
+
+
+def _authenticity(approval: dict[str, Any]) -> str:
+    said = "authenticated by the MLflow server" if approval.get("authenticated") else f"not authenticated: environment user {approval.get('env_user')}"
+    return said + (", signed" if approval.get("signed") else "")
+
+
+def _moves_text(moves: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{m['alias']} {m['from'] or '-'} -> {m['to'] or '-'}" for m in moves)
+
+
+def history_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per alias move: when, what moved, who (authenticated or not), why."""
+    return [
+        f"#{h['seq']} {h['time'][:19]} {h['event']}: {_moves_text(h['moves'])}; by {h['actor']}"
+        f" ({'authenticated' if h['authenticated'] else 'not authenticated'}); why: {h['reason'] or '-'}"
+        for h in rows
+    ]
+
+
+def render_history(name: str, rows: list[dict[str, Any]], alias: str | None = None) -> str:
+    head = f"alias history of {name}" + (f" (alias {alias})" if alias else "") + f": {len(rows)} move(s)"
+    return "\n".join([head, *(f"  {line}" for line in history_lines(rows))])
 
 
 def render_model_card(chain: dict[str, Any], summary: dict[str, Any] | None = None) -> str:
@@ -126,7 +148,7 @@ def render_model_card(chain: dict[str, Any], summary: dict[str, Any] | None = No
         "",
         "## Base model and training",
         f"- base model: `{t['base_model']}`, method `{t['method']}`, final training loss {t['final_loss']}",
-        f"- training run `{t['run_id']}`, commit `{t['commit']}`, params `{t['params_file']}`, started by {t['initiator']}",
+        f"- training run `{t['run_id']}`, commit `{t['commit']}`, params `{t['params_file']}`, started by {t['initiator']}{'' if t.get('initiator_authenticated') else ' (not authenticated)'}",
         "",
         "## Data",
         f"- dataset md5 `{d['data_md5']}`; {data.get('n_train', '?')} train / {data.get('n_eval', '?')} eval records",
@@ -142,7 +164,13 @@ def render_model_card(chain: dict[str, Any], summary: dict[str, Any] | None = No
         *[f"- {r}" for r in g["reasons"]],
         "",
         "## Approvals",
-        *([f"- {who} ({', '.join(a['roles'])}): {a['reason']}" for who, a in chain["approvals"].items()] or ["- none yet"]),
+        *([f"- {who} ({', '.join(a['roles'])}; {_authenticity(a)}): {a['reason']}" for who, a in chain["approvals"].items()] or ["- none yet"]),
+        "",
+        "## Alias history",
+        "",
+        "| # | time (UTC) | event | moves | by | authenticated | why |",
+        "|---:|---|---|---|---|---|---|",
+        *[f"| {h['seq']} | {h['time'][:19]} | {h['event']} | {_moves_text(h['moves'])} | {h['actor']} | {'yes' if h['authenticated'] else 'no'} | {h['reason'] or '-'} |" for h in chain["history"]],
         "",
         "## Known regressions",
         *([f"- {x['metric']}: {x['delta']:+.3f} [{x['low']:+.3f}, {x['high']:+.3f}]" for x in regressions] or ["- none flagged (no interval excludes zero on the wrong side)"]),

@@ -371,6 +371,37 @@ class ApprovalPolicy(_Section):
         description="allow-list: reviewer -> roles (engineering, ml, product, policy, risk); empty: anyone",
     )
     allow_self_approval: bool = Field(False, description="may the identity that started the run approve it")
+    required_permission: Literal["READ", "USE", "EDIT", "MANAGE"] | None = Field(
+        "MANAGE",
+        description="with an MLflow server that authenticates users: the permission on the registered model a user "
+        "needs to approve, reject or roll back (null: none beyond MLflow's own checks)",
+    )
+    require_authentication: bool = Field(
+        False, description="refuse approvals, rejections and rollbacks by identities no MLflow server authenticated"
+    )
+    require_signatures: bool = Field(
+        False, description="each approval carries an ed25519 signature by the reviewer's key in public_keys"
+    )
+    public_keys: dict[str, str] = Field(
+        default_factory=dict, description="reviewer -> 'ed25519:<base64>' public key (`tunegate keygen` prints it)"
+    )
+
+    @model_validator(mode="after")
+    def _keys(self) -> ApprovalPolicy:
+        from tunegate.signing import SigningError, parse_public
+
+        for reviewer, key in self.public_keys.items():
+            try:
+                parse_public(key)
+            except SigningError as error:
+                raise ValueError(f"public_keys.{reviewer}: {error}") from None
+        if self.require_signatures:
+            if not self.public_keys:
+                raise ValueError("require_signatures needs public_keys (reviewer -> key from `tunegate keygen`)")
+            unkeyed = sorted(set(self.reviewers) - set(self.public_keys))
+            if unkeyed:
+                raise ValueError(f"require_signatures: reviewers without a public key: {', '.join(unkeyed)}")
+        return self
 
 
 class GateParams(_Section):
@@ -422,6 +453,25 @@ class ScheduleParams(_Section):
         return self
 
 
+class AuditParams(_Section):
+    """Where the hash-chained audit trail lives (``$TUNEGATE_AUDIT_DB`` wins over this)."""
+
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the audit database, e.g. postgresql://tunegate@db:5432/mlflow (null: the MLflow "
+        "backend store when it is SQL); no password here: use ~/.pgpass or TUNEGATE_AUDIT_DB",
+    )
+
+    @model_validator(mode="after")
+    def _no_secret(self) -> AuditParams:
+        from urllib.parse import urlsplit
+
+        if self.database_url and urlsplit(self.database_url).password:
+            raise ValueError("audit.database_url carries a password: params are not a place for secrets "
+                             "(use ~/.pgpass, or put the URL in TUNEGATE_AUDIT_DB)")
+        return self
+
+
 class Params(_Section):
     project: ProjectParams = ProjectParams()
     model: ModelParams
@@ -432,6 +482,7 @@ class Params(_Section):
     eval: EvalParams = EvalParams()
     gate: GateParams = GateParams()
     schedule: ScheduleParams = ScheduleParams()
+    audit: AuditParams = AuditParams()
 
     @model_validator(mode="after")
     def _stage_needs_demo_data(self) -> Params:
@@ -446,11 +497,11 @@ class Params(_Section):
         return model_source(self.model.base_model)
 
     def fingerprint(self) -> str:
-        """sha256 of everything that shapes a run's result; the schedule section does not."""
+        """sha256 of everything that shapes a run's result; the schedule and audit sections do not."""
         import hashlib
         import json
 
-        body = self.model_dump(mode="json", exclude={"schedule"})
+        body = self.model_dump(mode="json", exclude={"schedule", "audit"})
         return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def flat(self) -> dict[str, Any]:

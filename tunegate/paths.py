@@ -62,7 +62,7 @@ def configure_environment() -> Path:
     Must run before prefect is imported: Prefect reads its settings at import.
     """
     home = tunegate_home()
-    for sub in ("mlflow", "prefect", "dvc-cache", "reports", "audit", "runs"):
+    for sub in ("mlflow", "prefect", "dvc-cache", "reports", "runs"):
         (home / sub).mkdir(parents=True, exist_ok=True)
     for key, value in {**TELEMETRY_OFF, **MLFLOW_HTTP}.items():
         os.environ.setdefault(key, value)

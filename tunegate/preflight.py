@@ -77,6 +77,7 @@ def run_preflight(params: Params, *, params_file: str | Path) -> list[Problem]:
     if model_found and model_dir is not None:
         problems += _guarded("tokenizer", lambda: tokenizer_problems(params, model_dir))
     problems += _guarded("hardware", lambda: hardware_problems(params))
+    problems += _guarded("audit", lambda: audit_problems(params))
     return [Problem(p.check, f"{where}: {p.message}") for p in problems]
 
 
@@ -85,6 +86,26 @@ def check_preflight(params: Params, *, params_file: str | Path, command: str = "
     problems = run_preflight(params, params_file=params_file)
     if problems:
         raise PreflightError(problems, command)
+
+
+# --- audit trail and identity ------------------------------------------------------------------
+
+
+def audit_problems(params: Params) -> list[str]:
+    """The audit database resolves and answers (nothing is created); a tracking server that authenticates
+    accepts our credentials."""
+    from tunegate import audit, identity
+
+    audit.set_params_url(params.audit.database_url)
+    try:
+        audit.check_reachable()
+    except audit.AuditError as error:
+        return [f"audit: {error}"]
+    try:
+        identity.current_identity()
+    except identity.IdentityError as error:
+        return [f"identity: {error}"]
+    return []
 
 
 # --- data ---------------------------------------------------------------------------------------

@@ -1,27 +1,34 @@
-"""Promotion on MLflow registry aliases: approve, reject, rollback — with separation of duties,
-role-based approvals, compare-and-set against the champion a candidate was evaluated against,
-and an audit entry for every step.
+"""Promotion on MLflow registry aliases: approve, reject, rollback — with authenticated reviewers,
+separation of duties, role-based approvals, optional signatures, compare-and-set against the champion
+a candidate was evaluated against, and an audit entry for every step.
 
 States of a version: registered with alias ``candidate`` (gate passed) -> approvals recorded
 as version tags -> when the policy's roles are covered, ``champion`` moves to it and the old
 champion keeps ``previous``. A rejected or superseded candidate never becomes champion.
-Registry moves happen under an exclusive lock, so two racing approvals leave one champion.
+Every alias move (register, promote, reject, rollback) happens under the database-held promotion
+lock (:meth:`tunegate.audit.AuditStore.promotion_lock`), so racing approvals on any number of hosts
+leave one champion, and is recorded with the moves it made (``tunegate history`` reads them).
+
+Who acts: with an MLflow server that authenticates users, the authenticated user (any other
+``reviewer`` is refused) holding ``policy.required_permission`` on the model; otherwise the name
+given, recorded as ``authenticated: false``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunegate import audit, tracking
-from tunegate.audit import environment_user
+from tunegate.audit import environment_user  # noqa: F401  (re-exported for the CLI and scheduling)
+from tunegate.identity import Identity, IdentityError, current_identity, holds, model_permission, actor_identity
 from tunegate.params import ApprovalPolicy
 
 PREVIOUS = "previous"
+HEAD_TAG = "tunegate.audit_head"
 
 
 class PromotionError(RuntimeError):
@@ -36,37 +43,81 @@ class Outcome:
     champion: str | None
 
 
-def audit_log() -> Path:
-    """``$TUNEGATE_AUDIT_DIR/events.jsonl``; default ``$TUNEGATE_HOME/audit``. In a multi-user deployment
-    every process that records (workers, the host where people approve) points it at one shared directory."""
-    from tunegate.paths import tunegate_home
+def record(event: str, data: dict[str, Any], actor: str | None = None, model_name: str | None = None,
+           commit: str | None = None, authenticated: bool | None = None) -> dict[str, Any]:
+    """Append an audit event; when the model is registered, its tag ``tunegate.audit_head`` is the new head.
 
-    shared = os.environ.get("TUNEGATE_AUDIT_DIR")
-    return (Path(shared) if shared else tunegate_home() / "audit") / "events.jsonl"
-
-
-def record(event: str, data: dict[str, Any], actor: str | None = None, model_name: str | None = None, commit: str | None = None) -> dict[str, Any]:
-    """Append an audit event; when the model is registered, its tag ``tunegate.audit_head`` is the new head."""
-    entry = audit.append_event(audit_log(), event, data, actor=actor, commit=commit)
+    Without ``actor`` the event is recorded for the acting identity (authenticated when the tracking
+    server says who we are).
+    """
+    if actor is None:
+        who = actor_identity()
+        actor, authenticated = who.name, who.authenticated
+    entry = audit.store().append(event, data, actor=actor, authenticated=bool(authenticated), commit=commit)
     if model_name:
         with contextlib.suppress(Exception):  # before the first registration there is no model to tag
-            tracking.client().set_registered_model_tag(model_name, "tunegate.audit_head", f"{entry['seq']}:{entry['hash']}")
+            tracking.client().set_registered_model_tag(model_name, HEAD_TAG, f"{entry['seq']}:{entry['hash']}")
     return entry
 
 
 @contextlib.contextmanager
-def registry_lock():
-    """Exclusive lock around read-check-move of aliases (all writers on this machine/home)."""
-    import fcntl
+def registry_lock(name: str):
+    """The promotion lock for ``name``, held by the audit database (all hosts)."""
+    with audit.store().promotion_lock(name):
+        yield
 
-    path = audit_log().with_name("registry.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+
+def _aliases(name: str) -> dict[str, str]:
+    return {alias: str(version) for alias, version in (tracking.client().get_registered_model(name).aliases or {}).items()}
+
+
+def _moves(before: dict[str, str], after: dict[str, str]) -> list[dict[str, str | None]]:
+    return [
+        {"alias": alias, "from": before.get(alias), "to": after.get(alias)}
+        for alias in sorted(set(before) | set(after))
+        if before.get(alias) != after.get(alias)
+    ]
+
+
+def _acting(name: str, reviewer: str | None, policy: ApprovalPolicy | None, action: str, version: str | None = None) -> tuple[Identity, str]:
+    """The identity that acts and the reviewer name it acts as; PromotionError (audited) when not allowed."""
+    try:
+        who = current_identity()
+    except IdentityError as error:
+        raise PromotionError(str(error)) from None
+    given = (reviewer or "").strip()
+    if who.authenticated:
+        name_used = given or who.name
+        if name_used != who.name:
+            _refused(name, action, who, name_used, f"authenticated as {who.name!r}: may not {action} as {name_used!r}", version)
+        if policy is not None and policy.required_permission:
+            try:
+                permission = model_permission(name, who)
+            except IdentityError as error:
+                raise PromotionError(str(error)) from None
+            if not holds(permission, policy.required_permission):
+                _refused(name, action, who, name_used,
+                         f"{who.name!r} holds {permission} on registered model {name}; to {action} the policy requires {policy.required_permission}", version)
+        return who, name_used
+    if policy is not None and policy.require_authentication:
+        _refused(name, action, who, given or who.name,
+                 f"the policy requires an authenticated reviewer and {redact_uri()} does not authenticate users (see docs/deploy.md)", version)
+    if not given:
+        raise PromotionError("a reviewer is required (--reviewer): the tracking store does not authenticate users")
+    return who, given
+
+
+def redact_uri() -> str:
+    from tunegate.server import redact
+
+    return redact(tracking.tracking_uri())
+
+
+def _refused(name: str, action: str, who: Identity, reviewer: str, why: str, version: str | None = None) -> None:
+    record(f"{action}_refused" if action != "approve" else "approval_refused",
+           {"model": name, "version": version, "reviewer": reviewer, "why": why, "identity_source": who.source},
+           actor=who.name if who.authenticated else reviewer, model_name=name, authenticated=who.authenticated)
+    raise PromotionError(why)
 
 
 def reviewer_roles(policy: ApprovalPolicy, reviewer: str) -> list[str]:
@@ -108,12 +159,27 @@ def _champion_version(name: str) -> str | None:
     return ref.version if ref else None
 
 
-def approve(name: str, version: str, reviewer: str, reason: str, policy: ApprovalPolicy) -> Outcome:
+def approve(name: str, version: str, reviewer: str | None, reason: str, policy: ApprovalPolicy, signing_key: Path | None = None) -> Outcome:
     """Record an approval; promote when the policy's roles are covered. Raises PromotionError, changing nothing."""
-    if not reviewer.strip() or not reason.strip():
-        raise PromotionError("a reviewer and a reason are required")
-    env_user = environment_user()
-    with registry_lock():
+    if not reason.strip():
+        raise PromotionError("a reason is required")
+    who, reviewer = _acting(name, reviewer, policy, "approve", version)
+    key = None
+    if signing_key is not None or policy.require_signatures:
+        from tunegate import signing
+
+        if signing_key is None:
+            _refused(name, "approve", who, reviewer, "the policy requires signed approvals: give your key with --key (or TUNEGATE_SIGNING_KEY)", version)
+        try:
+            key = signing.load_private(signing_key)
+        except signing.SigningError as error:
+            raise PromotionError(str(error)) from None
+        listed = policy.public_keys.get(reviewer)
+        if listed is None and policy.require_signatures:
+            _refused(name, "approve", who, reviewer, f"{reviewer!r} has no public key in gate.approvals.public_keys", version)
+        if listed is not None and signing.public_key_of(key) != listed:
+            _refused(name, "approve", who, reviewer, f"the key {signing_key} is not {reviewer!r}'s listed public key", version)
+    with registry_lock(name):
         try:
             ref = tracking.get_version(name, version)
         except Exception:
@@ -132,15 +198,24 @@ def approve(name: str, version: str, reviewer: str, reason: str, policy: Approva
                     f"{current or 'none'}: re-evaluate it with a new run"
                 )
         except PromotionError as error:
-            record("approval_refused", {"model": name, "version": version, "reviewer": reviewer, "env_user": env_user, "reason": reason, "why": str(error)}, actor=reviewer, model_name=name)
+            record("approval_refused", {"model": name, "version": version, "reviewer": reviewer, "env_user": environment_user(), "reason": reason, "why": str(error)},
+                   actor=reviewer, model_name=name, authenticated=who.authenticated)
             raise
-        approval = {"roles": roles, "reason": reason, "env_user": env_user, "identity_matches_env": reviewer == env_user}
+        approval = {"roles": roles, "reason": reason, "env_user": environment_user(), "authenticated": who.authenticated,
+                    "identity_source": who.source}
+        data = {"model": name, "version": version, "reviewer": reviewer, **approval}
+        if key is not None:
+            from tunegate import signing
+
+            data["signature"] = signing.sign(key, data)
+            approval["signed"] = True
         tracking.set_version_tag(name, version, f"tunegate.approval.{reviewer}", json.dumps(approval))
         approvals = approvals_of(tracking.get_version(name, version))
-        record("approval", {"model": name, "version": version, "reviewer": reviewer, **approval}, actor=reviewer, model_name=name)
+        record("approval", data, actor=reviewer, model_name=name, authenticated=who.authenticated)
         missing = missing_roles(policy, approvals)
         if missing:
             return Outcome("approval_recorded", version, f"approval by {reviewer} recorded; still needed: {', '.join(missing)}", current or None)
+        before = _aliases(name)
         previous = current or None
         tracking.set_alias(name, tracking.CHAMPION, version)
         if previous:
@@ -149,13 +224,48 @@ def approve(name: str, version: str, reviewer: str, reason: str, policy: Approva
         tracking.set_version_tag(name, version, "tunegate.state", "champion")
         if previous:
             tracking.set_version_tag(name, previous, "tunegate.state", "previous")
-        entry = record("alias_moved", {"model": name, "champion": version, "previous": previous, "approvers": sorted(approvals)}, actor=reviewer, model_name=name)
-        tracking.set_version_tag(name, version, "tunegate.audit_head", f"{entry['seq']}:{entry['hash']}")
+        entry = record("alias_moved", {"model": name, "version": version, "champion": version, "previous": previous,
+                                       "approvers": sorted(approvals), "reason": reason, "moves": _moves(before, _aliases(name))},
+                       actor=reviewer, model_name=name, authenticated=who.authenticated)
+        tracking.set_version_tag(name, version, HEAD_TAG, f"{entry['seq']}:{entry['hash']}")
         from tunegate.lineage import publish_model_card
 
         with contextlib.suppress(Exception):  # the card is a view; the promotion itself is done
             publish_model_card(name, version)
         return Outcome("promoted", version, f"champion -> version {version}" + (f" (previous: {previous})" if previous else ""), version)
+
+
+def _republish_cards(name: str, versions: list[str | None]) -> None:
+    from tunegate.lineage import publish_model_card
+
+    for version in versions:
+        if version:
+            with contextlib.suppress(Exception):  # the card is a view; the move itself is done
+                publish_model_card(name, version)
+
+
+def register_candidate(name: str, version: str, run_id: str, commit: str | None = None) -> dict[str, Any]:
+    """Point alias ``candidate`` at a version that passed the gate, under the promotion lock, and record the move."""
+    with registry_lock(name):
+        ref = tracking.get_version(name, version)
+        if ref.tags.get("tunegate.gate") != "passed":
+            raise PromotionError(f"version {version} did not pass the gate: not made a candidate")
+        before = _aliases(name)
+        tracking.set_alias(name, tracking.CANDIDATE, version)
+        return record("registered", {"run_id": run_id, "model": name, "version": version, "alias": tracking.CANDIDATE,
+                                     "reason": "passed the gate", "moves": _moves(before, _aliases(name))},
+                      model_name=name, commit=commit)
+
+
+def detach_candidate(name: str, version: str, reason: str) -> None:
+    """Take alias ``candidate`` off ``version`` (a run that failed after registering), under the lock, recorded."""
+    with registry_lock(name):
+        before = _aliases(name)
+        tracking.remove_alias(name, tracking.CANDIDATE, only_from=version)
+        tracking.set_version_tag(name, version, "tunegate.state", "failed_run")
+        moves = _moves(before, _aliases(name))
+        if moves:
+            record("candidate_detached", {"model": name, "version": version, "reason": reason, "moves": moves}, model_name=name)
 
 
 def _check_candidate(name: str, ref: tracking.VersionRef) -> None:
@@ -174,56 +284,135 @@ def _check_candidate(name: str, ref: tracking.VersionRef) -> None:
             raise PromotionError(f"version {ref.version}: its training run {ref.run_id} ended {status}, not FINISHED")
 
 
-def reject(name: str, version: str, reviewer: str, reason: str) -> Outcome:
-    if not reviewer.strip() or not reason.strip():
-        raise PromotionError("a reviewer and a reason are required")
-    with registry_lock():
+def reject(name: str, version: str, reviewer: str | None, reason: str, policy: ApprovalPolicy | None = None) -> Outcome:
+    if not reason.strip():
+        raise PromotionError("a reason is required")
+    who, reviewer = _acting(name, reviewer, policy, "reject", version)
+    with registry_lock(name):
         try:
             ref = tracking.get_version(name, version)
         except Exception:
             raise PromotionError(f"{name} has no version {version}") from None
         if ref.tags.get("tunegate.state") == "champion" or _champion_version(name) == version:
             raise PromotionError(f"version {version} is the champion; use rollback")
+        before = _aliases(name)
         tracking.set_version_tag(name, version, "tunegate.state", "rejected")
-        tracking.set_version_tag(name, version, "tunegate.rejection", json.dumps({"reviewer": reviewer, "reason": reason}))
+        tracking.set_version_tag(name, version, "tunegate.rejection", json.dumps({"reviewer": reviewer, "reason": reason, "authenticated": who.authenticated}))
         tracking.remove_alias(name, tracking.CANDIDATE, only_from=version)
-        record("rejected", {"model": name, "version": version, "reviewer": reviewer, "reason": reason, "env_user": environment_user()}, actor=reviewer, model_name=name)
+        record("rejected", {"model": name, "version": version, "reviewer": reviewer, "reason": reason, "env_user": environment_user(),
+                            "moves": _moves(before, _aliases(name))},
+               actor=reviewer, model_name=name, authenticated=who.authenticated)
         return Outcome("rejected", version, f"version {version} rejected; champion unchanged", _champion_version(name))
 
 
-def rollback(name: str, reviewer: str, reason: str) -> Outcome:
+def rollback(name: str, reviewer: str | None, reason: str, policy: ApprovalPolicy | None = None) -> Outcome:
     """Move ``champion`` back to ``previous``."""
-    if not reviewer.strip() or not reason.strip():
-        raise PromotionError("a reviewer and a reason are required")
-    with registry_lock():
+    if not reason.strip():
+        raise PromotionError("a reason is required")
+    who, reviewer = _acting(name, reviewer, policy, "rollback")
+    with registry_lock(name):
         previous = tracking.alias_version(name, PREVIOUS)
         current = _champion_version(name)
         if previous is None:
             raise PromotionError(f"{name} has no previous champion to roll back to")
+        before = _aliases(name)
         tracking.set_alias(name, tracking.CHAMPION, previous.version)
         tracking.client().delete_registered_model_alias(name, PREVIOUS)
         tracking.set_version_tag(name, previous.version, "tunegate.state", "champion")
         if current:
             tracking.set_version_tag(name, current, "tunegate.state", "rolled_back")
-        record("rollback", {"model": name, "from": current, "to": previous.version, "reviewer": reviewer, "reason": reason, "env_user": environment_user()}, actor=reviewer, model_name=name)
+        record("rollback", {"model": name, "version": previous.version, "from": current, "to": previous.version, "reviewer": reviewer,
+                            "reason": reason, "env_user": environment_user(), "moves": _moves(before, _aliases(name))},
+               actor=reviewer, model_name=name, authenticated=who.authenticated)
+        _republish_cards(name, [previous.version, current])
         return Outcome("rolled_back", previous.version, f"champion -> version {previous.version} (was {current})", previous.version)
 
 
-def verify(name: str | None) -> tuple[bool, str]:
-    """The chain, and its length against the head the registry holds (so truncation shows)."""
-    entries = audit.read_entries(audit_log())
-    ok, message = audit.verify_chain(entries)
-    if not ok or not name:
+# --- reading the trail -----------------------------------------------------------------------------
+
+
+def alias_history(name: str, alias: str | None = None) -> list[dict[str, Any]]:
+    """Every alias move of model ``name`` (one row per action), oldest first, from the audit table."""
+    rows = []
+    for entry in audit.store().entries(model=name):
+        moves = entry["data"].get("moves")
+        if not moves:
+            continue
+        if alias is not None:
+            moves = [m for m in moves if m["alias"] == alias]
+            if not moves:
+                continue
+        rows.append({
+            "seq": entry["seq"], "time": entry["time"], "event": entry["event"], "version": entry["data"].get("version"),
+            "moves": moves, "actor": entry["actor"], "authenticated": bool(entry.get("authenticated")),
+            "reason": entry["data"].get("reason"), "approvers": entry["data"].get("approvers"),
+        })
+    return rows
+
+
+def _heads(entries: list[dict[str, Any]], name: str | None) -> list[tuple[str, str]]:
+    """(model, head) for ``name`` and every model the chain names that carries a head tag."""
+    names = {e["data"].get("model") for e in entries if isinstance(e.get("data"), dict) and e["data"].get("model")}
+    if name:
+        names.add(name)
+    heads = []
+    for model in sorted(names):
+        try:
+            head = tracking.client().get_registered_model(model).tags.get(HEAD_TAG)
+        except Exception:
+            head = None
+        if head:
+            heads.append((model, head))
+    return heads
+
+
+def signature_problems(entries: list[dict[str, Any]], policy: ApprovalPolicy | None) -> list[str]:
+    """Approvals whose signature is missing or invalid, and promotions not backed by valid approvals."""
+    if policy is None or not (policy.require_signatures or policy.public_keys):
+        return []
+    from tunegate import signing
+
+    problems = []
+    valid: dict[tuple[str, str], set[str]] = {}
+    for entry in entries:
+        data = entry.get("data") or {}
+        if entry["event"] == "approval":
+            reviewer = data.get("reviewer")
+            key = policy.public_keys.get(reviewer)
+            if key is None:
+                if policy.require_signatures:
+                    problems.append(f"entry {entry['seq']}: approval by {reviewer!r}, who has no public key in the policy")
+                continue
+            why = signing.check(data, key)
+            if why is None:
+                valid.setdefault((data.get("model"), str(data.get("version"))), set()).add(reviewer)
+            elif policy.require_signatures or data.get("signature"):
+                problems.append(f"entry {entry['seq']}: approval of {data.get('model')} version {data.get('version')} by {reviewer!r}: {why}")
+        elif entry["event"] == "alias_moved" and policy.require_signatures:
+            signed = valid.get((data.get("model"), str(data.get("version"))), set())
+            unsigned = sorted(set(data.get("approvers") or []) - signed)
+            if unsigned:
+                problems.append(f"entry {entry['seq']}: promotion of {data.get('model')} version {data.get('version')} rests on approvals without a valid signature ({', '.join(unsigned)})")
+    return problems
+
+
+def verify(name: str | None, policy: ApprovalPolicy | None = None) -> tuple[bool, str]:
+    """The chain as stored, its length against the heads the registry holds (so truncation shows), and signatures."""
+    store = audit.store()
+    ok, message, entries = store.verify()
+    if not ok:
         return ok, message
-    try:
-        head = tracking.client().get_registered_model(name).tags.get("tunegate.audit_head")
-    except Exception:
-        head = None
-    if head:
-        seq, digest = head.split(":", 1)
-        seq = int(seq)
+    checked = []
+    for model, head in _heads(entries, name):
+        seq_text, digest = head.split(":", 1)
+        seq = int(seq_text)
         if seq >= len(entries):
-            return False, f"entry {len(entries)}: missing — the registry's head is entry {seq}, the log ends at entry {len(entries) - 1} (truncated)"
+            return False, f"entry {len(entries)}: missing — the registry's head for {model} is entry {seq}, the trail ends at entry {len(entries) - 1} (truncated)"
         if entries[seq]["hash"] != digest:
-            return False, f"entry {seq}: does not match the head hash recorded in the registry"
-    return True, message + (f"; registry head at entry {head.split(':')[0]}" if head else "")
+            return False, f"entry {seq}: does not match the head hash recorded on {model} in the registry"
+        checked.append(f"{model} at entry {seq}")
+    problems = signature_problems(entries, policy)
+    if problems:
+        return False, "; ".join(problems)
+    signed = sum(1 for e in entries if e["event"] == "approval" and (e.get("data") or {}).get("signature"))
+    return True, message + (f"; registry heads: {', '.join(checked)}" if checked else "") + (f"; {signed} signed approval(s) verified" if signed and policy and policy.public_keys else "")

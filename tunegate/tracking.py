@@ -28,11 +28,19 @@ def _client_for(uri: str):
 
 def client():
     """The client for the current tracking URI (one per URI); also points MLflow's fluent API there."""
+    import os
+
     import mlflow
 
     uri = tracking_uri()
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # MLflow exports the URI to the environment; keep ours as the user set it, so $TUNEGATE_HOME keeps deciding.
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
     return _client_for(uri)
 
 

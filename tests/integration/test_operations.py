@@ -85,8 +85,9 @@ class Ops:
         })
 
     def audit(self) -> list[dict]:
-        log = self.home / "audit" / "events.jsonl"
-        return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+        """The audit table (in the server's database, found through its server.json) as `tunegate audit export` writes it."""
+        out = self.cli("audit", "export", "-p", str(self.params)).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def mlflow_run(self, run_id: str) -> dict:
         return _get_json(f"{self.mlflow}/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]

@@ -52,7 +52,7 @@ def test_review_form_promotes_like_the_cli(prefect_harness, base_model_path):
     summary = result["summary"]
     assert summary["review"]["action"] == "promoted"
     assert tracking.alias_version(name, "champion").version == version
-    entries = [e for e in audit.read_entries(promotion.audit_log()) if e["data"].get("model") == name]
+    entries = audit.store().entries(model=name)
     kinds = [e["event"] for e in entries]
     assert kinds[-2:] == ["approval", "alias_moved"]  # the same entries `tunegate approve` writes
     assert entries[-2]["actor"] == "alice" and entries[-2]["data"]["reason"] == "reviewed in Prefect"

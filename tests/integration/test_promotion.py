@@ -1,5 +1,5 @@
 """Promotion on a real MLflow registry: separation of duties, allow-list, roles, reject, rollback,
-compare-and-set, racing approvals, and a tamper-evident audit trail."""
+compare-and-set, racing approvals, alias history, signed approvals, and a tamper-evident audit table."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def candidate(name: str, initiator: str = "ivan", baseline_version: str = "", ru
     mv = client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id, tags={
         "tunegate.gate": "passed", "tunegate.initiator": initiator, "tunegate.baseline_version": baseline_version,
     })
-    tracking.set_alias(name, tracking.CANDIDATE, str(mv.version))
+    promotion.register_candidate(name, str(mv.version), run_id)
     return str(mv.version)
 
 
@@ -57,7 +57,7 @@ def test_a_version_whose_run_did_not_finish_is_never_promoted():
 
 
 def events(name: str, kind: str) -> list[dict]:
-    return [e for e in audit.read_entries(promotion.audit_log()) if e["event"] == kind and e["data"].get("model") == name]
+    return [e for e in audit.store().entries(model=name) if e["event"] == kind]
 
 
 def test_self_approval_is_refused_and_audited():
@@ -163,59 +163,215 @@ def _tamper_home(tmp_path, monkeypatch):
     promotion.approve(name, v1, "alice", "first", ANYONE)
     v2 = candidate(name, baseline_version=v1)
     promotion.approve(name, v2, "alice", "second", ANYONE)
-    return name, promotion.audit_log()
+    return name, tmp_path / "home" / "mlflow" / "mlflow.db"
 
 
-def _rewrite(log: Path, entries: list[dict]) -> None:
-    log.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+def _sql(db: Path, statement: str, *args) -> None:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        conn.execute(statement, args)
 
 
-def test_untouched_log_verifies(tmp_path, monkeypatch):
-    name, log = _tamper_home(tmp_path, monkeypatch)
+def _body(db: Path, seq: int) -> dict:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return json.loads(conn.execute("SELECT body FROM tunegate_audit_events WHERE seq = ?", (seq,)).fetchone()[0])
+
+
+def test_untouched_table_verifies(tmp_path, monkeypatch):
+    name, db = _tamper_home(tmp_path, monkeypatch)
     ok, message = promotion.verify(name)
     assert ok, message
+    assert not (tmp_path / "home" / "audit" / "events.jsonl").exists()  # the trail is the table, not a file
 
 
-def test_edited_entry_is_named(tmp_path, monkeypatch):
-    name, log = _tamper_home(tmp_path, monkeypatch)
-    entries = audit.read_entries(log)
-    entries[2]["data"]["reviewer"] = "mallory"
-    _rewrite(log, entries)
+def test_edited_row_is_named(tmp_path, monkeypatch):
+    name, db = _tamper_home(tmp_path, monkeypatch)
+    approval = next(e for e in audit.store().entries() if e["event"] == "approval")
+    body = _body(db, approval["seq"])
+    body["data"]["reviewer"] = "mallory"
+    _sql(db, "UPDATE tunegate_audit_events SET body = ? WHERE seq = ?", json.dumps(body), approval["seq"])
     ok, message = promotion.verify(name)
-    assert not ok and message.startswith("entry 2:")
+    assert not ok and message.startswith(f"entry {approval['seq']}:"), message
 
 
-def test_deleted_last_entry_is_detected(tmp_path, monkeypatch):
-    name, log = _tamper_home(tmp_path, monkeypatch)
-    entries = audit.read_entries(log)
-    _rewrite(log, entries[:-1])
-    assert audit.verify_chain(audit.read_entries(log))[0], "a truncated chain is still a valid chain..."
+def test_deleted_last_rows_are_caught_by_the_registry_head(tmp_path, monkeypatch):
+    name, db = _tamper_home(tmp_path, monkeypatch)
+    n = len(audit.store().entries())
+    _sql(db, "DELETE FROM tunegate_audit_events WHERE seq >= ?", n - 2)
+    assert audit.store().verify()[0], "a truncated chain is still a valid chain..."
     ok, message = promotion.verify(name)
-    assert not ok and f"entry {len(entries) - 1}" in message and "truncated" in message
+    assert not ok and f"entry {n - 2}" in message and "truncated" in message, message
 
 
-def test_swapped_entries_are_named(tmp_path, monkeypatch):
-    name, log = _tamper_home(tmp_path, monkeypatch)
-    entries = audit.read_entries(log)
-    entries[1], entries[2] = entries[2], entries[1]
-    _rewrite(log, entries)
+def test_reordered_rows_are_named(tmp_path, monkeypatch):
+    name, db = _tamper_home(tmp_path, monkeypatch)
+    # Give rows 1 and 2 each other's seq (through a free key, as an editor of the table would).
+    _sql(db, "UPDATE tunegate_audit_events SET seq = -1 WHERE seq = 1")
+    _sql(db, "UPDATE tunegate_audit_events SET seq = 1 WHERE seq = 2")
+    _sql(db, "UPDATE tunegate_audit_events SET seq = 2 WHERE seq = -1")
     ok, message = promotion.verify(name)
-    assert not ok and message.startswith("entry 1:")
+    assert not ok and message.startswith("entry 1:"), message
 
 
-def test_audit_cli_verify_exit_codes(tmp_path, monkeypatch):
+def test_deleted_row_in_the_middle_is_named(tmp_path, monkeypatch):
+    name, db = _tamper_home(tmp_path, monkeypatch)
+    _sql(db, "DELETE FROM tunegate_audit_events WHERE seq = 3")
+    ok, message = promotion.verify(name)
+    assert not ok and message.startswith("entry 3:"), message
+
+
+def _params_for(tmp_path, name: str, extra: str = "") -> Path:
+    params = tmp_path / "p.yaml"
+    raw = (REPO / "params" / "demo.yaml").read_text().replace("registered_name: tunegate-demo-assistant", f"registered_name: {name}")
+    params.write_text(raw + extra)
+    return params
+
+
+def test_audit_cli_verify_export_and_log(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from tunegate.cli import app
 
-    name, log = _tamper_home(tmp_path, monkeypatch)
-    params = tmp_path / "p.yaml"
-    params.write_text((REPO / "params" / "demo.yaml").read_text().replace("registered_name: tunegate-demo-assistant", f"registered_name: {name}"))
+    name, db = _tamper_home(tmp_path, monkeypatch)
+    params = _params_for(tmp_path, name)
     assert CliRunner().invoke(app, ["audit", "verify", "--params", str(params)]).exit_code == 0
-    entries = audit.read_entries(log)
-    entries[0]["actor"] = "someone-else"
-    _rewrite(log, entries)
+    out = tmp_path / "export.jsonl"
+    exported = CliRunner().invoke(app, ["audit", "export", "--out", str(out), "--params", str(params)])
+    assert exported.exit_code == 0, exported.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines == audit.store().entries() and audit.verify_chain(lines)[0]
+    listing = CliRunner().invoke(app, ["audit", "log", "--json", "--params", str(params)])
+    assert listing.exit_code == 0 and len(listing.output.strip().splitlines()) == len(lines)
+
+    body = _body(db, 0)
+    body["actor"] = "someone-else"
+    _sql(db, "UPDATE tunegate_audit_events SET body = ? WHERE seq = 0", json.dumps(body))
     result = CliRunner().invoke(app, ["audit", "verify", "--params", str(params)])
     assert result.exit_code == 1 and "entry 0" in result.output
-    listing = CliRunner().invoke(app, ["audit", "log", "--json"])
-    assert listing.exit_code == 0 and len(listing.output.strip().splitlines()) == len(entries)
+
+
+def test_history_lists_every_alias_move_with_actor_time_and_reason(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tunegate.cli import app
+
+    monkeypatch.setenv("TUNEGATE_HOME", str(tmp_path / "home"))
+    name = new_model()
+    v1 = candidate(name)
+    promotion.approve(name, v1, "alice", "first release", ANYONE)
+    v2 = candidate(name, baseline_version=v1)
+    promotion.approve(name, v2, "bob", "second release", ANYONE)
+    promotion.rollback(name, "carol", "incident 42")
+    rows = promotion.alias_history(name)
+    assert [(r["event"], r["version"], r["actor"], r["reason"]) for r in rows] == [
+        ("registered", v1, audit.environment_user(), "passed the gate"),
+        ("alias_moved", v1, "alice", "first release"),
+        ("registered", v2, audit.environment_user(), "passed the gate"),
+        ("alias_moved", v2, "bob", "second release"),
+        ("rollback", v1, "carol", "incident 42"),
+    ]
+    assert all(r["time"] and r["authenticated"] is False for r in rows)
+    champion = promotion.alias_history(name, "champion")
+    assert [(m["from"], m["to"]) for r in champion for m in r["moves"]] == [(None, v1), (v1, v2), (v2, v1)]
+
+    params = _params_for(tmp_path, name)
+    out = CliRunner().invoke(app, ["history", "--alias", "champion", "--params", str(params)])
+    assert out.exit_code == 0, out.output
+    text = out.output
+    assert "3 move(s)" in text and "champion 2 -> 1" in text and "by carol (not authenticated)" in text and "incident 42" in text
+    as_json = json.loads(CliRunner().invoke(app, ["history", "--json", "--params", str(params)]).output)
+    assert len(as_json) == 5
+
+
+def test_jsonl_trail_of_an_earlier_version_is_imported_on_first_use(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("TUNEGATE_HOME", str(home))
+    log = home / "audit" / "events.jsonl"
+    log.parent.mkdir(parents=True)
+    prev, lines = audit.GENESIS, []
+    for i, event in enumerate(("run_started", "gate_decision")):
+        entry = {"seq": i, "time": f"2026-06-0{i + 1}T00:00:00+00:00", "event": event, "actor": "old", "commit": "c", "data": {"i": i}, "prev": prev}
+        entry["hash"] = audit.entry_hash(entry)
+        prev = entry["hash"]
+        lines.append(json.dumps(entry))
+    log.write_text("\n".join(lines) + "\n")
+    name = new_model()
+    candidate(name)  # the first event recorded imports the file
+    entries = audit.store().entries()
+    assert [e["event"] for e in entries[:4]] == ["run_started", "gate_decision", "audit_trail_imported", "registered"]
+    assert entries[1]["hash"] == json.loads(lines[1])["hash"]
+    assert not log.exists() and log.with_name("events.jsonl.imported").exists()
+    assert promotion.verify(name)[0]
+
+
+def _keys(tmp_path, *names):
+    from tunegate import signing
+
+    return {who: (tmp_path / f"{who}.pem", signing.generate(tmp_path / f"{who}.pem")) for who in names}
+
+
+def test_signed_approvals_verify_and_unsigned_ones_fail_verification(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEGATE_HOME", str(tmp_path / "home"))
+    keys = _keys(tmp_path, "alice", "bob")
+    policy = ApprovalPolicy(require_signatures=True, public_keys={who: pub for who, (_, pub) in keys.items()})
+    name = new_model()
+    v1 = candidate(name)
+    # Without a key, or with someone else's, the approval is refused and audited.
+    with pytest.raises(promotion.PromotionError, match="--key"):
+        promotion.approve(name, v1, "alice", "first", policy)
+    with pytest.raises(promotion.PromotionError, match="not 'alice'"):
+        promotion.approve(name, v1, "alice", "first", policy, signing_key=keys["bob"][0])
+    assert len(events(name, "approval_refused")) == 2
+    assert promotion.approve(name, v1, "alice", "first", policy, signing_key=keys["alice"][0]).action == "promoted"
+    ok, message = promotion.verify(name, policy)
+    assert ok and "1 signed approval(s) verified" in message, message
+
+    # An approval written without a valid signature (as a database administrator could) fails verification.
+    v2 = candidate(name, baseline_version=v1)
+    assert promotion.approve(name, v2, "bob", "second", ApprovalPolicy()).action == "promoted"  # a policy without signatures
+    ok, message = promotion.verify(name, policy)
+    approval = events(name, "approval")[-1]
+    assert not ok and f"entry {approval['seq']}:" in message and "no signature" in message, message
+    assert "rests on approvals without a valid signature (bob)" in message
+
+
+def test_a_forged_signature_fails_verification(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEGATE_HOME", str(tmp_path / "home"))
+    keys = _keys(tmp_path, "alice")
+    policy = ApprovalPolicy(require_signatures=True, public_keys={"alice": keys["alice"][1]})
+    name = new_model()
+    v1 = candidate(name)
+    promotion.approve(name, v1, "alice", "first", policy, signing_key=keys["alice"][0])
+    db = tmp_path / "home" / "mlflow" / "mlflow.db"
+    approval = events(name, "approval")[-1]
+    # Change the reason and re-hash the entry and its successors, as someone who can write the table
+    # (and the registry head) could: the chain verifies, the signature does not.
+    entries = audit.store().entries()
+    entries[approval["seq"]]["data"]["reason"] = "forged"
+    prev = entries[approval["seq"]]["prev"]
+    for entry in entries[approval["seq"]:]:
+        entry["prev"] = prev
+        entry["hash"] = audit.entry_hash(entry)
+        prev = entry["hash"]
+    for entry in reversed(entries[approval["seq"]:]):
+        _sql(db, "UPDATE tunegate_audit_events SET hash = ?, prev = ?, body = ? WHERE seq = ?",
+             entry["hash"] + "~", entry["prev"] + "~", audit.canonical(entry), entry["seq"])
+    _sql(db, "UPDATE tunegate_audit_events SET hash = substr(hash, 1, 64), prev = substr(prev, 1, 64)")
+    tracking.client().set_registered_model_tag(name, promotion.HEAD_TAG, f"{entries[-1]['seq']}:{entries[-1]['hash']}")
+    assert audit.store().verify()[0]
+    ok, message = promotion.verify(name, policy)
+    assert not ok and f"entry {approval['seq']}:" in message and "does not verify" in message, message
+
+
+def test_require_authentication_refuses_the_embedded_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEGATE_HOME", str(tmp_path / "home"))
+    name = new_model()
+    v1 = candidate(name)
+    with pytest.raises(promotion.PromotionError, match="authenticated reviewer"):
+        promotion.approve(name, v1, "alice", "first", ApprovalPolicy(require_authentication=True))
+    refused = events(name, "approval_refused")[-1]
+    assert refused["authenticated"] is False and refused["data"]["reviewer"] == "alice"
+    assert tracking.alias_version(name, "champion") is None

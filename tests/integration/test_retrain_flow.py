@@ -156,8 +156,8 @@ def test_approve_then_second_run_uses_the_champion(first_run, tunegate_home):
     assert data["champion"]["version"] == "1" and data["candidate"] is None
     assert {r["run_id"] for r in data["runs"]} >= {first_run["run_id"], second["run_id"]}
 
-    entries = audit.read_entries(tunegate_home / "audit" / "events.jsonl")
-    assert audit.verify_chain(entries)[0]
+    ok, message, entries = audit.store().verify()
+    assert ok, message
     assert [e for e in entries if e["event"] == "approval"][0]["actor"] == "alice"
 
 
@@ -184,7 +184,7 @@ def test_bad_data_stops_before_tuning_and_registers_nothing(kind, prefect_harnes
     assert runs[0].info.status == "FAILED" and rule in runs[0].data.tags["tunegate.failure"]
     assert "train_loss" not in runs[0].data.metrics and "candidate_exact_match" not in runs[0].data.metrics
     assert len(tracking.client().search_model_versions(f"name='{name}'")) == versions_before
-    last = audit.read_entries(tunegate_home / "audit" / "events.jsonl")[-1]
+    last = audit.store().entries()[-1]
     assert last["event"] == "run_failed" and rule in last["data"]["reason"]
 
 
@@ -230,3 +230,23 @@ def test_run_approve_run_approve_then_lineage_and_model_card(prefect_harness, fi
     assert f"model_card/version_{version}.md" in artifacts
     ok, message = promotion.verify(name)
     assert ok, message
+
+    # ... then a rollback: `tunegate history` lists the five alias moves with actor, time and reason.
+    result = CliRunner().invoke(app, ["rollback", "--reviewer", "carol", "--reason", "incident 42"])
+    assert result.exit_code == 0, result.output
+    assert tracking.alias_version(name, "champion").version == first_run["registered_version"]
+    out = CliRunner().invoke(app, ["history", "--json"])
+    assert out.exit_code == 0, out.output
+    rows = [r for r in json.loads(out.output) if r["version"] in (first_run["registered_version"], version)]
+    v1 = first_run["registered_version"]
+    assert [(r["event"], r["version"], r["reason"]) for r in rows] == [
+        ("registered", v1, "passed the gate"), ("alias_moved", v1, "first release"),
+        ("registered", version, "passed the gate"), ("alias_moved", version, "second release"),
+        ("rollback", v1, "incident 42"),
+    ]
+    assert [r["actor"] for r in rows[1::2]] == ["alice", "bob"] and rows[-1]["actor"] == "carol"
+    assert all(r["time"] and r["authenticated"] is False for r in rows)
+    text = CliRunner().invoke(app, ["history", "--alias", "champion"]).output
+    assert f"champion {version} -> {v1}" in text and "by carol (not authenticated)" in text and "incident 42" in text
+    card = tracking.client().get_model_version(name, v1).description
+    assert "## Alias history" in card and "incident 42" in card  # the card is republished on rollback

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tunegate import audit, failures, promotion
+from tunegate import audit, failures
 from tunegate.server import ServerConfig, free_port, start_mlflow, stop, wait_healthy
 
 pytestmark = pytest.mark.integration
@@ -32,18 +32,19 @@ def test_mlflow_server_down_mid_run_fails_cleanly_after_retries(prefect_harness,
     try:
         wait_healthy(server)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", config.mlflow_url)
+        # The audit table lives in the server's database: appends go on while the server is down.
+        monkeypatch.setenv("TUNEGATE_AUDIT_DB", config.backend_store_uri())
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # fail each request fast; Prefect retries the task
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
         name = f"outage-{uuid.uuid4().hex[:6]}"
-        log = promotion.audit_log()
-        already = len(audit.read_entries(log))
+        already = len(audit.store().entries())
         killed = {}
 
         def kill_when_training_starts():
             # The fault: the tracking server stops once the data has been validated, as tuning begins.
             deadline = time.time() + 600
             while time.time() < deadline:
-                new = audit.read_entries(log)[already:]
+                new = audit.store().entries()[already:]
                 started = [e for e in new if e["event"] == "run_started"]
                 if started and any(e["event"] == "validation" and e["data"]["run_id"] == started[0]["data"]["run_id"] for e in new):
                     killed["run_id"] = started[0]["data"]["run_id"]
@@ -78,11 +79,11 @@ def test_mlflow_server_down_mid_run_fails_cleanly_after_retries(prefect_harness,
     assert "Max retries exceeded" in str(raised.value) or "Connection refused" in str(raised.value)
 
     # The failure is in the audit trail, which is intact; nothing was registered, so nothing can be promoted.
-    entries = audit.read_entries(log)
+    ok, message, entries = audit.store().verify()
     failure = [e for e in entries[already:] if e["event"] == "run_failed" and e["data"]["flow_run_id"] == killed["flow_run_id"]]
     assert len(failure) == 1 and ("Max retries exceeded" in failure[0]["data"]["reason"] or "refused" in failure[0]["data"]["reason"])
     assert not [e for e in entries[already:] if e["event"] in ("registered", "alias_moved", "approval")]
-    assert audit.verify_chain(entries)[0]
+    assert ok, message
     store = MlflowClient(tracking_uri=config.backend_store_uri(), registry_uri=config.backend_store_uri())
     assert store.search_model_versions(f"name = '{name}'") == []
     assert store.get_run(killed["run_id"]).info.status == "RUNNING"  # the hook could not reach the server to mark it

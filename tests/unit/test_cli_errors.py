@@ -105,7 +105,7 @@ NEEDS_NO_CUDA = {"qlora_without_cuda", "bf16_without_cuda"}
 
 def assert_nothing_started(home: Path) -> None:
     assert list(home.rglob("*.db")) == [], "an MLflow or Prefect database was created"
-    assert not (home / "audit" / "events.jsonl").exists(), "an audit event was written"
+    # (the audit table lives in the MLflow database, so no *.db also means no audit entry)
     assert not (home / "runs").is_dir() or not any((home / "runs").iterdir()), "a run directory was made"
 
 
