@@ -389,6 +389,9 @@ def server(
     mlflow_backend_store_uri: Annotated[str | None, typer.Option("--mlflow-backend-store-uri", envvar="TUNEGATE_MLFLOW_BACKEND_STORE_URI", help="e.g. postgresql://user@db:5432/mlflow (default: sqlite:///$TUNEGATE_HOME/mlflow/mlflow.db)")] = None,
     mlflow_artifacts_destination: Annotated[str | None, typer.Option("--mlflow-artifacts-destination", envvar="TUNEGATE_MLFLOW_ARTIFACTS_DESTINATION", help="where the MLflow server stores artifacts it proxies, e.g. s3://bucket/mlflow (default: $TUNEGATE_HOME/mlflow/artifacts)")] = None,
     mlflow_workers: Annotated[int, typer.Option("--mlflow-workers", help="MLflow server worker processes")] = 1,
+    auth: Annotated[bool, typer.Option("--auth/--no-auth", envvar="TUNEGATE_MLFLOW_AUTH", help="MLflow basic authentication: users log in, permissions per registered model (admin user `admin`, password in $TUNEGATE_HOME/mlflow/admin-password or $MLFLOW_AUTH_ADMIN_PASSWORD)")] = False,
+    auth_database_url: Annotated[str | None, typer.Option("--auth-database-url", envvar="TUNEGATE_MLFLOW_AUTH_DATABASE_URL", help="where MLflow keeps users and permissions, e.g. postgresql://user@db:5432/mlflow_auth (default: sqlite:///$TUNEGATE_HOME/mlflow/basic_auth.db)")] = None,
+    auth_default_permission: Annotated[str, typer.Option("--auth-default-permission", envvar="TUNEGATE_MLFLOW_AUTH_DEFAULT_PERMISSION", help="READ, USE, EDIT, MANAGE or NO_PERMISSIONS: what an authenticated user may do with an experiment or model nobody granted them anything on")] = "READ",
 ) -> None:
     """Start a Prefect server and an MLflow tracking server together; Ctrl-C stops both.
 
@@ -398,14 +401,20 @@ def server(
     import time
 
     from tunegate.paths import configure_environment
+    from tunegate.server import (
+        AUTH_ADMIN_USERNAME, AUTH_PERMISSIONS, ServerConfig, ServerError, admin_password_source, client_env, redact,
+        start_all, state_file, stop,
+    )
 
+    if auth_default_permission.upper() not in AUTH_PERMISSIONS:
+        _fail(f"--auth-default-permission {auth_default_permission!r}: choose one of {', '.join(AUTH_PERMISSIONS)}", code=2)
     home = configure_environment()
-    from tunegate.server import ServerConfig, ServerError, client_env, redact, start_all, state_file, stop
 
     config = ServerConfig(
         home=home, host=host, prefect_port=prefect_port, mlflow_port=mlflow_port,
         prefect_database_url=prefect_database_url, mlflow_backend_store_uri=mlflow_backend_store_uri,
         mlflow_artifacts_destination=mlflow_artifacts_destination, mlflow_workers=mlflow_workers,
+        auth=auth, auth_database_url=auth_database_url, auth_default_permission=auth_default_permission.upper(),
     )
     console = _console()
     console.print(f"starting Prefect ({redact(prefect_database_url or 'SQLite')}) and MLflow ({redact(config.backend_store_uri())}) under {home} ...", highlight=False)
@@ -426,8 +435,15 @@ def server(
     console.print(f"[bold]Prefect[/bold] UI  {config.prefect_url}   API {config.prefect_api_url}", highlight=False)
     console.print(f"[bold]MLflow[/bold]  UI  {config.mlflow_url}   artifacts -> {config.artifacts_destination()}", highlight=False)
     console.print(f"logs: {home / 'logs'}   state: {state_file(home)}", highlight=False)
+    if config.auth:
+        console.print(
+            f"[bold]authentication on[/bold]: MLflow users and permissions in {redact(config.auth_database_uri())} "
+            f"(default permission {config.auth_default_permission}); admin user {AUTH_ADMIN_USERNAME}, "
+            f"password in {admin_password_source(config)} (taken when the user store is first created)", highlight=False, soft_wrap=True)
     console.print("run flows against them from another shell:", highlight=False)
     console.print("  export " + " ".join(f"{k}={v}" for k, v in env.items()), highlight=False, soft_wrap=True)
+    if config.auth:
+        console.print("  and, as the MLflow user you act as: export MLFLOW_TRACKING_USERNAME=<user> MLFLOW_TRACKING_PASSWORD=<password>", highlight=False, soft_wrap=True)
     console.print("Ctrl-C stops both.", highlight=False)
     sys.stdout.flush()
     died = None
@@ -466,62 +482,72 @@ def status(
 
 
 def _promotion(params: str):
+    from tunegate import audit
     from tunegate.paths import configure_environment
 
     loaded = _load(params, [])
     configure_environment()
+    audit.set_params_url(loaded.audit.database_url)
     return loaded
 
 
 def _run_promotion(action) -> None:
+    from tunegate.audit import AuditError
     from tunegate.promotion import PromotionError
 
     try:
         outcome = action()
-    except PromotionError as error:
+    except (PromotionError, AuditError) as error:
         _fail(str(error))
     _console().print(outcome.message)
+
+
+ReviewerOption = Annotated[str | None, typer.Option(
+    "--reviewer",
+    help="who acts; with an MLflow server that authenticates users it is the authenticated user (the default; any other name is refused)",
+)]
 
 
 @app.command()
 def approve(
     version: Annotated[str, typer.Argument(help="the candidate version to approve")],
-    reviewer: Annotated[str, typer.Option("--reviewer", help="who approves (checked against the policy's allow-list)")],
     reason: ReasonOption,
+    reviewer: ReviewerOption = None,
     params: Annotated[str, typer.Option("--params", "-p", help="params YAML file (its gate.approvals policy applies)")] = DEFAULT_PARAMS,
+    key: Annotated[Path | None, typer.Option("--key", envvar="TUNEGATE_SIGNING_KEY", help="your ed25519 private key (`tunegate keygen`): signs the approval")] = None,
 ) -> None:
     """Approve the candidate VERSION; when the policy's roles are covered, it becomes ``champion``."""
     loaded = _promotion(params)
     from tunegate import promotion
 
-    _run_promotion(lambda: promotion.approve(loaded.model.registered_name, version, reviewer, reason, loaded.gate.approvals))
+    _run_promotion(lambda: promotion.approve(loaded.model.registered_name, version, reviewer, reason, loaded.gate.approvals, signing_key=key))
 
 
 @app.command()
 def reject(
     version: Annotated[str, typer.Argument(help="the candidate version to reject")],
-    reviewer: Annotated[str, typer.Option("--reviewer", help="who rejects")],
     reason: ReasonOption,
+    reviewer: ReviewerOption = None,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """Reject a candidate: it loses alias ``candidate`` and can never become champion."""
     loaded = _promotion(params)
     from tunegate import promotion
 
-    _run_promotion(lambda: promotion.reject(loaded.model.registered_name, version, reviewer, reason))
+    _run_promotion(lambda: promotion.reject(loaded.model.registered_name, version, reviewer, reason, loaded.gate.approvals))
 
 
 @app.command()
 def rollback(
-    reviewer: Annotated[str, typer.Option("--reviewer", help="who rolls back")],
     reason: ReasonOption,
+    reviewer: ReviewerOption = None,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """Move ``champion`` back to the ``previous`` version."""
     loaded = _promotion(params)
     from tunegate import promotion
 
-    _run_promotion(lambda: promotion.rollback(loaded.model.registered_name, reviewer, reason))
+    _run_promotion(lambda: promotion.rollback(loaded.model.registered_name, reviewer, reason, loaded.gate.approvals))
 
 
 audit_app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
@@ -530,31 +556,40 @@ app.add_typer(audit_app, name="audit")
 
 @audit_app.command("verify")
 def audit_verify(
-    params: Annotated[str, typer.Option("--params", "-p", help="params YAML file (whose model holds the head hash)")] = DEFAULT_PARAMS,
+    params: Annotated[str, typer.Option("--params", "-p", help="params YAML file (whose model holds the head hash, whose policy lists the public keys)")] = DEFAULT_PARAMS,
 ) -> None:
-    """Check every entry's hash and link, and the log's length against the registry's head."""
+    """Check every row's hash, link and place, the trail's length against the registry's heads, and approval signatures."""
     loaded = _promotion(params)
     from tunegate import promotion
+    from tunegate.audit import AuditError
 
-    ok, message = promotion.verify(loaded.model.registered_name)
+    try:
+        ok, message = promotion.verify(loaded.model.registered_name, loaded.gate.approvals)
+    except AuditError as error:
+        _fail(str(error))
     if not ok:
         _fail(f"audit trail broken at {message}")
-    _console().print(f"audit trail intact: {message}")
+    _console().print(f"audit trail intact: {message}", highlight=False, soft_wrap=True)
+
+
+def _audit_entries(params: str) -> list[dict]:
+    _promotion(params)
+    from tunegate import audit
+
+    try:
+        return audit.store().entries()
+    except audit.AuditError as error:
+        _fail(str(error))
 
 
 @audit_app.command("log")
 def audit_log_command(
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
     last: Annotated[int, typer.Option("--last", help="only the last N events (0: all)")] = 0,
+    params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
-    """List audit events: time, event, actor, commit and the essentials."""
-    from tunegate.paths import configure_environment
-
-    configure_environment()
-    from tunegate import audit
-    from tunegate.promotion import audit_log
-
-    entries = audit.read_entries(audit_log())
+    """List audit events: time, event, actor (authenticated or not), host and the essentials."""
+    entries = _audit_entries(params)
     entries = entries[-last:] if last else entries
     if json_out:
         for entry in entries:
@@ -562,11 +597,89 @@ def audit_log_command(
         return
     from rich.table import Table
 
-    table = Table("#", "time", "event", "actor", "details")
+    table = Table("#", "time", "event", "actor", "host", "details")
     for e in entries:
-        details = ", ".join(f"{k}={v}" for k, v in e["data"].items() if k in ("run_id", "version", "reviewer", "reason", "passed", "champion", "data_md5"))
-        table.add_row(str(e["seq"]), e["time"][:19], e["event"], e["actor"], details[:120])
+        details = ", ".join(f"{k}={v}" for k, v in e["data"].items() if k in ("run_id", "version", "reviewer", "reason", "why", "passed", "champion", "data_md5"))
+        actor = e["actor"] + (" (authenticated)" if e.get("authenticated") else "")
+        table.add_row(str(e["seq"]), e["time"][:19], e["event"], actor, e.get("host") or "", details[:120])
     _console().print(table)
+
+
+@audit_app.command("import")
+def audit_import(
+    path: Annotated[Path, typer.Argument(help="a JSONL trail of an earlier tunegate (events.jsonl)")],
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Bring an earlier JSONL trail in once: as-is into an empty table, else attached by one entry (its head and sha256)."""
+    _promotion(params)
+    from tunegate import audit
+
+    if not path.is_file():
+        _fail(f"{path}: no such file")
+    try:
+        outcome = audit.store().import_jsonl(path)
+    except audit.AuditError as error:
+        _fail(str(error))
+    if outcome is None:
+        _fail(f"{path}: holds no entries")
+    how = "imported" if "imported" in outcome else "attached"
+    _console().print(f"{how} {outcome[how]} entries from {path} (renamed {path.name}.imported)", highlight=False)
+
+
+@audit_app.command("export")
+def audit_export(
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="file to write (default: stdout)")] = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Write the trail as JSONL, one entry per line exactly as hashed (for an archive or an auditor)."""
+    from tunegate.audit import canonical, verify_chain
+
+    entries = _audit_entries(params)
+    text = "".join(canonical(e) + "\n" for e in entries)
+    if out is None:
+        sys.stdout.write(text)
+        return
+    out.write_text(text, encoding="utf-8")
+    ok, message = verify_chain(entries)
+    _console(stderr=True).print(f"wrote {len(entries)} entries to {out} ({message if ok else 'BROKEN: ' + message})", highlight=False)
+
+
+@app.command()
+def history(
+    alias: Annotated[str | None, typer.Option("--alias", help="only moves of this alias (champion, candidate, previous)")] = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+    json_out: Annotated[bool, typer.Option("--json", help="print the moves as a JSON list")] = False,
+) -> None:
+    """Every alias move of the params' model: version, from -> to, who (authenticated or not), when, why."""
+    loaded = _promotion(params)
+    from tunegate.audit import AuditError
+    from tunegate.lineage import render_history
+    from tunegate.promotion import alias_history
+
+    try:
+        rows = alias_history(loaded.model.registered_name, alias)
+    except AuditError as error:
+        _fail(str(error))
+    if json_out:
+        print(json.dumps(rows))
+        return
+    _console().print(render_history(loaded.model.registered_name, rows, alias), highlight=False, soft_wrap=True, markup=False)
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option("--out", "-o", help="where to write your private key (mode 0600; never overwritten)")],
+    reviewer: Annotated[str | None, typer.Option("--reviewer", help="your reviewer name, for the params line printed")] = None,
+) -> None:
+    """Make an ed25519 key for signing approvals; prints the public key line for gate.approvals.public_keys."""
+    from tunegate.signing import SigningError, generate
+
+    try:
+        public = generate(out)
+    except SigningError as error:
+        _fail(str(error))
+    _console().print(f"private key written to {out} (keep it to yourself; approve with --key {out})", highlight=False)
+    print(f"{reviewer or '<your reviewer name>'}: {public}")
 
 
 @app.command()

@@ -7,12 +7,21 @@ For a multi-user deployment the same command takes PostgreSQL URLs and an object
 store (see ``docs/deploy.md``). Each server runs in its own process group with its
 log under ``$TUNEGATE_HOME/logs``; stopping sends SIGINT to both groups, then SIGKILL
 to what has not exited after a grace period.
+
+With ``auth`` the MLflow server runs MLflow's basic-auth app (``--app-name basic-auth``):
+users, passwords and per-model permissions live in ``mlflow/basic_auth.db`` (or
+``auth_database_url``), configured by ``mlflow/basic_auth.ini``. The admin password
+(``MLFLOW_AUTH_ADMIN_PASSWORD`` or one generated into ``mlflow/admin-password``) and the
+Flask secret key the app needs (``mlflow/flask-secret-key``) are files of mode 0600, handed
+to the server in its environment, never on its command line, in the ini or in a log.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -22,12 +31,23 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from tunegate.paths import MLFLOW_HTTP, TELEMETRY_OFF
 
 
 class ServerError(RuntimeError):
     """A server that could not start or died; the message names its log."""
+
+
+# MLflow basic auth: the permissions ``default_permission`` accepts, the admin user tunegate
+# configures, and the environment variables the auth app reads.
+AUTH_PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
+AUTH_ADMIN_USERNAME = "admin"
+ADMIN_PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"
+SECRET_KEY_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"
+AUTH_CONFIG_ENV = "MLFLOW_AUTH_CONFIG_PATH"
+AUDIT_DB_ENV = "TUNEGATE_AUDIT_DB"
 
 
 @dataclass
@@ -41,6 +61,13 @@ class ServerConfig:
     mlflow_artifacts_destination: str | None = None  # None: home/mlflow/artifacts
     mlflow_workers: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
+    auth: bool = False  # MLflow's basic-auth app: users, passwords, per-model permissions
+    auth_database_url: str | None = None  # None: sqlite under home/mlflow/basic_auth.db
+    auth_default_permission: str = "READ"  # what a user has on a resource nobody granted them
+    # Seconds a worker remembers a checked password (MLflow's auth_cache_ttl_seconds; 0: off, MLflow's
+    # default). Each check costs a slow hash, several per request; a password changed out of band (or on
+    # another worker) is honoured only after the TTL.
+    auth_cache_ttl_seconds: int = 0
 
     @property
     def prefect_url(self) -> str:
@@ -59,6 +86,27 @@ class ServerConfig:
 
     def artifacts_destination(self) -> str:
         return self.mlflow_artifacts_destination or str(self.home / "mlflow" / "artifacts")
+
+    def auth_database_uri(self) -> str:
+        return self.auth_database_url or f"sqlite:///{self.home / 'mlflow' / 'basic_auth.db'}"
+
+    @property
+    def auth_config_path(self) -> Path:
+        return self.home / "mlflow" / "basic_auth.ini"
+
+    @property
+    def admin_password_file(self) -> Path:
+        return self.home / "mlflow" / "admin-password"
+
+    @property
+    def secret_key_file(self) -> Path:
+        return self.home / "mlflow" / "flask-secret-key"
+
+    def audit_db(self) -> str | None:
+        """The audit database clients on this machine use: the MLflow backend store, unless
+        its URI carries a password (which then stays out of server.json and printed exports)."""
+        uri = self.backend_store_uri()
+        return None if has_password(uri) else uri
 
 
 def _client_host(host: str) -> str:
@@ -79,6 +127,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def has_password(url: str) -> bool:
+    """Whether a database URL carries a password, in its netloc or as a ``password=`` query."""
+    parts = urlsplit(url)
+    try:
+        in_netloc = parts.password is not None
+    except ValueError:  # a netloc urlsplit cannot parse: assume the worst
+        return True
+    return in_netloc or any(key.lower() == "password" for key in parse_qs(parts.query))
 
 
 def redact(url: str) -> str:
@@ -137,6 +195,75 @@ def start_prefect(config: ServerConfig) -> Running:
     return Running("Prefect", config.prefect_url, f"{config.prefect_api_url}/health", process, log)
 
 
+def _secret_file(path: Path, generate) -> str:
+    """The secret kept in ``path`` (mode 0600), generated into it the first time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        os.chmod(path, 0o600)
+        value = path.read_text().strip()
+        if not value:
+            raise ServerError(f"{path} is empty: delete it to have a new secret generated") from None
+        return value
+    value = generate()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
+def admin_password(config: ServerConfig) -> str:
+    """The basic-auth admin password: ``MLFLOW_AUTH_ADMIN_PASSWORD`` when set, else the one
+    generated once into ``config.admin_password_file`` (mode 0600). MLflow uses it only to
+    create the admin user in an empty user store; afterwards the stored password rules."""
+    given = config.extra_env.get(ADMIN_PASSWORD_ENV) or os.environ.get(ADMIN_PASSWORD_ENV)
+    return given or _secret_file(config.admin_password_file, lambda: secrets.token_urlsafe(24))
+
+
+def admin_password_source(config: ServerConfig) -> str:
+    """Where the admin password comes from, for people (never the password itself)."""
+    if config.extra_env.get(ADMIN_PASSWORD_ENV) or os.environ.get(ADMIN_PASSWORD_ENV):
+        return f"${ADMIN_PASSWORD_ENV}"
+    return str(config.admin_password_file)
+
+
+def flask_secret_key(config: ServerConfig) -> str:
+    """The static secret key the auth app needs (CSRF, flashing): ``MLFLOW_FLASK_SERVER_SECRET_KEY``
+    when set, else one generated once into ``config.secret_key_file`` (mode 0600)."""
+    given = config.extra_env.get(SECRET_KEY_ENV) or os.environ.get(SECRET_KEY_ENV)
+    return given or _secret_file(config.secret_key_file, lambda: secrets.token_hex(32))
+
+
+def auth_config_text(config: ServerConfig) -> str:
+    """The basic-auth ini (no password in it: the admin's comes from the environment)."""
+    if config.auth_default_permission not in AUTH_PERMISSIONS:
+        raise ServerError(f"auth default permission {config.auth_default_permission!r} is not one of {', '.join(AUTH_PERMISSIONS)}")
+    database_uri = config.auth_database_uri()
+    if "\n" in database_uri or "\r" in database_uri:
+        raise ServerError("the auth database URL contains a line break")
+    settings = {
+        "default_permission": config.auth_default_permission,
+        # MLflow reads the file with configparser's interpolation: a literal % is written %%
+        "database_uri": database_uri.replace("%", "%%"),
+        "admin_username": AUTH_ADMIN_USERNAME,
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+    }
+    if config.auth_cache_ttl_seconds > 0:
+        settings["auth_cache_ttl_seconds"] = str(int(config.auth_cache_ttl_seconds))
+    return "[mlflow]\n" + "".join(f"{key} = {value}\n" for key, value in settings.items())
+
+
+def write_auth_config(config: ServerConfig) -> Path:
+    """Write ``basic_auth.ini`` (mode 0600: an auth database URL may carry a password)."""
+    path = config.auth_config_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(auth_config_text(config))
+    os.chmod(path, 0o600)
+    return path
+
+
 def start_mlflow(config: ServerConfig) -> Running:
     env = _base_env(config)
     (config.home / "mlflow").mkdir(parents=True, exist_ok=True)
@@ -148,6 +275,14 @@ def start_mlflow(config: ServerConfig) -> Running:
         "--serve-artifacts",
         "--workers", str(config.mlflow_workers),
     ]
+    if config.auth:  # secrets travel in the environment only: argv is logged
+        if importlib.util.find_spec("flask_wtf") is None:
+            raise ServerError("the MLflow basic-auth app needs Flask-WTF: pip install 'mlflow[auth]' (or `make setup`)")
+        env[AUTH_CONFIG_ENV] = str(write_auth_config(config))
+        env[ADMIN_PASSWORD_ENV] = admin_password(config)
+        env[SECRET_KEY_ENV] = flask_secret_key(config)
+        env.pop("MLFLOW_AUTH_ADMIN_USERNAME", None)  # it would override the ini's admin_username
+        argv += ["--app-name", "basic-auth"]
     log = config.home / "logs" / "mlflow-server.log"
     process = _spawn("mlflow server", argv, env, log, config.home)
     return Running("MLflow", config.mlflow_url, f"{config.mlflow_url}/health", process, log)
@@ -203,6 +338,8 @@ def write_state(config: ServerConfig, servers: list[Running]) -> Path:
         "prefect_api_url": config.prefect_api_url,
         "mlflow_url": config.mlflow_url,
         "mlflow_backend_store": redact(config.backend_store_uri()),
+        "auth": config.auth,
+        "audit_db": config.audit_db(),
         "mlflow_artifacts_destination": config.artifacts_destination(),
         "prefect_database": redact(config.prefect_database_url or f"sqlite under {config.home / 'prefect'}"),
         "pids": {s.name: s.process.pid for s in servers},
@@ -232,5 +369,10 @@ def start_all(config: ServerConfig, timeout: float = 180.0) -> list[Running]:
 
 
 def client_env(config: ServerConfig) -> dict[str, str]:
-    """What a client (a shell, `tunegate run`, a worker) sets to use these servers."""
-    return {"PREFECT_API_URL": config.prefect_api_url, "MLFLOW_TRACKING_URI": config.mlflow_url}
+    """What a client (a shell, `tunegate run`, a worker) on this machine sets to use these servers;
+    no secrets (with auth each user adds MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)."""
+    env = {"PREFECT_API_URL": config.prefect_api_url, "MLFLOW_TRACKING_URI": config.mlflow_url}
+    audit_db = config.audit_db()
+    if audit_db is not None:
+        env[AUDIT_DB_ENV] = audit_db
+    return env
