@@ -40,7 +40,7 @@ GENESIS = "0" * 64
 TABLE = "tunegate_audit_events"
 # PostgreSQL advisory lock keys: appends, and the promotion lock (per model name).
 APPEND_LOCK_KEY = 0x7475_6E65_6761_7465 & 0x7FFF_FFFF_FFFF_FFFF
-PROMOTION_LOCK_CLASS = 0x7475_6E65
+LOCK_CLASSES = {"promotion": 0x7475_6E65, "head": 0x7475_6E66}
 
 
 class AuditError(RuntimeError):
@@ -194,6 +194,11 @@ def _table(metadata):
     )
 
 
+def _model_of(entry: dict[str, Any]) -> str | None:
+    """The registered model an entry belongs to (entries of an earlier version name it only in their data)."""
+    return entry["model"] if "model" in entry else (entry.get("data") or {}).get("model")
+
+
 class AuditStore:
     """The audit table in one database."""
 
@@ -247,10 +252,11 @@ class AuditStore:
     def _insert(self, conn, entry: dict[str, Any]) -> None:
         conn.execute(self.table.insert().values(
             seq=entry["seq"], hash=entry["hash"], prev=entry["prev"], time=entry["time"], event=entry["event"],
-            model=(entry.get("data") or {}).get("model"), body=canonical(entry),
+            model=_model_of(entry), body=canonical(entry),
         ))
 
-    def append(self, event: str, data: dict[str, Any], actor: str, authenticated: bool = False, commit: str | None = None) -> dict[str, Any]:
+    def append(self, event: str, data: dict[str, Any], actor: str, authenticated: bool = False, commit: str | None = None,
+               model: str | None = None) -> dict[str, Any]:
         from sqlalchemy.exc import SQLAlchemyError
 
         try:
@@ -263,6 +269,7 @@ class AuditStore:
                     "actor": actor,
                     "authenticated": authenticated,
                     "host": socket.gethostname(),
+                    "model": model or data.get("model"),
                     "commit": commit,
                     "data": data,
                     "prev": prev,
@@ -301,9 +308,10 @@ class AuditStore:
                 entry = json.loads(row["body"])
             except ValueError:
                 return False, f"entry {position}: its body is not JSON", entries
-            for column in ("seq", "hash", "prev", "event"):
-                if entry.get(column) != row[column]:
-                    return False, f"entry {position}: column {column} ({row[column]}) does not match the entry ({entry.get(column)})", entries
+            for column in ("seq", "hash", "prev", "event", "model"):
+                value = _model_of(entry) if column == "model" else entry.get(column)
+                if value != row[column]:
+                    return False, f"entry {position}: column {column} ({row[column]}) does not match the entry ({value})", entries
             entries.append(entry)
         ok, message = verify_chain(entries)
         return ok, message, entries
@@ -344,20 +352,34 @@ class AuditStore:
     @contextlib.contextmanager
     def promotion_lock(self, name: str, timeout: float = 300.0) -> Iterator[None]:
         """Exclusive, database-held lock around read-check-move of ``name``'s aliases, across hosts."""
+        with self._named_lock("promotion", name, timeout):
+            yield
+
+    @contextlib.contextmanager
+    def head_lock(self, name: str, timeout: float = 300.0) -> Iterator[None]:
+        """Held from an append for model ``name`` until its registry head is written, so heads move in seq order.
+        Always taken inside the promotion lock, never around it (no lock-order cycle)."""
+        with self._named_lock("head", name, timeout):
+            yield
+
+    @contextlib.contextmanager
+    def _named_lock(self, kind: str, name: str, timeout: float) -> Iterator[None]:
         if self.dialect == "postgresql":
             key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big", signed=True)
             with self.engine.connect() as conn:
                 with conn.begin():
                     conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(timeout * 1000)}ms'")
-                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PROMOTION_LOCK_CLASS}, {key})")
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({LOCK_CLASSES[kind]}, {key})")
                     yield
             return
         path = _sqlite_path(self.url)
         if path is None:
-            raise AuditError(f"no promotion lock for {redact(self.url)} ({self.dialect}): use PostgreSQL or SQLite")
+            raise AuditError(f"no {kind} lock for {redact(self.url)} ({self.dialect}): use PostgreSQL or SQLite")
         import sqlite3
 
-        lock_db = path.with_name(path.name + ".locks")
+        # One writer per SQLite file, and MLflow and the audit append write the main file while the lock
+        # is held: the lock is a write transaction on a companion file.
+        lock_db = path.with_name(path.name + (".locks" if kind == "promotion" else f".{kind}-lock"))
         conn = sqlite3.connect(lock_db, timeout=timeout, isolation_level=None)
         try:
             conn.execute("BEGIN IMMEDIATE")

@@ -53,8 +53,11 @@ def record(event: str, data: dict[str, Any], actor: str | None = None, model_nam
     if actor is None:
         who = actor_identity()
         actor, authenticated = who.name, who.authenticated
-    entry = audit.store().append(event, data, actor=actor, authenticated=bool(authenticated), commit=commit)
-    if model_name:
+    store = audit.store()
+    if not model_name:
+        return store.append(event, data, actor=actor, authenticated=bool(authenticated), commit=commit)
+    with store.head_lock(model_name):  # heads are written in seq order, whoever appends at the same time
+        entry = store.append(event, data, actor=actor, authenticated=bool(authenticated), commit=commit, model=model_name)
         with contextlib.suppress(Exception):  # before the first registration there is no model to tag
             tracking.client().set_registered_model_tag(model_name, HEAD_TAG, f"{entry['seq']}:{entry['hash']}")
     return entry

@@ -375,3 +375,26 @@ def test_require_authentication_refuses_the_embedded_store(tmp_path, monkeypatch
     refused = events(name, "approval_refused")[-1]
     assert refused["authenticated"] is False and refused["data"]["reviewer"] == "alice"
     assert tracking.alias_version(name, "champion") is None
+
+
+RECORDER = """
+import sys
+from tunegate import promotion
+for i in range(int(sys.argv[2])):
+    promotion.record("event", {"writer": sys.argv[3], "i": i}, model_name=sys.argv[1])
+"""
+
+
+def test_concurrent_writers_leave_the_registry_head_on_the_last_entry(tunegate_home):
+    """Processes recording for one model at once: the head the registry keeps is the trail's last entry
+    (heads are written under a lock in seq order), so deleting that entry would still show."""
+    name = new_model()
+    candidate(name)
+    env = {**os.environ, "TUNEGATE_HOME": str(tunegate_home)}
+    procs = [subprocess.Popen([sys.executable, "-c", RECORDER, name, "8", w], cwd=REPO, env=env) for w in "abc"]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
+    last = audit.store().entries(model=name)[-1]
+    head = tracking.client().get_registered_model(name).tags[promotion.HEAD_TAG]
+    assert head == f"{last['seq']}:{last['hash']}"
+    assert sum(1 for e in audit.store().entries(model=name) if e["event"] == "event") == 24
+    assert promotion.verify(name)[0]
