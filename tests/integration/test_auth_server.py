@@ -68,7 +68,7 @@ def test_admin_grants_manage_on_a_registered_model(auth_server):
     from mlflow.exceptions import MlflowException
 
     with auth_server.as_user(auth_server.admin_username, auth_server.admin_password):
-        MlflowClient(auth_server.url).create_registered_model("granted-model")
+        MlflowClient(auth_server.url, registry_uri=auth_server.url).create_registered_model("granted-model")
     assert auth_server.permission("alice", "granted-model").permission == "READ"  # the default permission
     auth_server.grant("alice", "granted-model", "MANAGE")
     result = auth_server.permission("alice", "granted-model")
@@ -77,15 +77,15 @@ def test_admin_grants_manage_on_a_registered_model(auth_server):
     with auth_server.as_user(*ALICE):  # a user may ask about her own permission
         own = auth_server.auth_client().get_user_permission("alice", REGISTERED_MODEL, "granted-model")
         assert own.permission == "MANAGE"
-        MlflowClient(auth_server.url).set_registered_model_tag("granted-model", "touched-by", "alice")
+        MlflowClient(auth_server.url, registry_uri=auth_server.url).set_registered_model_tag("granted-model", "touched-by", "alice")
     with auth_server.as_user(*BOB), pytest.raises(MlflowException, match="(?i)permission"):
-        MlflowClient(auth_server.url).set_registered_model_tag("granted-model", "touched-by", "bob")
+        MlflowClient(auth_server.url, registry_uri=auth_server.url).set_registered_model_tag("granted-model", "touched-by", "bob")
 
 
 def test_a_user_manages_the_model_she_creates(auth_server):
     from mlflow import MlflowClient
 
     with auth_server.as_user(*BOB):
-        MlflowClient(auth_server.url).create_registered_model("bobs-model")
+        MlflowClient(auth_server.url, registry_uri=auth_server.url).create_registered_model("bobs-model")
     assert auth_server.permission("bob", "bobs-model").permission == "MANAGE"
     assert auth_server.permission("alice", "bobs-model").permission == "READ"

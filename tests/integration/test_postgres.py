@@ -196,7 +196,7 @@ def test_two_hosts_run_and_race_approvals_on_postgres(databases, base_model_path
         assert "not the current candidate" in results["carol"].stderr, report
 
         # Exactly one champion, version 2: as MLflow says and as its table in PostgreSQL holds.
-        registry = MlflowClient(tracking_uri=clients["MLFLOW_TRACKING_URI"])
+        registry = MlflowClient(tracking_uri=clients["MLFLOW_TRACKING_URI"], registry_uri=clients["MLFLOW_TRACKING_URI"])
         assert registry.get_model_version_by_alias(name, "champion").version == "2"
         assert dict(registry.get_registered_model(name).aliases) == {"champion": "2"}
         assert psql(f"SELECT alias || '=' || version FROM registered_model_aliases WHERE name = '{name}'", mlflow_db) == "champion=2"

@@ -156,13 +156,19 @@ def test_racing_approvals_leave_one_champion_and_a_consistent_log(tunegate_home,
     assert promotion.verify(name)[0]
 
 
-def _tamper_home(tmp_path, monkeypatch):
+def _two_champions(tmp_path, monkeypatch, approvers=(("alice", "first"), ("alice", "second"))) -> tuple[str, str, str]:
+    """A fresh home whose model had two champions in turn: (name, v1, v2)."""
     monkeypatch.setenv("TUNEGATE_HOME", str(tmp_path / "home"))
     name = new_model()
     v1 = candidate(name)
-    promotion.approve(name, v1, "alice", "first", ANYONE)
+    promotion.approve(name, v1, *approvers[0], ANYONE)
     v2 = candidate(name, baseline_version=v1)
-    promotion.approve(name, v2, "alice", "second", ANYONE)
+    promotion.approve(name, v2, *approvers[1], ANYONE)
+    return name, v1, v2
+
+
+def _tamper_home(tmp_path, monkeypatch):
+    name, _, _ = _two_champions(tmp_path, monkeypatch)
     return name, tmp_path / "home" / "mlflow" / "mlflow.db"
 
 
@@ -258,12 +264,7 @@ def test_history_lists_every_alias_move_with_actor_time_and_reason(tmp_path, mon
 
     from tunegate.cli import app
 
-    monkeypatch.setenv("TUNEGATE_HOME", str(tmp_path / "home"))
-    name = new_model()
-    v1 = candidate(name)
-    promotion.approve(name, v1, "alice", "first release", ANYONE)
-    v2 = candidate(name, baseline_version=v1)
-    promotion.approve(name, v2, "bob", "second release", ANYONE)
+    name, v1, v2 = _two_champions(tmp_path, monkeypatch, (("alice", "first release"), ("bob", "second release")))
     promotion.rollback(name, "carol", "incident 42")
     rows = promotion.alias_history(name)
     assert [(r["event"], r["version"], r["actor"], r["reason"]) for r in rows] == [
