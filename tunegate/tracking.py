@@ -23,7 +23,22 @@ CANDIDATE = "candidate"
 def _client_for(uri: str):
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if not uri.startswith("sqlite:"):
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    # MLflow creates and migrates a SQLite store's schema when a client first opens it; two processes
+    # doing that at once on a fresh $TUNEGATE_HOME collide ("duplicate column name"): one at a time.
+    import fcntl
+
+    from sqlalchemy.engine import make_url
+
+    db = Path(make_url(uri).database or "")
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".init-lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client._tracking_client.store  # noqa: B018  (opening the store creates or migrates the schema)
+        client._get_registry_client().store  # noqa: B018
+    return client
 
 
 def client():
