@@ -17,7 +17,7 @@ from tunegate.gitinfo import code_fingerprint, git_commit
 from tunegate.params import Params, dump_params, load_params
 from tunegate.paths import repo_root, tunegate_home
 from tunegate.identity import actor_identity
-from tunegate.promotion import record
+from tunegate.promotion import detach_candidate, record
 from tunegate.summary import build_summary, render_markdown
 
 
@@ -159,6 +159,4 @@ def _detach_candidate(model_name: str | None, version: str | None) -> None:
     """A version registered by a run that then failed loses alias ``candidate`` (approve refuses it anyway)."""
     if not model_name or not version:
         return
-    from tunegate.promotion import detach_candidate
-
     detach_candidate(model_name, version, "its training run failed after registering")

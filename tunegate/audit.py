@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from tunegate.server import redact
+
 GENESIS = "0" * 64
 TABLE = "tunegate_audit_events"
 # PostgreSQL advisory lock keys: appends, and the promotion lock (per model name).
@@ -125,12 +127,6 @@ def resolve_url() -> str:
     )
 
 
-def redact(url: str) -> str:
-    from tunegate.server import redact as _redact
-
-    return _redact(url)
-
-
 def legacy_log() -> Path:
     from tunegate.paths import tunegate_home
 
@@ -154,8 +150,7 @@ def _engine(url: str):
     """One engine per URL; SQLite connections begin write transactions with BEGIN IMMEDIATE."""
     from sqlalchemy import create_engine, event
 
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://"):]
+    url = url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url
     path = _sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +189,7 @@ def _table(metadata):
     )
 
 
-def _model_of(entry: dict[str, Any]) -> str | None:
+def model_of(entry: dict[str, Any]) -> str | None:
     """The registered model an entry belongs to (entries of an earlier version name it only in their data)."""
     return entry["model"] if "model" in entry else (entry.get("data") or {}).get("model")
 
@@ -252,7 +247,7 @@ class AuditStore:
     def _insert(self, conn, entry: dict[str, Any]) -> None:
         conn.execute(self.table.insert().values(
             seq=entry["seq"], hash=entry["hash"], prev=entry["prev"], time=entry["time"], event=entry["event"],
-            model=_model_of(entry), body=canonical(entry),
+            model=model_of(entry), body=canonical(entry),
         ))
 
     def append(self, event: str, data: dict[str, Any], actor: str, authenticated: bool = False, commit: str | None = None,
@@ -261,23 +256,28 @@ class AuditStore:
 
         try:
             with self._write() as conn:
-                seq, prev = self._last(conn)
-                entry = {
-                    "seq": seq + 1,
-                    "time": dt.datetime.now(dt.timezone.utc).isoformat(),
-                    "event": event,
-                    "actor": actor,
-                    "authenticated": authenticated,
-                    "host": socket.gethostname(),
-                    "model": model or data.get("model"),
-                    "commit": commit,
-                    "data": data,
-                    "prev": prev,
-                }
-                entry["hash"] = entry_hash(entry)
-                self._insert(conn, entry)
+                return self._append_in(conn, event, data, actor, authenticated, commit, model)
         except SQLAlchemyError as error:
             raise AuditError(f"cannot append to the audit trail in {redact(self.url)}: {type(error).__name__}: {error}") from error
+
+    def _append_in(self, conn, event: str, data: dict[str, Any], actor: str, authenticated: bool = False,
+                   commit: str | None = None, model: str | None = None) -> dict[str, Any]:
+        """Chain and insert one entry inside a write transaction that holds the append lock."""
+        seq, prev = self._last(conn)
+        entry = {
+            "seq": seq + 1,
+            "time": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "event": event,
+            "actor": actor,
+            "authenticated": authenticated,
+            "host": socket.gethostname(),
+            "model": model or data.get("model"),
+            "commit": commit,
+            "data": data,
+            "prev": prev,
+        }
+        entry["hash"] = entry_hash(entry)
+        self._insert(conn, entry)
         return entry
 
     def entries(self, model: str | None = None) -> list[dict[str, Any]]:
@@ -309,7 +309,7 @@ class AuditStore:
             except ValueError:
                 return False, f"entry {position}: its body is not JSON", entries
             for column in ("seq", "hash", "prev", "event", "model"):
-                value = _model_of(entry) if column == "model" else entry.get(column)
+                value = model_of(entry) if column == "model" else entry.get(column)
                 if value != row[column]:
                     return False, f"entry {position}: column {column} ({row[column]}) does not match the entry ({value})", entries
             entries.append(entry)
@@ -330,21 +330,21 @@ class AuditStore:
         if not ok:
             raise AuditError(f"the audit trail {log} to import is broken ({message}); fix or move it, then retry")
         digest = hashlib.sha256(log.read_bytes()).hexdigest()
-        with self._write() as conn:
+        with self._write() as conn:  # the entries and the entry that records their coming, in one transaction
             seq, _ = self._last(conn)
             if seq < 0:
                 for entry in entries:
                     self._insert(conn, entry)
                 outcome = {"imported": len(entries), "source": str(log)}
+                self._append_in(conn, "audit_trail_imported", {"source": str(log), "entries": len(entries), "sha256": digest},
+                                actor=environment_user())
             elif attach:
                 outcome = {"attached": len(entries), "source": str(log)}
+                self._append_in(conn, "audit_trail_attached", {"source": str(log), "entries": len(entries),
+                                                               "head": f"{entries[-1]['seq']}:{entries[-1]['hash']}", "sha256": digest},
+                                actor=environment_user())
             else:
                 return {"skipped": len(entries), "source": str(log)}
-        if "attached" in outcome:
-            self.append("audit_trail_attached", {"source": str(log), "entries": len(entries), "head": f"{entries[-1]['seq']}:{entries[-1]['hash']}", "sha256": digest},
-                        actor=environment_user())
-        else:
-            self.append("audit_trail_imported", {"source": str(log), "entries": len(entries), "sha256": digest}, actor=environment_user())
         with contextlib.suppress(FileNotFoundError):
             log.rename(log.with_name(log.name + ".imported"))
         return outcome
@@ -397,7 +397,7 @@ def check_reachable() -> str:
     Returns the URL; raises AuditError naming the problem."""
     import sqlite3
 
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
     from sqlalchemy.exc import SQLAlchemyError
 
     url = resolve_url()
@@ -413,8 +413,7 @@ def check_reachable() -> str:
                 raise AuditError(f"the audit database {path} cannot be read: {error}") from error
     else:
         try:
-            engine = create_engine(url.replace("postgres://", "postgresql://", 1), poolclass=_null_pool())
-            with engine.connect() as conn:
+            with _engine(url).connect() as conn:
                 conn.execute(text("SELECT 1"))
         except (SQLAlchemyError, ImportError) as error:
             raise AuditError(f"cannot reach the audit database {redact(url)}: {type(error).__name__}: {str(error).splitlines()[0]}") from error

@@ -23,7 +23,7 @@ def build_lineage(name: str, version: str) -> dict[str, Any]:
 
 def _lineage(name: str, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The lineage chain and the training run's summary it was built from."""
-    from tunegate.promotion import alias_history
+    from tunegate.promotion import alias_moves
 
     try:
         ref = tracking.get_version(name, version)
@@ -39,9 +39,9 @@ def _lineage(name: str, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
         for key, value in ref.tags.items()
         if key.startswith("tunegate.approval.")
     }
-    entries = audit.store().entries()
+    entries = audit.store().entries()  # read once: the alias history and the run's events come from it
     history = [
-        h for h in alias_history(name)
+        h for h in alias_moves([e for e in entries if audit.model_of(e) == name])
         if h["version"] == version or any(version in (m["from"], m["to"]) for m in h["moves"])
     ]
     run_events = [e for e in entries if e["data"].get("run_id") == ref.run_id]

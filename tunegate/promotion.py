@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunegate import audit, tracking
+from tunegate import audit, signing, tracking
 from tunegate.audit import environment_user  # noqa: F401  (re-exported for the CLI and scheduling)
 from tunegate.identity import Identity, IdentityError, current_identity, holds, model_permission, actor_identity
 from tunegate.params import ApprovalPolicy
+from tunegate.server import redact
 
 PREVIOUS = "previous"
 HEAD_TAG = "tunegate.audit_head"
@@ -104,16 +105,10 @@ def _acting(name: str, reviewer: str | None, policy: ApprovalPolicy | None, acti
         return who, name_used
     if policy is not None and policy.require_authentication:
         _refused(name, action, who, given or who.name,
-                 f"the policy requires an authenticated reviewer and {redact_uri()} does not authenticate users (see docs/deploy.md)", version)
+                 f"the policy requires an authenticated reviewer and {redact(tracking.tracking_uri())} does not authenticate users (see docs/deploy.md)", version)
     if not given:
         raise PromotionError("a reviewer is required (--reviewer): the tracking store does not authenticate users")
     return who, given
-
-
-def redact_uri() -> str:
-    from tunegate.server import redact
-
-    return redact(tracking.tracking_uri())
 
 
 def _refused(name: str, action: str, who: Identity, reviewer: str, why: str, version: str | None = None) -> None:
@@ -169,8 +164,6 @@ def approve(name: str, version: str, reviewer: str | None, reason: str, policy: 
     who, reviewer = _acting(name, reviewer, policy, "approve", version)
     key = None
     if signing_key is not None or policy.require_signatures:
-        from tunegate import signing
-
         if signing_key is None:
             _refused(name, "approve", who, reviewer, "the policy requires signed approvals: give your key with --key (or TUNEGATE_SIGNING_KEY)", version)
         try:
@@ -208,8 +201,6 @@ def approve(name: str, version: str, reviewer: str | None, reason: str, policy: 
                     "identity_source": who.source}
         data = {"model": name, "version": version, "reviewer": reviewer, **approval}
         if key is not None:
-            from tunegate import signing
-
             data["signature"] = signing.sign(key, data)
             approval["signed"] = True
         tracking.set_version_tag(name, version, f"tunegate.approval.{reviewer}", json.dumps(approval))
@@ -336,8 +327,13 @@ def rollback(name: str, reviewer: str | None, reason: str, policy: ApprovalPolic
 
 def alias_history(name: str, alias: str | None = None) -> list[dict[str, Any]]:
     """Every alias move of model ``name`` (one row per action), oldest first, from the audit table."""
+    return alias_moves(audit.store().entries(model=name), alias)
+
+
+def alias_moves(entries: list[dict[str, Any]], alias: str | None = None) -> list[dict[str, Any]]:
+    """The alias-moving entries among ``entries`` (of one model), one row per action, in their order."""
     rows = []
-    for entry in audit.store().entries(model=name):
+    for entry in entries:
         moves = entry["data"].get("moves")
         if not moves:
             continue
@@ -373,8 +369,6 @@ def signature_problems(entries: list[dict[str, Any]], policy: ApprovalPolicy | N
     """Approvals whose signature is missing or invalid, and promotions not backed by valid approvals."""
     if policy is None or not (policy.require_signatures or policy.public_keys):
         return []
-    from tunegate import signing
-
     problems = []
     valid: dict[tuple[str, str], set[str]] = {}
     for entry in entries:
