@@ -8,13 +8,22 @@ Measures, in one run on the same records:
   * the same rules evaluated row by row in plain Python (a loop with ``re`` per record),
     fed the same token counts;
 and reports records/s, the speed-up of the column-wise rules over the row-by-row ones,
-and the process's peak resident memory.
+and the process's peak resident memory. Then, on the same records, the per-record token
+counting it replaced (``count_record_tokens_per_record``: ``apply_chat_template`` one record at a
+time, the tokenizer's own call): its time, the speed-up of the batched counting over it, and
+whether the counts and the suite's findings (every rule's result and offenders) are identical.
+
+Token counting runs as in the pipeline: the tokenizers library's own thread pool off
+(``TOKENIZERS_PARALLELISM=false``, as ``tunegate.paths.configure_environment`` sets it) unless the
+environment says otherwise. The last line printed is one JSON object; a one-line summary goes to
+stderr. Exits non-zero when the counts or the findings differ.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import resource
@@ -23,6 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as tunegate's runs have it (tunegate.paths)
 
 from tunegate.checks import CONTROL_PATTERN, PII_PATTERNS, PLACEHOLDER_PATTERN, SECRET_PATTERNS, card_number_like, roles_valid  # noqa: E402
 from tunegate.formats import convert_record, prompt_keys, prompt_text  # noqa: E402
@@ -108,7 +118,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     args = parser.parse_args()
 
-    from tunegate.checks import count_record_tokens
+    from tunegate.checks import count_record_tokens, count_record_tokens_per_record
     from tunegate.modeling import load_tokenizer
     from tunegate.validation import validate_dataset
 
@@ -134,6 +144,17 @@ def main() -> None:
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     pii_rule = next(r for r in report.rules if r.rule == "pii")
     assert pii_rule.unexpected_count == rowwise["pii"], (pii_rule.unexpected_count, rowwise["pii"])
+
+    # The per-record counting this path replaced, on the same records, and the findings it leads to.
+    t5 = time.perf_counter()
+    reference_counts = count_record_tokens_per_record(tokenizer, records)
+    t6 = time.perf_counter()
+    reference_report = validate_dataset(
+        records, params, max_length=max_length, token_counts=reference_counts, eval_records=records[:100]
+    )
+    counts_identical = reference_counts == token_counts
+    findings_identical = reference_report.to_dict() == report.to_dict()
+    length_rules = {r.rule: r.unexpected_count for r in report.rules if r.rule in ("max_length", "response_truncated")}
     result = {
         "records": len(records),
         "convert_s": round(t1 - t0, 2),
@@ -145,8 +166,23 @@ def main() -> None:
         "speedup_rules_vs_rowwise": round((t4 - t3) / (t3 - t2), 2),
         "peak_rss_mib": round(peak_mib),
         "pii_found": rowwise["pii"],
+        "tokens_total": sum(token_counts[0]),
+        "tokenizers_parallelism": os.environ["TOKENIZERS_PARALLELISM"],
+        "length_rule_offenders": length_rules,
+        "token_count_per_record_s": round(t6 - t5, 2),
+        "token_count_speedup": round((t6 - t5) / (t2 - t1), 2),
+        "total_s_with_per_record_counting": round(total - (t2 - t1) + (t6 - t5), 2),
+        "token_counts_identical": counts_identical,
+        "findings_identical": findings_identical,
     }
-    print(json.dumps(result, indent=2))
+    print(
+        f"token counting: batched {result['token_count_s']} s vs per record {result['token_count_per_record_s']} s "
+        f"({result['token_count_speedup']}x); counts identical: {counts_identical}; findings identical: {findings_identical}",
+        file=sys.stderr,
+    )
+    print(json.dumps(result))
+    if not (counts_identical and findings_identical):
+        raise SystemExit("the batched token counts or the findings differ from the per-record path")
 
 
 if __name__ == "__main__":

@@ -187,15 +187,37 @@ def record_frame(
 def count_record_tokens(tokenizer, records: list[dict[str, Any]], chunk_size: int = 2000) -> tuple[list[int], list[int]]:
     """(full length, prompt length) in tokens of each record rendered with the chat template.
 
-    One tokenizer pass over the full texts; the prompt length is read off the offsets
-    (tokens that start inside the rendered prompt), so no second pass is needed.
+    Batched: each chunk of records is rendered with the template compiled once
+    (:func:`tunegate.tokenize.render_many_with_prompt`) and tokenised in one call of the fast
+    tokenizer (:func:`tunegate.tokenize.token_offsets`); the prompt length is read off the offsets
+    (tokens that start inside the rendered prompt), so no second pass is needed. The counts are
+    :func:`count_record_tokens_per_record`'s, the reference (tests/unit/test_token_counts.py).
     """
-    from tunegate.tokenize import render_with_prompt, unbounded_length
+    from tunegate.tokenize import render_many_with_prompt, token_offsets, unbounded_length
 
     full_lengths: list[int] = []
     prompt_lengths: list[int] = []
     with unbounded_length(tokenizer):  # counting, not feeding a model
         # Chunks bound the memory the offset lists take; the result is the same.
+        for start in range(0, len(records), chunk_size):
+            rendered = render_many_with_prompt(tokenizer, records[start : start + chunk_size])
+            offsets = token_offsets(tokenizer, [full for full, _ in rendered])
+            for encoded, (_, prompt) in zip(offsets, rendered):
+                limit = len(prompt)
+                full_lengths.append(len(encoded))
+                prompt_lengths.append(sum(1 for begin, _ in encoded if begin < limit))
+    return full_lengths, prompt_lengths
+
+
+def count_record_tokens_per_record(tokenizer, records: list[dict[str, Any]], chunk_size: int = 2000) -> tuple[list[int], list[int]]:
+    """The reference for :func:`count_record_tokens`: each record rendered on its own with
+    ``apply_chat_template`` (:func:`tunegate.tokenize.render_with_prompt`), tokenised with the
+    tokenizer's own call."""
+    from tunegate.tokenize import render_with_prompt, unbounded_length
+
+    full_lengths: list[int] = []
+    prompt_lengths: list[int] = []
+    with unbounded_length(tokenizer):
         for start in range(0, len(records), chunk_size):
             fulls, prompt_chars = [], []
             for record in records[start : start + chunk_size]:

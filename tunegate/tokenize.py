@@ -114,6 +114,126 @@ def render_with_prompt(tokenizer, record: dict[str, Any]) -> tuple[str, str]:
     return render(tokenizer, messages, tools), render(tokenizer, messages[:-1], tools, generation_prompt=True)
 
 
+def render_many_with_prompt(tokenizer, records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """:func:`render_with_prompt` of each record: the same texts, with less work per record.
+
+    The template is compiled once and rendered straight through Jinja with the very variables
+    ``apply_chat_template`` gives it (:class:`_DirectTemplate`), skipping its per-call set-up. A
+    record the direct render does not take as it is (a value that is not plain JSON, a template
+    error) is rendered by :func:`render_with_prompt`, so its text or its error is today's.
+    """
+    direct = _DirectTemplate.for_tokenizer(tokenizer)
+    if direct is None:
+        return [render_with_prompt(tokenizer, record) for record in records]
+    out = []
+    for record in records:
+        tools = record_tools(record)
+        messages = template_messages(tokenizer, record["messages"], tools)
+        pair = direct.render_with_prompt(messages, tools)
+        out.append(pair if pair is not None else render_with_prompt(tokenizer, record))
+    return out
+
+
+_MESSAGE_KEYS = frozenset({"role", "content", "tool_calls", "name", "tool_call_id"})  # what template_messages writes
+
+
+def _plain_json(value: Any) -> bool:
+    """Whether ``value`` is made of JSON types only (what transformers' sandbox copy leaves as it is)."""
+    kind = type(value)
+    if value is None or kind in (str, int, float, bool):
+        return True
+    if kind is dict:
+        return all(_plain_json(k) and _plain_json(v) for k, v in value.items())
+    if kind in (list, tuple):
+        return all(_plain_json(v) for v in value)
+    return False
+
+
+class _DirectTemplate:
+    """The tokenizer's chat template, compiled once (transformers' own compiled, sandboxed template)
+    and rendered with what ``tokenizer.apply_chat_template(messages, tools=..., tokenize=False)``
+    passes it: ``messages``, ``tools``, ``documents`` (None), ``add_generation_prompt`` and the
+    special tokens, over the template's globals; the same context Jinja's ``Template.render`` builds.
+    """
+
+    def __init__(self, tokenizer, compile_template):
+        self.tokenizer = tokenizer
+        self.compile = compile_template
+        self.native_tools = supports_tools(tokenizer)
+        self.special = dict(tokenizer.special_tokens_map)
+        self.compiled: dict[str, tuple[Any, dict[str, Any]]] = {}
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer) -> _DirectTemplate | None:
+        """None where the direct render cannot promise apply_chat_template's text (other transformers internals)."""
+        try:
+            from transformers.utils.chat_template_utils import _compile_jinja_template
+        except ImportError:
+            return None
+        special = getattr(tokenizer, "special_tokens_map", None)
+        if not callable(getattr(tokenizer, "get_chat_template", None)) or not isinstance(special, dict):
+            return None
+        if not all(type(v) is str for v in special.values()):
+            return None
+        return cls(tokenizer, _compile_jinja_template)
+
+    def _template(self, tools: list[dict[str, Any]] | None) -> tuple[Any, dict[str, Any]] | None:
+        source = self.tokenizer.get_chat_template(None, tools)
+        entry = self.compiled.get(source)
+        if entry is None:
+            template = self.compile(source)
+            if template.environment.is_async:
+                return None
+            entry = (template, {**template.globals, **self.special, "documents": None})
+            self.compiled[source] = entry
+        return entry
+
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, generation_prompt: bool) -> str | None:
+        if not messages:
+            return ""  # as :func:`render`
+        try:
+            entry = self._template(tools)
+            if entry is None:
+                return None
+            template, base = entry
+            variables = dict(base)
+            variables.update(messages=messages, tools=tools, add_generation_prompt=generation_prompt)
+            return template.environment.concat(template.root_render_func(template.new_context(variables, shared=True)))
+        except Exception:  # no template, a template error: the reference render raises it as apply_chat_template does
+            return None
+
+    def render_with_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> tuple[str, str] | None:
+        """(full, prompt) as :func:`render_with_prompt` renders them, or None: render it that way."""
+        for m in messages:
+            if not m.keys() <= _MESSAGE_KEYS or any(type(v) is not str for k, v in m.items() if k != "tool_calls"):
+                return None
+            if "tool_calls" in m and not _plain_json(m["tool_calls"]):
+                return None
+        tools = tools if tools and self.native_tools else None
+        if tools is not None and not (all(type(t) is dict for t in tools) and _plain_json(tools)):
+            return None
+        full = self.render(messages, tools, False)
+        prompt = self.render(messages[:-1], tools, True) if full is not None else None
+        return None if prompt is None else (full, prompt)
+
+
+def token_offsets(tokenizer, texts: list[str]) -> list[list[tuple[int, int]]]:
+    """``tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]``.
+
+    A fast tokenizer's offsets are read straight from its Rust encodings, without the per-token
+    Python lists (ids, attention mask) the call builds; its backend set up first by a call on an
+    empty text (no truncation, no padding, special-token splitting as the tokenizer says).
+    """
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is not None:
+        tokenizer([""], add_special_tokens=False)
+        if backend.truncation is None and backend.padding is None:
+            return [encoding.offsets for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+
+
 def assistant_spans(tokenizer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, eot: str | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character span of each assistant turn with a loss.
 

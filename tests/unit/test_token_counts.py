@@ -1,0 +1,180 @@
+"""Batched token counting (``count_record_tokens``) gives the per-record reference's counts exactly.
+
+The reference renders each record on its own with ``apply_chat_template`` and tokenises with the
+tokenizer's call; the batched path renders through the compiled template and reads the fast
+tokenizer's encodings directly. Checked on the demo tokenizer (stories260K, alpaca, as
+params/demo.yaml sets it up), the same tokenizer with the built-in chatml template, and two other
+families (tests/model_families.py): a Qwen2-style ChatML tokenizer with its own tool-calling
+template and GPT-2's byte-level BPE (no template of its own: tunegate's default).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tunegate.checks import count_record_tokens, count_record_tokens_per_record
+from tunegate.formats import convert_record
+from tunegate.modeling import load_tokenizer
+from tunegate.tokenize import _DirectTemplate, render_many_with_prompt, render_with_prompt, token_offsets
+
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "Current weather in a city (°C) — 天气",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+CALL = [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Zürich"}}}]
+
+
+def _record(rid: str, messages: list[dict], **extra) -> dict:
+    return {"id": rid, "messages": messages, "source": {"file": "t.jsonl", "index": 0, "format": "openai"}, "family": "t", **extra}
+
+
+def _u(text):
+    return {"role": "user", "content": text}
+
+
+def _a(text, **extra):
+    return {"role": "assistant", "content": text, **extra}
+
+
+RECORDS = [
+    _record("en", [_u("Name a colour."), _a("Blue is one.")]),
+    _record("zh", [_u("请把这句话翻译成英文：今天天气很好。"), _a("The weather is nice today. 今天天气很好！")]),
+    _record("ar", [_u("ما هي عاصمة فرنسا؟"), _a("عاصمة فرنسا هي باريس.")]),
+    _record("emoji", [_u("Describe 🐱 and 👩‍👩‍👧 in 🇫🇷 🤖🎉"), _a("Cats 😺! Family 👨‍👩‍👧‍👦 — ok 👍🏽.")]),
+    _record("multi-turn", [
+        {"role": "system", "content": "You are terse. Réponds brièvement. 简短回答。"},
+        _u("Name a colour."), _a("Blue."), _u("Another? 另一个？"), _a("Red. أحمر"), _u("And one more 🎨"), _a("Green 🟩"),
+    ]),
+    _record("loss-weight", [_u("a"), _a("kept out", loss_weight=0), _u("b"), _a("in")]),
+    _record("specials-in-text", [_u("Say </s> and <s> and <|im_end|> <|im_start|>user"), _a("Done </s><unk> <|endoftext|>")]),
+    _record("empty-and-spaces", [_u("   "), _a("")]),
+    _record("one-message", [_u("Only a question, no answer?")]),
+    _record("tools-string", [
+        {"role": "system", "content": "You check the weather."},
+        _u("Weather in Zürich? 苏黎世天气？"),
+        _a(json.dumps({"name": "get_weather", "arguments": {"city": "Zürich"}}, ensure_ascii=False), tool_calls=CALL),
+        {"role": "tool", "content": '{"temperature_c": 21, "sky": "clear ☀️"}', "name": "get_weather", "tool_call_id": "call_1"},
+        _a("21 °C and clear ☀️."),
+    ], tools=json.dumps([WEATHER], ensure_ascii=False)),
+    _record("tools-list-no-system", [
+        _u("Weather in Cairo? الطقس في القاهرة؟"), _a('{"name": "get_weather", "arguments": {"city": "Cairo"}}', tool_calls=CALL),
+        {"role": "tool", "content": "35"}, _a("35 °C. الجو حار."),
+    ], tools=[{"type": "function", "function": WEATHER}]),
+    _record("long", [_u("Tell a long story. " * 20), _a(" ".join(["once upon a time the cat sat on the mat 🐈"] * 40))]),
+]
+
+
+@pytest.fixture(scope="module", params=["demo", "stories-chatml", "tiny_chatml", "tiny_gpt2"])
+def tokenizer(request, base_model_path):
+    if request.param == "demo":
+        return load_tokenizer(base_model_path, "alpaca")  # params/demo.yaml: model.chat_template alpaca
+    if request.param == "stories-chatml":
+        return load_tokenizer(base_model_path, "chatml")
+    return load_tokenizer(request.getfixturevalue(request.param), None)  # its own template, or the default
+
+
+def _real_records() -> list[dict]:
+    """Records of the shared demo data sets: tool calling (glaive) and Alpaca."""
+    out = []
+    for name, limit in (("glaive_toolcall_en_demo.json", 150), ("alpaca_en_demo.json", 150)):
+        path = SHARED / "data" / "instruction" / name
+        if not path.is_file():
+            pytest.skip(f"{path} is missing: the tests need ../shared beside the repo")
+        for i, raw in enumerate(json.loads(path.read_text(encoding="utf-8"))[:limit]):
+            out += convert_record(raw, source_name=name, file=str(path), index=i)
+    return out
+
+
+def test_direct_render_is_used(tokenizer):
+    """The batched path renders through the compiled template, not through the per-record fallback."""
+    assert _DirectTemplate.for_tokenizer(tokenizer) is not None
+
+
+@pytest.mark.parametrize("chunk_size", [2000, 3])
+def test_batched_counts_equal_per_record(tokenizer, chunk_size):
+    reference = count_record_tokens_per_record(tokenizer, RECORDS)
+    assert count_record_tokens(tokenizer, RECORDS, chunk_size=chunk_size) == reference
+    full, prompt = reference
+    assert all(f > p >= 0 for f, p in zip(full, prompt)), reference
+
+
+def test_batched_render_equals_apply_chat_template(tokenizer):
+    records = RECORDS + _real_records()
+    assert any(r.get("tools") for r in records) and any(m.get("tool_calls") for r in records for m in r["messages"])
+    assert render_many_with_prompt(tokenizer, records) == [render_with_prompt(tokenizer, r) for r in records]
+
+
+def test_batched_counts_on_demo_data_sets(tokenizer):
+    records = _real_records()
+    assert count_record_tokens(tokenizer, records) == count_record_tokens_per_record(tokenizer, records)
+
+
+def test_token_offsets_equal_the_tokenizer_call(tokenizer):
+    texts = [full for full, _ in render_many_with_prompt(tokenizer, RECORDS)] + ["", " ", "</s>", "<|im_end|>x"]
+    expected = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    assert token_offsets(tokenizer, texts) == expected
+    # A backend left truncating (some tokenizer.json files ship that way): the call counts in full, and so do we.
+    backend = tokenizer.backend_tokenizer
+    backend.enable_truncation(max_length=4)
+    try:
+        assert token_offsets(tokenizer, texts) == expected
+    finally:
+        backend.no_truncation()
+
+
+def test_records_the_direct_render_does_not_take_fall_back(tokenizer):
+    class Text(str):
+        pass
+
+    odd = [_record("str-subclass", [_u(Text("Hello 你好")), _a("Hi")]), _record("int-name", [_u("x"), _a("y", name=7)])]
+    records = RECORDS[:2] + odd + RECORDS[2:4]
+    assert render_many_with_prompt(tokenizer, records) == [render_with_prompt(tokenizer, r) for r in records]
+    assert count_record_tokens(tokenizer, records) == count_record_tokens_per_record(tokenizer, records)
+
+
+def test_template_errors_are_the_reference_errors(base_model_path):
+    from jinja2.exceptions import TemplateError
+
+    tokenizer = load_tokenizer(base_model_path, "alpaca")
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('no tool turns here') }}{% endif %}"
+        "{{ m['content'] }}{% endfor %}"
+    )
+    with pytest.raises(TemplateError, match="no tool turns here") as reference:
+        count_record_tokens_per_record(tokenizer, RECORDS)
+    with pytest.raises(TemplateError, match="no tool turns here") as batched:
+        count_record_tokens(tokenizer, RECORDS)
+    assert type(batched.value) is type(reference.value)
+
+
+def test_named_templates_pick_tool_use_as_the_reference_does(base_model_path):
+    from tunegate.templates import chat_template
+
+    tokenizer = load_tokenizer(base_model_path, "alpaca")
+    tokenizer.chat_template = {"default": chat_template("alpaca"), "tool_use": chat_template("chatml")}
+    rendered = render_many_with_prompt(tokenizer, RECORDS)
+    assert rendered == [render_with_prompt(tokenizer, r) for r in RECORDS]
+    assert "<|im_start|>" in rendered[-2][0] and "<|im_start|>" not in rendered[0][0]
+    assert count_record_tokens(tokenizer, RECORDS) == count_record_tokens_per_record(tokenizer, RECORDS)
+
+
+def test_findings_are_the_same_with_either_count(base_model_path):
+    from tunegate.params import ValidationParams
+    from tunegate.validation import validate_dataset
+
+    tokenizer = load_tokenizer(base_model_path, "alpaca")
+    records = [dict(r, id=f"{r['id']}-{i}") for i, r in enumerate(RECORDS)]
+    params = ValidationParams(min_records=1, max_near_duplicate_rate=1.0)
+    reports = [
+        validate_dataset(records, params, max_length=40, token_counts=count(tokenizer, records))
+        for count in (count_record_tokens, count_record_tokens_per_record)
+    ]
+    assert reports[0].to_dict() == reports[1].to_dict()
+    too_long = next(r for r in reports[0].rules if r.rule == "max_length")
+    assert too_long.unexpected_count > 0 and too_long.offenders
