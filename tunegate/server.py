@@ -8,6 +8,14 @@ store (see ``docs/deploy.md``). Each server runs in its own process group with i
 log under ``$TUNEGATE_HOME/logs``; stopping sends SIGINT to both groups, then SIGKILL
 to what has not exited after a grace period.
 
+While it runs, ``tunegate server`` supervises both (:class:`Supervisor`): a server that exits is
+restarted on the same port with the same stores, after a backoff of 1 s doubling up to 30 s, while
+the other keeps serving; after 5 exits within 5 minutes the supervisor gives up on it, stops both
+and the command exits 1 naming the log. Each restart is logged to the console and the server's
+log; ``server.json`` records per server its pid, restarts, last restart and last exit code
+(:func:`supervisor_view` reads them back, ``tunegate status`` shows them). Only SIGINT / SIGTERM
+stop both on purpose.
+
 With ``auth`` the MLflow server runs MLflow's basic-auth app (``--app-name basic-auth``):
 users, passwords and per-model permissions live in ``mlflow/basic_auth.db`` (or
 ``auth_database_url``), configured by ``mlflow/basic_auth.ini``. The admin password
@@ -288,17 +296,22 @@ def start_mlflow(config: ServerConfig) -> Running:
     return Running("MLflow", config.mlflow_url, f"{config.mlflow_url}/health", process, log)
 
 
+def answers(url: str, timeout: float = 5.0) -> bool:
+    """Whether ``url`` (a health endpoint) answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
 def wait_healthy(server: Running, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise ServerError(f"the {server.name} server exited with code {server.process.returncode} while starting; see {server.log}")
-        try:
-            with urllib.request.urlopen(server.health, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
+        if answers(server.health):
+            return
         time.sleep(0.5)
     raise ServerError(f"the {server.name} server did not answer {server.health} within {timeout:.0f}s; see {server.log}")
 
@@ -331,9 +344,20 @@ def state_file(home: Path) -> Path:
     return home / "server.json"
 
 
-def write_state(config: ServerConfig, servers: list[Running]) -> Path:
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def write_state(config: ServerConfig, servers: list[Running], components: dict[str, dict] | None = None,
+                started: str | None = None, policy: RestartPolicy | None = None) -> Path:
+    """Write ``server.json`` (atomically: ``tunegate status`` and clients read it while the supervisor
+    rewrites it). ``components``: per server what the supervisor knows (pid, restarts, last restart,
+    last exit code); without it every server counts as just started."""
     path = state_file(config.home)
-    path.write_text(json.dumps({
+    if components is None:
+        components = {s.name: {"pid": s.process.pid, "state": "running", "url": s.url, "log": str(s.log), "restarts": 0,
+                               "last_restart": None, "last_exit_code": None} for s in servers}
+    text = json.dumps({
         "prefect_url": config.prefect_url,
         "prefect_api_url": config.prefect_api_url,
         "mlflow_url": config.mlflow_url,
@@ -344,9 +368,52 @@ def write_state(config: ServerConfig, servers: list[Running]) -> Path:
         "prefect_database": redact(config.prefect_database_url or f"sqlite under {config.home / 'prefect'}"),
         "pids": {s.name: s.process.pid for s in servers},
         "logs": {s.name: str(s.log) for s in servers},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }, indent=2))
+        "started": started or _now(),
+        "supervisor": {"pid": os.getpid(), **(policy or RestartPolicy()).describe()},
+        "components": components,
+    }, indent=2)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(text)
+    os.replace(partial, path)
     return path
+
+
+def supervisor_view(home: Path) -> dict | None:
+    """What ``server.json`` under ``home`` says about the supervised servers: the supervisor's pid and
+    whether it is alive, and per server (``components``) its pid, state, restarts, last restart time and
+    last exit code. None when there is no (readable) ``server.json``: no ``tunegate server`` runs there."""
+    path = state_file(Path(home))
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict):
+        return None
+    supervisor = state.get("supervisor") or {}
+    components = state.get("components")
+    if not isinstance(components, dict):  # written before supervision: pids and logs only
+        components = {name: {"pid": pid, "state": None, "url": None, "log": (state.get("logs") or {}).get(name),
+                             "restarts": 0, "last_restart": None, "last_exit_code": None}
+                      for name, pid in (state.get("pids") or {}).items()}
+    pid = supervisor.get("pid")
+    return {
+        "state_file": str(path),
+        "started": state.get("started"),
+        "supervisor_pid": pid,
+        "supervisor_alive": _alive(pid) if isinstance(pid, int) else None,
+        "restart_policy": {k: v for k, v in supervisor.items() if k != "pid"},
+        "components": components,
+    }
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process by that pid
+        return True
+    return True
 
 
 def start_all(config: ServerConfig, timeout: float = 180.0) -> list[Running]:
@@ -366,6 +433,182 @@ def start_all(config: ServerConfig, timeout: float = 180.0) -> list[Running]:
         raise
     write_state(config, servers)
     return servers
+
+
+# --- supervision ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When a server that exited is started again, and when the supervisor gives up on it."""
+
+    backoff_base: float = 1.0  # seconds before the first restart; doubled for each further exit in the window
+    backoff_cap: float = 30.0
+    max_failures: int = 5  # exits within ``window`` that make the supervisor give up (and stop both)
+    window: float = 300.0
+    start_timeout: float = 180.0  # a restarted server that does not answer its health check by then has failed
+
+    def delay(self, failures: int) -> float:
+        """The wait before restarting after the ``failures``-th exit within the window (1, 2, 4, ... capped)."""
+        return min(self.backoff_cap, self.backoff_base * 2 ** max(0, failures - 1))
+
+    def describe(self) -> dict:
+        return {"backoff_s": [self.backoff_base, self.backoff_cap], "give_up_after": self.max_failures, "window_s": self.window}
+
+
+def restart_server(name: str, config: ServerConfig) -> Running:
+    """Start server ``name`` ("MLflow" or "Prefect") again: same port, same stores, same log."""
+    starters = {"MLflow": start_mlflow, "Prefect": start_prefect}
+    return starters[name](config)
+
+
+@dataclass
+class Component:
+    """One supervised server and its history."""
+
+    running: Running
+    state: str = "running"  # running | starting (restarted, not yet healthy) | waiting (backoff before a restart)
+    restarts: int = 0
+    last_restart: str | None = None
+    last_exit_code: int | None = None
+    exits: list[float] = field(default_factory=list)  # monotonic times of the exits within the window
+    restart_at: float = 0.0
+    port_wait_until: float = 0.0  # how long a restart waits for the old port to be released
+    started_at: float = 0.0
+
+    def view(self) -> dict:
+        return {
+            "pid": self.running.process.pid if self.state != "waiting" else None,
+            "state": self.state,
+            "url": self.running.url,
+            "log": str(self.running.log),
+            "restarts": self.restarts,
+            "last_restart": self.last_restart,
+            "last_exit_code": self.last_exit_code,
+            "exits_in_window": len(self.exits),
+        }
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL what is left of a server's process group (a uvicorn child outlives a killed ``mlflow server``
+    and would keep the port), then reap the leader."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _log_line(log: Path, message: str) -> None:
+    try:
+        with open(log, "a") as handle:
+            handle.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} tunegate supervisor: {message}\n")
+    except OSError:
+        pass
+
+
+class Supervisor:
+    """Keeps ``servers`` running: a server that exits (or, restarted, does not get healthy) is started again
+    after a backoff, the others untouched; ``servers`` is updated in place, so it always holds what to stop.
+    :meth:`tick` raises ServerError when a server exited ``policy.max_failures`` times within ``policy.window``."""
+
+    def __init__(self, config: ServerConfig, servers: list[Running], policy: RestartPolicy | None = None,
+                 say=None, start=None, clock=time.monotonic) -> None:
+        self.config, self.servers = config, servers
+        self.policy = policy or RestartPolicy()
+        self.say = say or (lambda message: print(message, flush=True))
+        self.start = start or restart_server
+        self.clock = clock
+        self.components = {s.name: Component(s) for s in servers}
+        self.started = (supervisor_view(config.home) or {}).get("started") or _now()  # start_all's, when it wrote one
+
+    def view(self) -> dict[str, dict]:
+        return {name: c.view() for name, c in self.components.items()}
+
+    def write_state(self) -> Path:
+        return write_state(self.config, self.servers, self.view(), started=self.started, policy=self.policy)
+
+    def _replace(self, component: Component, running: Running) -> None:
+        self.servers[:] = [running if s is component.running else s for s in self.servers]
+        component.running = running
+
+    def _port(self, name: str) -> int:
+        return self.config.mlflow_port if name == "MLflow" else self.config.prefect_port
+
+    def tick(self) -> None:
+        now = self.clock()
+        for name, component in self.components.items():
+            if component.state in ("running", "starting"):
+                code = component.running.process.poll()
+                if code is not None:
+                    self._exited(name, component, now, f"exited with code {code}", code)
+                elif component.state == "starting":
+                    if answers(component.running.health, timeout=2):
+                        component.state = "running"
+                        self._tell(component, f"the {name} server answers again at {component.running.url} (pid {component.running.process.pid})")
+                        self.write_state()
+                    elif now - component.started_at > self.policy.start_timeout:
+                        self._exited(name, component, now, f"did not answer {component.running.health} within {self.policy.start_timeout:.0f}s after a restart", None)
+            elif component.state == "waiting" and now >= component.restart_at:
+                self._restart(name, component, now)
+
+    def _tell(self, component: Component, message: str) -> None:
+        self.say(message)
+        _log_line(component.running.log, message)
+
+    def _exited(self, name: str, component: Component, now: float, how: str, code: int | None, kill: bool = True) -> None:
+        if kill:  # its process group: children left behind, or a restarted server that never got healthy
+            _kill_group(component.running.process)
+            code = code if code is not None else component.running.process.returncode
+        if code is not None:  # a restart that could not even spawn keeps the last exit code
+            component.last_exit_code = code
+        component.exits = [t for t in component.exits if now - t < self.policy.window] + [now]
+        failures = len(component.exits)
+        if failures >= self.policy.max_failures:
+            message = (f"the {name} server {how} ({failures} exits within {self.policy.window:.0f}s); "
+                       f"gave up restarting it and stopped the other; see {component.running.log}")
+            _log_line(component.running.log, message)
+            component.state = "failed"
+            raise ServerError(message)
+        delay = self.policy.delay(failures)
+        component.state, component.restart_at = "waiting", now + delay
+        component.port_wait_until = component.restart_at + 10
+        self._tell(component, f"the {name} server {how}; restarting it in {delay:g}s "
+                              f"(exit {failures} of {self.policy.max_failures} allowed within {self.policy.window:.0f}s); see {component.running.log}")
+        self.write_state()
+
+    def _restart(self, name: str, component: Component, now: float) -> None:
+        # The old process group is gone; give the kernel a moment to release the port before the new bind.
+        if not port_free(self.config.host, self._port(name)) and now < component.port_wait_until:
+            component.restart_at = now + 0.5
+            return  # after that, the restarted server's own bind fails and counts as an exit
+        try:
+            running = self.start(name, self.config)
+        except (ServerError, OSError) as error:  # e.g. a secret file that became empty: counts as an exit
+            self._exited(name, component, now, f"could not be restarted ({error})", None, kill=False)
+            return
+        self._replace(component, running)
+        component.restarts += 1
+        component.last_restart = _now()
+        component.state, component.started_at = "starting", now
+        self._tell(component, f"restarted the {name} server (restart {component.restarts}, pid {running.process.pid}) on {running.url}")
+        self.write_state()
+
+    def run(self, should_stop, interval: float = 0.5) -> None:
+        """Tick until ``should_stop()``; raises ServerError when giving up on a server."""
+        self.write_state()
+        while not should_stop():
+            time.sleep(interval)
+            if not should_stop():
+                self.tick()
+
+
+def supervise(config: ServerConfig, servers: list[Running], should_stop, say=None, policy: RestartPolicy | None = None) -> None:
+    """Supervise the started ``servers`` until ``should_stop()`` (see :class:`Supervisor`); ``servers`` is kept
+    current in place, so the caller stops what runs. Raises ServerError (naming the log) on giving up."""
+    Supervisor(config, servers, policy=policy, say=say).run(should_stop)
 
 
 def client_env(config: ServerConfig) -> dict[str, str]:

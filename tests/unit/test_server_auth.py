@@ -189,8 +189,9 @@ def test_write_state_records_auth_and_audit_db(tmp_path):
 
 
 def _server_cli(monkeypatch, tmp_path, args):
-    """Run `tunegate server ARGS` with start_all faked: the MLflow server 'dies' at once, so the
-    command prints what it prints on start and exits 1; nothing is started or signalled."""
+    """Run `tunegate server ARGS` with start_all and the supervisor faked: the MLflow server 'dies' at once
+    and the supervisor gives up on it, so the command prints what it prints on start and exits 1; nothing
+    is started, restarted or signalled."""
     from tunegate.cli import app
 
     started = {}
@@ -204,6 +205,11 @@ def _server_cli(monkeypatch, tmp_path, args):
     monkeypatch.setenv("TUNEGATE_HOME", str(tmp_path))
     monkeypatch.setattr(server, "start_all", fake_start_all)
     monkeypatch.setattr(server, "stop", lambda servers, grace=20.0: {"MLflow": 0})
+
+    def fake_supervise(config, servers, should_stop, say=None, policy=None):
+        raise server.ServerError("the MLflow server exited with code 0 (5 exits within 300s); gave up")
+
+    monkeypatch.setattr(server, "supervise", fake_supervise)
     monkeypatch.setattr(signal, "signal", lambda *a: None)
     result = CliRunner().invoke(app, ["server", *args])
     return result, started.get("config")
