@@ -68,6 +68,31 @@ class ModelEvaluation:
         out["truncated_prompts"] = self.truncated_prompts
         return out
 
+    def to_dict(self) -> dict[str, Any]:
+        """Everything the evaluation holds, JSON-able: per-example scores as ``[key, category, value]``
+        rows by metric, the examples, the token-weighted loss and the truncation count.
+        ``from_dict(json.loads(json.dumps(e.to_dict()))) == e``: a stored evaluation compares like a fresh one."""
+        return {
+            "scores": {metric: [[s.key, s.category, s.value] for s in values] for metric, values in self.scores.items()},
+            "examples": self.examples,
+            "token_weighted_loss": self.token_weighted_loss,
+            "truncated_prompts": self.truncated_prompts,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelEvaluation:
+        """The evaluation :meth:`to_dict` wrote (raises KeyError/ValueError/TypeError on anything else)."""
+        loss = data["token_weighted_loss"]
+        return cls(
+            scores={
+                str(metric): [Score(str(key), str(category), float(value)) for key, category, value in rows]
+                for metric, rows in data["scores"].items()
+            },
+            examples={str(suite): list(rows) for suite, rows in data["examples"].items()},
+            token_weighted_loss=None if loss is None else float(loss),
+            truncated_prompts=int(data["truncated_prompts"]),
+        )
+
 
 def demo_ifeval_items(records: list[dict[str, Any]]) -> list[IFPrompt]:
     """The demo's verifiable families expressed as IFEval instructions, from the frozen eval split."""

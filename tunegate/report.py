@@ -10,7 +10,7 @@ from typing import Any
 
 from tunegate.eval_suites import METRICS
 from tunegate.stats import Delta
-from tunegate.summary import baseline_label
+from tunegate.summary import baseline_evaluation_note, baseline_label
 
 
 def _fmt(value: float) -> str:
@@ -42,12 +42,20 @@ def truncation_note(truncated_prompts: Mapping[str, int] | None) -> list[str]:
     ]
 
 
+def reuse_note(provenance: Mapping[str, Any] | None) -> list[str]:
+    """A paragraph when the baseline's scores were read back from an earlier run, not recomputed."""
+    note = baseline_evaluation_note(dict(provenance) if provenance else None)
+    return [f"Baseline evaluation {note}.", ""] if note else []
+
+
 def render_markdown(
     context: dict[str, Any], deltas: list[Delta], worst: list[dict[str, Any]],
     truncated_prompts: Mapping[str, int] | None = None,
 ) -> str:
     """The evaluation report; ``truncated_prompts`` (e.g. {"baseline": 0, "candidate": 3}, from
-    ``ModelEvaluation.truncated_prompts``) adds a warning when any count is above zero."""
+    ``ModelEvaluation.truncated_prompts``) adds a warning when any count is above zero;
+    ``context["baseline_evaluation"]`` (``EvaluationOutcome.provenance()``) a note when the
+    baseline's evaluation was reused."""
     lines = [
         f"# Evaluation: candidate vs {baseline_label(context['baseline'])}",
         "",
@@ -56,6 +64,7 @@ def render_markdown(
         f"Paired bootstrap {int(context.get('confidence', 0.95) * 100)}% intervals over examples; a regression "
         "is flagged only when its interval excludes zero.",
         "",
+        *reuse_note(context.get("baseline_evaluation")),
         *truncation_note(truncated_prompts),
         "| suite | metric | baseline | candidate | delta | interval | verdict |",
         "|---|---|---:|---:|---:|---|---|",

@@ -19,7 +19,9 @@ def build_summary(
     train: dict[str, Any],
     gate: dict[str, Any],
     registered_version: str | None,
+    baseline_evaluation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """``baseline_evaluation``: where the baseline's scores came from (``tunegate.eval_cache``)."""
     return {
         "run_id": run_id,
         "prefect_flow_run_id": flow_run_id,
@@ -33,6 +35,8 @@ def build_summary(
             "version": baseline.get("version"),
             "metrics": baseline_metrics,
         },
+        # {"reused": true, "from_run": ..., "key": ...} or {"reused": false, "key": ..., "reason": ...}
+        "baseline_evaluation": baseline_evaluation or {"reused": False},
         "candidate": {"metrics": candidate_metrics},
         "train": train,
         "gate": {"passed": gate["passed"], "reasons": gate["reasons"]},
@@ -51,6 +55,14 @@ def baseline_label(baseline: dict[str, Any]) -> str:
     return "the base model (no champion yet)"
 
 
+def baseline_evaluation_note(provenance: dict[str, Any] | None) -> str | None:
+    """The words "reused from run `X` (same model, eval data, suites, code)" when the baseline's
+    evaluation was read back from an earlier run, else None (summary and report)."""
+    if not provenance or not provenance.get("reused"):
+        return None
+    return f"reused from run `{provenance.get('from_run')}` (same model, eval data, suites, code)"
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     if summary.get("outcome") == "nothing_to_do":
         return render_nothing_to_do(summary)
@@ -63,6 +75,10 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"- data md5: `{summary['data_md5']}` ({summary['data']['n_train']} train / {summary['data']['n_eval']} eval records)",
         f"- commit: `{summary['commit']}`",
         f"- baseline: {baseline_label(summary['baseline'])}",
+        *(
+            [f"- baseline evaluation: {baseline_evaluation_note(summary['baseline_evaluation']) or 'computed in this run'}"]
+            if "baseline_evaluation" in summary else []
+        ),
         "",
         "| metric | baseline | candidate | delta |",
         "|---|---:|---:|---:|",
