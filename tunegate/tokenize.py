@@ -202,15 +202,23 @@ class _DirectTemplate:
         except Exception:  # no template, a template error: the reference render raises it as apply_chat_template does
             return None
 
-    def render_with_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> tuple[str, str] | None:
-        """(full, prompt) as :func:`render_with_prompt` renders them, or None: render it that way."""
+    def takes(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> tuple[bool, list[dict[str, Any]] | None]:
+        """(whether the direct render takes template-ready ``messages`` and ``tools`` as they are,
+        the ``tools`` it passes the template: None where :func:`render` passes none)."""
         for m in messages:
-            if not m.keys() <= _MESSAGE_KEYS or any(type(v) is not str for k, v in m.items() if k != "tool_calls"):
-                return None
+            if type(m) is not dict or not m.keys() <= _MESSAGE_KEYS or any(type(v) is not str for k, v in m.items() if k != "tool_calls"):
+                return False, None
             if "tool_calls" in m and not _plain_json(m["tool_calls"]):
-                return None
+                return False, None
         tools = tools if tools and self.native_tools else None
         if tools is not None and not (all(type(t) is dict for t in tools) and _plain_json(tools)):
+            return False, None
+        return True, tools
+
+    def render_with_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> tuple[str, str] | None:
+        """(full, prompt) as :func:`render_with_prompt` renders them, or None: render it that way."""
+        ok, tools = self.takes(messages, tools)
+        if not ok:
             return None
         full = self.render(messages, tools, False)
         prompt = self.render(messages[:-1], tools, True) if full is not None else None
@@ -232,6 +240,21 @@ def token_offsets(tokenizer, texts: list[str]) -> list[list[tuple[int, int]]]:
         if backend.truncation is None and backend.padding is None:
             return [encoding.offsets for encoding in backend.encode_batch(texts, add_special_tokens=False)]
     return tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+
+
+def token_ids_offsets(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """(input_ids, offset_mapping) of each text as ``tokenizer(text, add_special_tokens=False,
+    return_offsets_mapping=True)`` gives them, read from the fast tokenizer's encodings in one batch
+    (set up as :func:`token_offsets` does)."""
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is not None:
+        tokenizer([""], add_special_tokens=False)
+        if backend.truncation is None and backend.padding is None:
+            return [(encoding.ids, encoding.offsets) for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    return list(zip(encoded["input_ids"], encoded["offset_mapping"]))
 
 
 def assistant_spans(tokenizer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, eot: str | None = None) -> tuple[str, list[tuple[int, int]]]:
@@ -292,8 +315,56 @@ def tokenize_conversation(
     return TokenizedExample(ids[:max_length], labels[:max_length])
 
 
+def span_labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """The labels :func:`tokenize_conversation` gives tokens ``ids`` starting at ``offsets``: a token's
+    id where it starts inside the span the scan over ``spans`` is at, else IGNORE.
+
+    The same scan, with less work per token: a span is only looked up again once a token starts
+    at or after the end of the current one (the scan never goes back), and once past the last
+    span every label is IGNORE. A token's label depends on it and the tokens before it only, so
+    the labels of a prefix of the tokens are the prefix of the labels.
+    """
+    count = min(len(ids), len(offsets))
+    n = len(spans)
+    if n == 0:
+        return [IGNORE] * count
+    labels: list[int] = []
+    append = labels.append
+    index = 0
+    low, high = spans[0]
+    for k, (token_id, (begin, _end)) in enumerate(zip(ids, offsets)):
+        if begin >= high:
+            index += 1
+            while index < n and begin >= spans[index][1]:
+                index += 1
+            if index == n:
+                labels += [IGNORE] * (count - k)
+                break
+            low, high = spans[index]
+        append(token_id if low <= begin else IGNORE)  # begin < high here
+    return labels
+
+
+TOKENIZE_CHUNK = 2000  # records rendered and tokenised per batch: bounds the memory the encodings take
+
+
 def tokenize_records(tokenizer, records: list[dict[str, Any]], max_length: int, last_turn_only: bool = False) -> list[TokenizedExample]:
-    """Tokenise every record; a record left with no trainable token fails, naming it."""
+    """Tokenise every record; a record left with no trainable token fails, naming it.
+
+    Batched: each chunk of records is rendered with the template compiled once
+    (:class:`_DirectTemplate`: the full conversation and the prefixes :func:`assistant_spans`
+    renders) and tokenised in one call of the fast tokenizer (:func:`token_ids_offsets`). A record
+    the batched path cannot promise the reference's result for (content the direct render does not
+    take as it is, a template error, a template that is not prefix-stable, any other error) goes
+    through :func:`tokenize_conversation` as in :func:`tokenize_records_per_record`, in its turn,
+    so its example or its error is the reference's (tests/unit/test_tokenize_batch.py).
+    """
+    return _tokenize_records_batched(tokenizer, records, max_length, last_turn_only, TOKENIZE_CHUNK)
+
+
+def tokenize_records_per_record(tokenizer, records: list[dict[str, Any]], max_length: int, last_turn_only: bool = False) -> list[TokenizedExample]:
+    """The reference for :func:`tokenize_records`: each record rendered with ``apply_chat_template``
+    and tokenised with the tokenizer's own call, one at a time."""
     eot = end_of_turn(tokenizer)
     with unbounded_length(tokenizer):
         examples = []
@@ -301,15 +372,97 @@ def tokenize_records(tokenizer, records: list[dict[str, Any]], max_length: int, 
             example = tokenize_conversation(
                 tokenizer, record["messages"], max_length, last_turn_only, tools=record_tools(record), eot=eot
             )
-            if example.trainable == 0:
-                source = record.get("source") or {}
-                where = f"{source.get('file', '?')} record {source.get('index', '?')} (id {record.get('id')})"
-                weights_off = all(m.get("loss_weight", 1) == 0 for m in record["messages"] if m["role"] == "assistant")
-                why = (
-                    "every assistant turn has loss_weight 0" if weights_off else
-                    f"every label is masked after truncation to {max_length} tokens (the prompt fills the context); "
-                    "drop it with validation.rules.response_truncated=drop or raise train.max_length"
-                )
-                raise AllMaskedError(f"{where}: {why}")
+            _check_trainable(record, example, max_length)
             examples.append(example)
         return examples
+
+
+def _check_trainable(record: dict[str, Any], example: TokenizedExample, max_length: int) -> None:
+    """Raise :class:`AllMaskedError`, naming the record, when ``example`` has no trainable token."""
+    if example.trainable == 0:
+        source = record.get("source") or {}
+        where = f"{source.get('file', '?')} record {source.get('index', '?')} (id {record.get('id')})"
+        weights_off = all(m.get("loss_weight", 1) == 0 for m in record["messages"] if m["role"] == "assistant")
+        why = (
+            "every assistant turn has loss_weight 0" if weights_off else
+            f"every label is masked after truncation to {max_length} tokens (the prompt fills the context); "
+            "drop it with validation.rules.response_truncated=drop or raise train.max_length"
+        )
+        raise AllMaskedError(f"{where}: {why}")
+
+
+def _batched_tokenizer(tokenizer) -> bool:
+    """Whether the tokenizer's call is transformers' own fast-tokenizer call (what :func:`token_ids_offsets` reads directly)."""
+    try:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        return False
+    if not (isinstance(tokenizer, TokenizersBackend) and getattr(tokenizer, "is_fast", False)):
+        return False
+    cls = type(tokenizer)
+    return all(getattr(cls, name) is getattr(TokenizersBackend, name) for name in ("__call__", "_encode_plus", "_convert_encoding"))
+
+
+def _tokenize_records_batched(
+    tokenizer, records: list[dict[str, Any]], max_length: int, last_turn_only: bool, chunk_size: int,
+) -> list[TokenizedExample]:
+    direct = _DirectTemplate.for_tokenizer(tokenizer)
+    if direct is None or not _batched_tokenizer(tokenizer) or type(records) not in (list, tuple):
+        return tokenize_records_per_record(tokenizer, records, max_length, last_turn_only)
+    eot = end_of_turn(tokenizer)
+    examples: list[TokenizedExample] = []
+    with unbounded_length(tokenizer):
+        for start in range(0, len(records), max(1, chunk_size)):
+            chunk = records[start : start + max(1, chunk_size)]
+            planned = [_planned_spans(direct, tokenizer, record, eot) for record in chunk]
+            try:
+                encodings = token_ids_offsets(tokenizer, [plan[0] for plan in planned if plan is not None])
+            except Exception:  # a text the tokenizer refuses: the reference raises it at its record
+                examples += tokenize_records_per_record(tokenizer, chunk, max_length, last_turn_only)
+                continue
+            encoded = iter(encodings)
+            for record, plan in zip(chunk, planned):
+                if plan is None:
+                    example = tokenize_conversation(
+                        tokenizer, record["messages"], max_length, last_turn_only, tools=record_tools(record), eot=eot
+                    )
+                else:
+                    ids, offsets = next(encoded)
+                    spans = plan[1][-1:] if last_turn_only else plan[1]
+                    ids = ids[:max_length]
+                    example = TokenizedExample(ids, span_labels(ids, offsets[: len(ids)], spans))
+                _check_trainable(record, example, max_length)
+                examples.append(example)
+    return examples
+
+
+def _planned_spans(direct: _DirectTemplate, tokenizer, record: dict[str, Any], eot: str | None) -> tuple[str, list[tuple[int, int]]] | None:
+    """:func:`assistant_spans` of the record through the compiled template, or None: take the reference path."""
+    try:
+        messages = record["messages"]
+        if type(messages) is not list or not all(type(m) is dict for m in messages):
+            return None
+        tools = record_tools(record)
+        view = template_messages(tokenizer, messages, tools)
+        ok, template_tools = direct.takes(view, tools)
+        if not ok:
+            return None
+        offset = len(view) - len(messages)
+        full = direct.render(view, template_tools, False)
+        if full is None:
+            return None
+        spans = []
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant" or message.get("loss_weight", 1) == 0:
+                continue
+            j = i + offset
+            start_text = direct.render(view[:j], template_tools, True)
+            end_text = full if j + 1 == len(view) else direct.render(view[: j + 1], template_tools, False)
+            if start_text is None or end_text is None:
+                return None
+            if not (end_text.startswith(start_text) and full.startswith(end_text)):
+                return None  # the reference raises its TemplateError
+            spans.append((len(start_text), turn_end(end_text, len(start_text), message["content"], eot)))
+        return full, spans
+    except Exception:
+        return None
