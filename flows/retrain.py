@@ -14,6 +14,7 @@ from prefect.states import Completed
 from tasks.data import prepare_data, validate_data
 from tasks.freshness import check_unchanged, skip_run
 from tasks.evaluate import compare_models, evaluate, resolve_baseline
+from tasks.queue import run_slot
 from tasks.promote import apply_review, approval_form, gate, register_candidate
 from tasks.tracking import finish_run, load_run_params, record_failure, start_run
 from tasks.train import tune
@@ -32,20 +33,22 @@ def retrain(
     inputs equal the champion's or a waiting candidate's end as "nothing to do" unless ``force``."""
     params = load_run_params(params_file, overrides or [])
     ctx = start_run(params, params_file, resume_run_id, trigger)
-    data = prepare_data(params, ctx)
-    freshness = check_unchanged(params, ctx, data, force)
-    if freshness["skip"]:
-        summary = skip_run(params, ctx, data, freshness)
-        return Completed(name="Nothing to do", message=freshness["reason"], data=summary)
-    data = validate_data(params, data, ctx)
-    tuned = tune(params, data, ctx)
-    baseline = resolve_baseline(params, ctx)
-    baseline_eval = evaluate(params, data, ctx, "baseline", baseline.model_dir)
-    candidate_eval = evaluate(params, data, ctx, "candidate", tuned.model_dir)
-    comparison = compare_models(params, ctx, data, baseline, baseline_eval, candidate_eval)
-    decision = gate(params, comparison, ctx)
-    version = register_candidate(params, ctx, data, baseline, decision, tuned.model_uri) if decision["passed"] else None
-    summary = finish_run(params, ctx, data, baseline, comparison, tuned, decision, version)
+    # One run of this model at a time from data to registration: a second one waits here (tasks.queue).
+    with run_slot(params, ctx):
+        data = prepare_data(params, ctx)
+        freshness = check_unchanged(params, ctx, data, force)
+        if freshness["skip"]:
+            summary = skip_run(params, ctx, data, freshness)
+            return Completed(name="Nothing to do", message=freshness["reason"], data=summary)
+        data = validate_data(params, data, ctx)
+        tuned = tune(params, data, ctx)
+        baseline = resolve_baseline(params, ctx)
+        baseline_eval = evaluate(params, data, ctx, "baseline", baseline.model_dir, baseline.version)
+        candidate_eval = evaluate(params, data, ctx, "candidate", tuned.model_dir)
+        comparison = compare_models(params, ctx, data, baseline, baseline_eval, candidate_eval)
+        decision = gate(params, comparison, ctx)
+        version = register_candidate(params, ctx, data, baseline, decision, tuned.model_uri) if decision["passed"] else None
+        summary = finish_run(params, ctx, data, baseline, comparison, tuned, decision, version)
     if version and wait_for_approval:
         # A person answers in the Prefect UI (or resume_flow_run); the same promotion logic as the CLI runs.
         answer = pause_flow_run(wait_for_input=approval_form(summary), timeout=7 * 24 * 3600)

@@ -1,9 +1,34 @@
-"""Small values passed between tasks."""
+"""Small values passed between tasks, and what every task shares (retries, timing)."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def timed(stage: str) -> Callable[[F], F]:
+    """Add the function's seconds to the run's stage timings (``tunegate.timings``); ``stage`` may name
+    arguments, e.g. ``"evaluation_{role}"``. Goes under ``@task`` so a retried attempt counts too."""
+
+    def decorate(fn: F) -> F:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from tunegate import timings
+
+            name = stage.format(**signature.bind_partial(*args, **kwargs).arguments) if "{" in stage else stage
+            with timings.stage(name):
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 def transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -29,6 +54,7 @@ class RunContext:
     work_dir: str
     code: str = ""  # commit, plus a hash of the diff when the tree was dirty
     trigger: str = "manual"
+    initiator: str = ""
 
 
 @dataclass(frozen=True)

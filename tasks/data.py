@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from tasks.common import RETRY_TRANSIENT, DataRef, RunContext
+from tasks.common import RETRY_TRANSIENT, DataRef, RunContext, timed
 from tunegate import dvc_adapter, tracking
 from tunegate.dataset import build_dataset, validate_splits, without
 from tunegate.modeling import load_tokenizer
@@ -21,6 +21,7 @@ from tunegate.validation import DataError, error_message, save_report
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
+@timed("data")
 def prepare_data(params: Params, ctx: RunContext) -> DataRef:
     """``dvc repro`` the data stage (a no-op when nothing changed), convert the sources, log md5s."""
     logger = get_run_logger()
@@ -66,6 +67,7 @@ def prepare_data(params: Params, ctx: RunContext) -> DataRef:
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
+@timed("validation")
 def validate_data(params: Params, data: DataRef, ctx: RunContext) -> DataRef:
     """Run the expectation suites; an error rule stops the flow before tuning, 'drop' rules filter."""
     logger = get_run_logger()

@@ -9,20 +9,20 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from tasks.common import RETRY_TRANSIENT, BaselineRef, DataRef, RunContext
-from tunegate import tracking
+from tasks.common import RETRY_TRANSIENT, BaselineRef, DataRef, RunContext, timed
+from tasks.queue import compute_slot
+from tunegate import eval_cache, timings, tracking
 from tunegate.promotion import record
-from tunegate.eval_suites import ModelEvaluation, compare, evaluate_suites, load_items_md5, worst_regressions
-from tunegate.modeling import load_base_model, load_saved_model, load_tokenizer
+from tunegate.eval_cache import EvaluationOutcome
+from tunegate.eval_suites import ModelEvaluation, compare, load_items_md5, worst_regressions
 from tunegate.params import Params
 from tunegate.paths import tunegate_home
 from tunegate.report import plots, render_html, render_markdown
 from tunegate.summary import baseline_label
-from tunegate.seeding import seed_everything
-from tunegate.sources import read_canonical
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
+@timed("baseline")
 def resolve_baseline(params: Params, ctx: RunContext) -> BaselineRef:
     """The version under alias ``champion``, or the base model when there is none."""
     logger = get_run_logger()
@@ -39,37 +39,90 @@ def resolve_baseline(params: Params, ctx: RunContext) -> BaselineRef:
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
-def evaluate(params: Params, data: DataRef, ctx: RunContext, role: str, model_dir: str | None) -> ModelEvaluation:
-    """Score one model (``model_dir`` None: the base model) on every enabled suite."""
+@timed("evaluation_{role}")
+def evaluate(
+    params: Params, data: DataRef, ctx: RunContext, role: str, model_dir: str | None, version: str | None = None,
+) -> EvaluationOutcome:
+    """Score one model (``model_dir`` None: the base model) on every enabled suite.
+
+    ``role`` "candidate": the model this run trained; "baseline": the base model, or the registered
+    ``version`` downloaded to ``model_dir``. A baseline that an earlier finished run evaluated with
+    the same model, eval data, suites and evaluation code is read back from that run instead
+    (:mod:`tunegate.eval_cache`; ``eval.reuse_baseline: false`` turns it off); anything wrong with the
+    stored one and it is evaluated here. Either way the run logs the same metrics and
+    ``evaluation/<role>.json``, tagged with the evaluation's key for later runs.
+    """
     logger = get_run_logger()
-    seed_everything(params.project.seed)
-    if model_dir is None:
-        model = load_base_model(params.base_model_path())
-        tokenizer = load_tokenizer(params.base_model_path(), params.model.chat_template)
+    key, earlier, reason = None, None, ""
+    try:
+        if role == "candidate":
+            trained_by = ctx.run_id
+        else:
+            trained_by = tracking.get_version(params.model.registered_name, version).run_id if version else None
+        key = eval_cache.make_key(params, data.eval_md5, model_dir, trained_by)
+    except Exception as error:  # no key: evaluate, and leave nothing for later runs to reuse
+        reason = f"no evaluation key ({type(error).__name__}: {error})"
+        logger.warning("%s: %s", role, reason)
+    if key is not None and role == "baseline":
+        if not params.eval.reuse_baseline:
+            reason = "reuse turned off (eval.reuse_baseline: false)"
+        else:
+            try:
+                earlier, problems = eval_cache.find_earlier(params.project.name, key, exclude_run=ctx.run_id)
+            except Exception as error:
+                problems = [f"searching the runs failed: {type(error).__name__}: {error}"]
+            for problem in problems:
+                logger.warning("%s: cannot reuse %s", role, problem)
+            reason = "earlier evaluations unusable: " + "; ".join(problems) if problems else "no earlier evaluation with this key"
+    if earlier is not None:
+        outcome = EvaluationOutcome(earlier.evaluation, key, earlier.run_id, earlier.computed_in)
+        logger.info(
+            "%s: evaluation reused from run %s (same model, eval data, suites, code; key %s)",
+            role, earlier.run_id, key.digest[:16],
+        )
     else:
-        model, tokenizer = load_saved_model(Path(model_dir))
-    records = read_canonical(Path(data.eval_path))
-    result = evaluate_suites(
-        model, tokenizer, records, params.eval, progress=lambda suite: logger.info("%s: %s", role, suite)
-    )
+        if role == "baseline":
+            logger.info("%s: evaluating (%s)", role, reason)
+        with compute_slot(params, ctx, f"{role} evaluation") as waited:  # the machine's slots bound evaluation too
+            timings.waited(f"evaluation_{role}", waited)
+            result = eval_cache.compute(params, data.eval_path, model_dir, progress=lambda suite: logger.info("%s: %s", role, suite))
+        outcome = EvaluationOutcome(result, key, None, ctx.run_id, reason)
+    result = outcome.evaluation
     summary = result.summary()
     flat = {f"{role}_{k}": v for k, v in summary.items() if isinstance(v, (int, float))}
     flat.update({f"{role}_exact_match.{family}": value for family, value in summary["per_family"].items()})
     tracking.log_metrics(ctx.run_id, flat)
-    tracking.log_dict(ctx.run_id, {"metrics": summary, "examples": result.examples}, f"evaluation/{role}.json")
+    tracking.log_dict(ctx.run_id, eval_cache.artifact(result, key, outcome.computed_in), f"evaluation/{role}.json")
+    tracking.set_tags(ctx.run_id, eval_cache.tags(role, key, outcome.reused_from))  # after the artifact it names
     logger.info(
         "%s: exact match %.3f, response loss %.3f", role, summary.get("exact_match", 0.0), summary.get("response_loss", 0.0)
     )
-    return result
+    return outcome
+
+
+def _evaluation(value: EvaluationOutcome | ModelEvaluation) -> ModelEvaluation:
+    return value.evaluation if isinstance(value, EvaluationOutcome) else value
+
+
+def _provenance(value: EvaluationOutcome | ModelEvaluation) -> dict[str, Any]:
+    if isinstance(value, EvaluationOutcome):
+        return value.provenance()
+    return {"reused": False, "key": None, "reason": "evaluated in this run"}
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
+@timed("compare")
 def compare_models(
     params: Params, ctx: RunContext, data: DataRef, baseline: BaselineRef,
-    baseline_eval: ModelEvaluation, candidate_eval: ModelEvaluation,
+    baseline_eval: EvaluationOutcome | ModelEvaluation, candidate_eval: EvaluationOutcome | ModelEvaluation,
 ) -> dict[str, Any]:
-    """Deltas with bootstrap intervals, and the report (markdown + HTML with plots) everywhere it belongs."""
+    """Deltas with bootstrap intervals, and the report (markdown + HTML with plots) everywhere it belongs.
+
+    The evaluations are what :func:`evaluate` returned (or plain :class:`ModelEvaluation` s); where the
+    baseline's came from goes to the report and, as ``baseline_evaluation``, to the run summary."""
     logger = get_run_logger()
+    provenance = _provenance(baseline_eval)
+    baseline_eval, candidate_eval = _evaluation(baseline_eval), _evaluation(candidate_eval)
     deltas = compare(baseline_eval, candidate_eval, params.eval)
     worst = worst_regressions(baseline_eval, candidate_eval)
     eval_md5s = load_items_md5(params.eval)
@@ -84,6 +137,7 @@ def compare_models(
     context = {
         "run_id": ctx.run_id, "model_name": params.model.registered_name, "eval_md5": data.eval_md5 or "",
         "baseline": {"source": baseline.source, "version": baseline.version}, "confidence": params.eval.confidence,
+        "baseline_evaluation": provenance,
     }
     truncated = {"baseline": baseline_eval.truncated_prompts, "candidate": candidate_eval.truncated_prompts}
     markdown = render_markdown(context, deltas, worst, truncated_prompts=truncated)
@@ -103,6 +157,7 @@ def compare_models(
     logger.info("evaluation report: %s (%d regression(s) flagged)", out_dir / "evaluation.html", len(regressions))
     return {
         "baseline_metrics": baseline_eval.summary(),
+        "baseline_evaluation": provenance,
         "candidate_metrics": candidate_eval.summary(),
         "deltas": [d.to_dict() for d in deltas],
         "report": str(out_dir / "evaluation.html"),

@@ -9,8 +9,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-from tasks.common import RETRY_TRANSIENT, DataRef, RunContext
-from tunegate import tracking
+from tasks.common import RETRY_TRANSIENT, DataRef, RunContext, timed
+from tunegate import timings, tracking
 from tunegate.freshness import Reference, RunInputs, check
 from tunegate.params import Params
 from tunegate.promotion import record
@@ -25,6 +25,7 @@ def _reference(role: str, ref: tracking.VersionRef | None) -> Reference | None:
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
+@timed("freshness")
 def check_unchanged(params: Params, ctx: RunContext, data: DataRef, force: bool = False) -> dict[str, Any]:
     """Compare this run's data md5s, params and code with the champion's and a waiting candidate's runs."""
     name = params.model.registered_name
@@ -60,7 +61,9 @@ def skip_run(params: Params, ctx: RunContext, data: DataRef, freshness: dict[str
         "matched": matched,
         "registered_version": None,
         "gate": None,
+        "timings": timings.snapshot(),
     }
+    tracking.log_metrics(ctx.run_id, timings.as_metrics(summary["timings"]))
     markdown = render_markdown(summary)
     tracking.set_tags(ctx.run_id, {"tunegate.outcome": "nothing_to_do", "tunegate.matched_version": matched["version"]})
     tracking.log_dict(ctx.run_id, summary, "summary/summary.json")

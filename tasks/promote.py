@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 from prefect.input import RunInput
 from prefect.cache_policies import NONE
 
-from tasks.common import RETRY_TRANSIENT, BaselineRef, DataRef, RunContext
+from tasks.common import RETRY_TRANSIENT, BaselineRef, DataRef, RunContext, timed
 from tunegate import promotion, tracking
 from tunegate.promotion import record
 from tunegate.gate import decide_promotion
@@ -16,6 +16,7 @@ from tunegate.params import Params
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
+@timed("gate")
 def gate(params: Params, comparison: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     logger = get_run_logger()
     decision = decide_promotion(
@@ -35,6 +36,7 @@ def gate(params: Params, comparison: dict[str, Any], ctx: RunContext) -> dict[st
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
+@timed("register")
 def register_candidate(params: Params, ctx: RunContext, data: DataRef, baseline: BaselineRef, decision: dict[str, Any], model_uri: str) -> str:
     """Register the run's model as a new version and point alias ``candidate`` at it."""
     if not decision["passed"]:

@@ -11,28 +11,36 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-from tasks.common import RETRY_TRANSIENT, BaselineRef, DataRef, RunContext
-from tunegate import audit, failures, tracking
+from tasks.common import RETRY_TRANSIENT, BaselineRef, DataRef, RunContext, timed
+from tunegate import audit, failures, timings, tracking
 from tunegate.gitinfo import code_fingerprint, git_commit
 from tunegate.params import Params, dump_params, load_params
 from tunegate.paths import repo_root, tunegate_home
 from tunegate.identity import actor_identity
+from tunegate.operations import process_tags
 from tunegate.promotion import detach_candidate, record
 from tunegate.summary import build_summary, render_markdown
 
 
 @task(cache_policy=NONE)
+@timed("params")
 def load_run_params(params_file: str, overrides: list[str]) -> Params:
     """Load the params and run the preflight, so a scheduled or served run with a mistake fails
     here, before an MLflow run opens (raises :class:`tunegate.preflight.PreflightError`)."""
     from tunegate.preflight import check_preflight
 
+    timings.reset()  # before @timed adds this task's seconds
     params = load_params(Path(params_file), overrides)
     check_preflight(params, params_file=params_file, command="retrain flow")
+    from tunegate import runqueue
+
+    budget = runqueue.apply_thread_budget(runqueue.machine_slots(params.runs.machine_slots))  # served runs too
+    get_run_logger().info("%s", budget.describe())
     return params
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
+@timed("start_run")
 def start_run(params: Params, params_file: str, resume_run_id: str | None = None, trigger: str = "manual") -> RunContext:
     """Open the MLflow run (or reopen ``resume_run_id``), log every resolved param and the code version."""
     logger = get_run_logger()
@@ -51,6 +59,8 @@ def start_run(params: Params, params_file: str, resume_run_id: str | None = None
         "tunegate.model_name": params.model.registered_name,
         "tunegate.initiator": initiator.name,
         "tunegate.initiator_authenticated": str(initiator.authenticated).lower(),
+        # Where the run's process lives: `tunegate status` marks the run crashed when it is gone.
+        **process_tags(),
     }
     if resume_run_id:
         run_id = tracking.reopen_run(resume_run_id, params.flat(), tags)
@@ -69,7 +79,7 @@ def start_run(params: Params, params_file: str, resume_run_id: str | None = None
         model_name=params.model.registered_name, commit=commit,
     )
     logger.info("MLflow run %s (commit %s%s), started by %s", run_id, commit[:12], ", dirty tree" if dirty else "", trigger)
-    return RunContext(run_id=run_id, commit=commit, work_dir=str(work_dir), code=code, trigger=trigger)
+    return RunContext(run_id=run_id, commit=commit, work_dir=str(work_dir), code=code, trigger=trigger, initiator=initiator.name)
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
@@ -97,10 +107,13 @@ def finish_run(
         train=asdict(tuned),
         gate=decision,
         registered_version=registered_version,
+        baseline_evaluation=comparison.get("baseline_evaluation"),
     )
     summary["evaluation"] = {"deltas": comparison["deltas"], "report": comparison["report"]}
     summary["outcome"] = "registered" if registered_version else "gate_failed"
     summary["trigger"] = ctx.trigger
+    summary["timings"] = timings.snapshot()
+    tracking.log_metrics(ctx.run_id, timings.as_metrics(summary["timings"]))
     markdown = render_markdown(summary)
     tracking.log_dict(ctx.run_id, summary, "summary/summary.json")
     tracking.log_text(ctx.run_id, markdown, "summary/summary.md")

@@ -8,13 +8,14 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from tasks.common import RETRY_TRANSIENT, DataRef, RunContext
-from tunegate import tracking
+from tasks.common import RETRY_TRANSIENT, DataRef, RunContext, timed
+from tasks.queue import compute_slot
+from tunegate import timings, tracking
 from tunegate.promotion import record
 from tunegate.modeling import read_model_info
 from tunegate.params import Params
 from tunegate.sources import read_canonical
-from tunegate.training import train_model
+from tunegate.training import latest_checkpoint, train_model
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,13 @@ class TunedModel:
     tokens_per_second: float
     resumed_from: str | None = None
     chat_template: str = ""  # the template the data was rendered with (tunegate.templates.template_id)
+    num_tokens: int = 0
+    started_at: float = 0.0  # epoch seconds: when this run's (last attempt's) training began and ended
+    finished_at: float = 0.0
 
 
 @task(cache_policy=NONE, timeout_seconds=6 * 3600, **RETRY_TRANSIENT)
+@timed("tuning")
 def tune(params: Params, data: DataRef, ctx: RunContext) -> TunedModel:
     logger = get_run_logger()
     records = read_canonical(Path(data.train_path))
@@ -43,7 +48,12 @@ def tune(params: Params, data: DataRef, ctx: RunContext) -> TunedModel:
         tracking.log_artifacts(ctx.run_id, path, "checkpoints/latest")
         tracking.set_tags(ctx.run_id, {"tunegate.latest_checkpoint": path.name})
 
-    result = train_model(params, records, Path(ctx.work_dir), log_step=log_step, log_checkpoint=log_checkpoint)
+    earlier = latest_checkpoint(Path(ctx.work_dir) / "checkpoints")
+    if earlier is not None:  # an earlier attempt of this task, or the run resumed with --resume
+        logger.info("resuming training from step %s (checkpoint %s)", earlier.name.split("-")[-1], earlier)
+    with compute_slot(params, ctx, "training") as waited:
+        timings.waited("tuning", waited)
+        result = train_model(params, records, Path(ctx.work_dir), log_step=log_step, log_checkpoint=log_checkpoint)
     if result.resumed_from:
         logger.info("resumed from %s", result.resumed_from)
     tracking.log_params(ctx.run_id, {f"trainer.{k}": v for k, v in result.trainer_args.items()})
@@ -82,4 +92,5 @@ def tune(params: Params, data: DataRef, ctx: RunContext) -> TunedModel:
     return TunedModel(
         str(result.model_dir), model_uri, result.final_loss, result.global_step,
         result.train_runtime_s, result.tokens_per_second, result.resumed_from, info.chat_template,
+        result.num_tokens, round(result.started_at, 3), round(result.finished_at, 3),
     )

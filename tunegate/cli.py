@@ -64,8 +64,8 @@ def _load(params: str, overrides: list[str], json_out: bool = False):
         _fail(str(error), code=2, json_out=json_out)
 
 
-@app.command()
-def run(
+@app.command("run")
+def run_command(
     params: ParamsOption = DEFAULT_PARAMS,
     set_: SetOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object on the last line: the summary, or {outcome: failed, error}")] = False,
@@ -77,35 +77,109 @@ def run(
     Params, data and eval files, the base model, its tokenizer and template and the hardware are
     checked first (the preflight): any problem stops the command (exit 2) before anything starts.
     """
+    run(params, set_, json_out, resume, wait_for_approval)
+
+
+def main() -> None:
+    """The ``tunegate`` command: the app, then :func:`_exit_fast` with its exit code."""
+    try:
+        app()
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        if not isinstance(done.code, (int, type(None))):
+            print(done.code, file=sys.stderr)
+    _exit_fast(code)
+
+
+def _own_process() -> bool:
+    """Whether this process was started to run the command (not a program calling it, like CliRunner)."""
+    return Path(sys.argv[0]).name in ("tunegate", "cli.py", "__main__.py")
+
+
+def _exit_fast(code: int) -> NoReturn:
+    """End the process once the atexit handlers ran (Prefect stops its temporary server, logs flush):
+    the interpreter's own teardown of the loaded stack takes ~8 s and does nothing a run needs.
+    Inside another program (tests' CliRunner) it just raises ``typer.Exit``."""
+    import atexit
     import os
+
+    if not _own_process():
+        raise typer.Exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if "prefect" in sys.modules:  # ship the last logs and events while the temporary server still runs:
+        try:  # atexit stops the server first, and flushing to a stopped one waits out a 5 s timeout
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=5)
+            EventsWorker.drain_all(timeout=5)
+        except Exception:  # nothing of the run depends on it
+            pass
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run(
+    params: str = DEFAULT_PARAMS,
+    set_: list[str] | None = None,
+    json_out: bool = False,
+    resume: str | None = None,
+    wait_for_approval: bool | None = None,
+) -> None:
+    import os
+    import time
 
     from tunegate.paths import configure_environment
 
     overrides = list(set_ or [])
     loaded = _load(params, overrides, json_out=json_out)
     configure_environment()
+    from tunegate import runqueue
+
+    try:  # threads = cores / machine slots, set before torch is imported (OpenMP reads them once)
+        runqueue.apply_thread_budget(runqueue.machine_slots(loaded.runs.machine_slots))
+    except ValueError as error:
+        _fail(str(error), code=2, json_out=json_out)
     wait = bool(os.environ.get("PREFECT_API_URL")) if wait_for_approval is None else wait_for_approval
     if wait and not os.environ.get("PREFECT_API_URL"):
         _fail("--wait-for-approval needs a Prefect server to answer the form in (set PREFECT_API_URL)", code=2, json_out=json_out)
+    # The temporary Prefect server (creating its database on a new home) starts on a thread while this
+    # process checks and imports the pipeline; inside another program (tests) only once the preflight passed.
+    server_start = _start_prefect_in_background() if _own_process() else None
     from tunegate.preflight import format_problems, run_preflight
 
     problems = run_preflight(loaded, params_file=params)
     if problems:
         _fail(format_problems(problems, "tunegate run"), code=2, json_out=json_out)
-
-    from tunegate.validation import DataError
-
+    if resume:
+        _refuse_live_resume(resume, json_out)
     console = _console(stderr=json_out)
     console.rule(f"tunegate run: {loaded.model.registered_name}")
-    try:
-        from flows.retrain import retrain
+    slot = _take_run_slot(loaded, console, json_out)  # runs start in the order they were started
+    if server_start is None:
+        server_start = _start_prefect_in_background()
 
-        summary = retrain(params_file=str(_params_path(params)), overrides=overrides, resume_run_id=resume, wait_for_approval=wait)
+    from tunegate import timings
+    from tunegate.validation import DataError
+
+    try:
+        from flows.retrain import retrain  # imports the pipeline (torch, transformers, peft, trl, ...)
+
+        _warm_imports()
+        api_url = server_start.wait()
+        timings.carry("server_start", server_start.seconds)
+        with slot, _prefect_api(api_url):
+            summary = retrain(params_file=str(_params_path(params)), overrides=overrides, resume_run_id=resume, wait_for_approval=wait)
     except DataError as error:
         _fail(str(error), json_out=json_out)
     except Exception as error:  # the flow run and the MLflow run record the details
         _fail(_flow_error_message(error), json_out=json_out)
     summary.setdefault("outcome", "registered" if summary.get("registered_version") else "gate_failed")
+    _add_wall_time(summary, time.time())
     from rich.markdown import Markdown
 
     from tunegate.summary import render_markdown
@@ -113,6 +187,124 @@ def run(
     console.print(Markdown(render_markdown(summary)))
     if json_out:
         print(json.dumps(summary, default=str))
+
+
+def _take_run_slot(loaded, console, json_out: bool):
+    """On the embedded default, wait for and take the project's run slot (an OS file lock under
+    $TUNEGATE_HOME/queue) before the flow starts; the flow names its run in it. With a Prefect server
+    the flow takes the server's global concurrency limit itself (tasks.queue.run_slot)."""
+    import contextlib
+    import os
+    import time
+
+    from tunegate import runqueue
+    from tunegate.paths import tunegate_home
+
+    stack = contextlib.ExitStack()
+    if os.environ.get("PREFECT_API_URL"):
+        return stack
+    model = loaded.model.registered_name
+    try:
+        from tunegate.identity import actor_identity
+
+        initiator = actor_identity().name
+    except Exception:  # named by the flow's own start_run
+        initiator = None
+    seen: list[str] = []
+
+    def on_wait(holders, waited):
+        seen.extend(h["run_id"] for h in holders if h.get("run_id") and h["run_id"] not in seen)
+        described = "; ".join(runqueue.describe_holder(h) for h in holders) or "another run"
+        console.print(f"{time.strftime('%H:%M:%S')} waiting for the run slot of {model} ({waited:.0f} s so far): held by {described}",
+                      highlight=False, soft_wrap=True)
+
+    info = runqueue.holder_info(run_id=None, trigger="manual", initiator=initiator)
+    try:
+        waited = stack.enter_context(runqueue.file_slot(
+            tunegate_home() / "queue", runqueue.limit_name(model), loaded.runs.project_slots, info,
+            timeout_s=loaded.runs.queue_timeout_s, on_wait=on_wait))
+    except runqueue.QueueTimeout as error:
+        _fail(str(error), json_out=json_out)
+    if seen:
+        console.print(f"{time.strftime('%H:%M:%S')} got the run slot of {model} after waiting {waited:.0f} s for run(s) {', '.join(seen)}",
+                      highlight=False, soft_wrap=True)
+    return stack
+
+
+class _NoServer:
+    """PREFECT_API_URL is set: the flow runs against that server, nothing to start."""
+
+    seconds = 0.0
+
+    def wait(self) -> None:
+        return None
+
+
+def _start_prefect_in_background():
+    import os
+
+    if os.environ.get("PREFECT_API_URL"):
+        return _NoServer()
+    from tunegate.ephemeral import TemporaryPrefectServer
+
+    return TemporaryPrefectServer().start_in_background()
+
+
+def _prefect_api(api_url: str | None):
+    """Point Prefect's client at the temporary server for the flow (a setting: the environment's
+    PREFECT_API_URL keeps meaning "a real server", e.g. for the run queue)."""
+    import contextlib
+
+    if api_url is None:
+        return contextlib.nullcontext()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings(updates={PREFECT_API_URL: api_url})
+
+
+def _warm_imports() -> None:
+    """Import what the tasks import, while the Prefect server starts, rather than inside the first task."""
+    import importlib
+
+    for name in ("torch", "transformers", "peft", "trl", "datasets", "great_expectations", "mlflow.transformers"):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # the task that needs it says so
+            pass
+
+
+def _refuse_live_resume(run_id: str, json_out: bool) -> None:
+    """``--resume`` of a run whose process still runs on this host would train twice into one directory."""
+    from tunegate import tracking
+    from tunegate.operations import process_gone
+
+    try:
+        run = tracking.get_run(run_id)
+    except Exception:  # the flow's own check names a missing run
+        return
+    if run.info.status == "RUNNING" and process_gone(run.data.tags) is False:
+        _fail(f"run {run_id} is still running (pid {run.data.tags.get('tunegate.pid')} on {run.data.tags.get('tunegate.host')}); "
+              "resume it only after its process has ended", code=2, json_out=json_out)
+
+
+def _add_wall_time(summary: dict, now: float) -> None:
+    """The process's wall time (interpreter start to now) joins the run's timings, in MLflow too."""
+    import psutil
+
+    from tunegate import timings, tracking
+
+    run_timings = dict(summary.get("timings") or {})
+    run_timings["total_wall"] = round(now - psutil.Process().create_time(), 2)
+    summary["timings"] = {k: run_timings[k] for k in timings.STAGES if k in run_timings} | {
+        k: v for k, v in run_timings.items() if k not in timings.STAGES}
+    run_id = summary.get("run_id")
+    if not run_id:
+        return
+    try:
+        tracking.log_metrics(run_id, timings.as_metrics({"total_wall": run_timings["total_wall"]}))
+        tracking.log_dict(run_id, summary, "summary/summary.json")
+    except Exception as error:  # the run's outcome stands; the wall time is missing from MLflow
+        _console(stderr=True).print(f"[yellow]warning:[/yellow] could not log the wall time to MLflow: {error}", highlight=False)
 
 
 def _flow_error_message(error: BaseException) -> str:
@@ -393,9 +585,11 @@ def server(
     auth_database_url: Annotated[str | None, typer.Option("--auth-database-url", envvar="TUNEGATE_MLFLOW_AUTH_DATABASE_URL", help="where MLflow keeps users and permissions, e.g. postgresql://user@db:5432/mlflow_auth (default: sqlite:///$TUNEGATE_HOME/mlflow/basic_auth.db)")] = None,
     auth_default_permission: Annotated[str, typer.Option("--auth-default-permission", envvar="TUNEGATE_MLFLOW_AUTH_DEFAULT_PERMISSION", help="READ, USE, EDIT, MANAGE or NO_PERMISSIONS: what an authenticated user may do with an experiment or model nobody granted them anything on")] = "READ",
 ) -> None:
-    """Start a Prefect server and an MLflow tracking server together; Ctrl-C stops both.
+    """Start a Prefect server and an MLflow tracking server together and keep them up; Ctrl-C stops both.
 
-    Flows run against them once PREFECT_API_URL and MLFLOW_TRACKING_URI point there (printed on start).
+    A server that exits is restarted on the same port (backoff 1 s doubling to 30 s) while the other keeps
+    serving; after 5 exits within 5 minutes both are stopped and the command exits 1. Flows run against
+    them once PREFECT_API_URL and MLFLOW_TRACKING_URI point there (printed on start).
     """
     import signal
     import time
@@ -403,7 +597,7 @@ def server(
     from tunegate.paths import configure_environment
     from tunegate.server import (
         AUTH_ADMIN_USERNAME, AUTH_PERMISSIONS, ServerConfig, ServerError, admin_password_source, client_env, redact,
-        start_all, state_file, stop,
+        start_all, state_file, stop, supervise,
     )
 
     if auth_default_permission.upper() not in AUTH_PERMISSIONS:
@@ -444,16 +638,22 @@ def server(
     console.print("  export " + " ".join(f"{k}={v}" for k, v in env.items()), highlight=False, soft_wrap=True)
     if config.auth:
         console.print("  and, as the MLflow user you act as: export MLFLOW_TRACKING_USERNAME=<user> MLFLOW_TRACKING_PASSWORD=<password>", highlight=False, soft_wrap=True)
-    console.print("Ctrl-C stops both.", highlight=False)
+    console.print("Ctrl-C stops both; a server that exits is restarted.", highlight=False)
     sys.stdout.flush()
-    died = None
-    while stopping["signal"] is None and died is None:
-        time.sleep(0.5)
-        died = next((s for s in servers if s.process.poll() is not None), None)
+
+    def _say(message: str) -> None:
+        console.print(f"{time.strftime('%H:%M:%S')} {message}", highlight=False, soft_wrap=True)
+        sys.stdout.flush()
+
+    gave_up = None
+    try:  # restarts what exits; returns on SIGINT / SIGTERM; `servers` always holds the running processes
+        supervise(config, servers, lambda: stopping["signal"] is not None, say=_say)
+    except ServerError as error:  # a server kept exiting
+        gave_up = error
     codes = stop(servers)
     state_file(home).unlink(missing_ok=True)
-    if died is not None:
-        _fail(f"the {died.name} server exited with code {died.process.returncode}; stopped the other; see {died.log}")
+    if gave_up is not None:
+        _fail(str(gave_up))
     console.print(f"stopped ({stopping['signal']}): " + ", ".join(f"{name} exit {code}" for name, code in codes.items()), highlight=False)
 
 
@@ -702,9 +902,5 @@ def lineage(
         _console().print(render_lineage(chain), highlight=False, soft_wrap=True, markup=False)
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
-
-
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    main()

@@ -6,8 +6,10 @@ override, so the repo's committed ``.dvc/config`` stays machine-independent.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +29,29 @@ def _config(home: Path) -> dict:
     }
 
 
+@contextlib.contextmanager
+def repo_lock(root: Path) -> Iterator[None]:
+    """Wait for, then hold, tunegate's lock on the DVC repo ``root``: two runs (of any project, any
+    ``$TUNEGATE_HOME``) take turns instead of one dying on DVC's own lock ("... is busy")."""
+    import fcntl
+
+    lock_dir = root / ".dvc" / "tmp"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / "tunegate-repo.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # the kernel drops it if this process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def reproduce(root: Path, stage: str, home: Path, force: bool = False) -> None:
     """Run ``dvc repro STAGE`` in ``root`` with this interpreter's scripts first on PATH."""
     from dvc.repo import Repo
 
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    with Repo(str(root), config=_config(home)) as repo:
+    with repo_lock(root), Repo(str(root), config=_config(home)) as repo:
         repo.reproduce(stage, force=force)
 
 
@@ -77,6 +95,6 @@ def add_files(root: Path, paths: list[Path], dest_dir: Path, home: Path) -> list
             target = dest_dir / path.name
             shutil.copyfile(path, target)
         targets.append(target)
-    with Repo(str(root), config=_config(home)) as repo:
+    with repo_lock(root), Repo(str(root), config=_config(home)) as repo:
         repo.add([str(t) for t in targets])
     return [StageOutput(str(t.relative_to(root)), file_md5(t)) for t in targets]

@@ -35,11 +35,53 @@ def _iso(ms: int | None) -> str | None:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="seconds") if ms else None
 
 
+def process_tags() -> dict[str, str]:
+    """This process, so that ``tunegate status`` can tell a running run from one whose process died."""
+    import socket
+
+    import psutil
+
+    return {
+        "tunegate.host": socket.gethostname(),
+        "tunegate.pid": str(os.getpid()),
+        "tunegate.pid_started": f"{psutil.Process().create_time():.2f}",
+    }
+
+
+def process_gone(tags: dict[str, str]) -> bool | None:
+    """True when the run's process is gone from this host (or the pid now belongs to another process);
+    None when the run ran on another host or recorded no process."""
+    import socket
+
+    import psutil
+
+    pid, host = tags.get("tunegate.pid"), tags.get("tunegate.host")
+    if not pid or host != socket.gethostname():
+        return None
+    try:
+        process = psutil.Process(int(pid))
+        started = tags.get("tunegate.pid_started")
+        return bool(started) and abs(process.create_time() - float(started)) > 1.0
+    except (psutil.NoSuchProcess, ValueError):
+        return True
+    except psutil.AccessDenied:
+        return False
+
+
+def resume_command(run: Any) -> str:
+    params_file = run.data.tags.get("tunegate.params_file") or "params/demo.yaml"
+    return f"tunegate run --params {params_file} --resume {run.info.run_id}"
+
+
 def _outcome(run: Any) -> str:
     tags = run.data.tags
     if tags.get("tunegate.outcome"):
         return tags["tunegate.outcome"]
     if run.info.status == "RUNNING":
+        if process_gone(tags):
+            return "crashed"
+        if tags.get("tunegate.queue") == "waiting":
+            return "queued"
         return "running"
     if run.info.status == "FAILED":
         return "failed"
@@ -64,7 +106,10 @@ def run_rows(params: Params, last: int) -> list[dict[str, Any]]:
             "candidate_exact_match": r.data.metrics.get("candidate_exact_match"),
             "failure": r.data.tags.get("tunegate.failure"),
             "reason": r.data.tags.get("tunegate.freshness"),
+            "host": r.data.tags.get("tunegate.host"),
         })
+        if rows[-1]["outcome"] in ("crashed", "failed"):
+            rows[-1]["resume_command"] = resume_command(r)
     return rows
 
 
@@ -167,16 +212,46 @@ def collect_status(params: Params, last: int = 10) -> dict[str, Any]:
         "candidate": version(candidate),
         "pending": pending_candidates(params),
         "runs": run_rows(params, last),
+        "server": server_view(),
     }
 
 
-OUTCOME_STYLE = {"registered": "green", "nothing_to_do": "cyan", "gate_failed": "yellow", "failed": "red", "running": "blue"}
+def server_view() -> dict[str, Any] | None:
+    """The `tunegate server` of this $TUNEGATE_HOME as its supervisor records it in server.json: per server
+    pid, state, restarts, last restart and last exit code. None when no server runs from this home."""
+    try:
+        from tunegate.paths import tunegate_home
+        from tunegate.server import supervisor_view
+
+        return supervisor_view(tunegate_home())
+    except Exception as error:  # a status line, never a crash
+        return {"error": f"{type(error).__name__}: {error}", "components": {}}
+
+
+def _render_server(server: dict[str, Any] | None, console: Any) -> None:
+    if not server:
+        return
+    if server.get("error"):
+        console.print(f"server: cannot read server.json: {server['error']}", highlight=False)
+        return
+    alive = " [bold red](supervisor not running: stale server.json)[/bold red]" if server.get("supervisor_alive") is False else ""
+    console.print(f"server: supervisor pid {server.get('supervisor_pid') or '?'} since {server.get('started') or '?'}{alive}", highlight=False)
+    for name, c in (server.get("components") or {}).items():
+        last = f", last at {c['last_restart']}" if c.get("last_restart") else ""
+        exited = f", last exit code {c['last_exit_code']}" if c.get("last_exit_code") is not None else ""
+        console.print(f"  {name}: {c.get('state') or '?'}, pid {c.get('pid') or '-'}, restarts {c.get('restarts', 0)}{last}{exited}"
+                      f"{'  ' + c['url'] if c.get('url') else ''}", highlight=False, soft_wrap=True)
+
+
+OUTCOME_STYLE = {"registered": "green", "nothing_to_do": "cyan", "gate_failed": "yellow", "failed": "red", "crashed": "red",
+                 "running": "blue", "queued": "blue"}
 
 
 def render_status(result: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
     console.print(f"model [bold]{result['model_name']}[/bold] at {result['tracking_uri']}", highlight=False)
+    _render_server(result.get("server"), console)
     sched = result["schedule"]
     console.print(f"schedule: {sched['deployment']}: {sched['description']}", highlight=False)
     if sched["next"]:
@@ -215,3 +290,7 @@ def render_status(result: dict[str, Any], console: Any) -> None:
             r["baseline"] or "-", f"{em:.3f}" if em is not None else "-", why or "",
         )
     console.print(table)
+    for r in result["runs"]:
+        if r["outcome"] == "crashed":
+            console.print(f"[bold red]crashed:[/bold red] run {r['run_id']} (its process on {r['host']} is gone); continue it from "
+                          f"its last checkpoint: {r['resume_command']}", highlight=False, soft_wrap=True)

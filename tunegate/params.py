@@ -199,8 +199,11 @@ class TrainParams(_Section):
     group_by_length: bool = Field(False, description="batch examples of similar length together")
     gradient_checkpointing: bool = False
     logging_steps: int = Field(10, ge=1)
-    save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps; a rerun resumes from the last")
-    save_total_limit: int = Field(2, ge=1)
+    save_steps: int | None = Field(50, ge=1, description="checkpoint every N steps (null: only by time); `tunegate run "
+                                   "--resume RUN_ID` and a retried tuning task continue from the last one")
+    checkpoint_minutes: float | None = Field(10, gt=0, description="also checkpoint when this many minutes passed since the "
+                                             "last checkpoint (null: only by steps)")
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept (the newest)")
     merge_adapter: bool = Field(False, description="also save the adapter merged into the base weights")
     lora_r: int = Field(32, ge=1)
     lora_alpha: int = Field(64, ge=1)
@@ -335,6 +338,13 @@ class EvalParams(_Section):
     ifeval: IFEvalSuite = IFEvalSuite()
     safety: SafetySuite = SafetySuite()
     response_loss: bool = True
+    # Not in the params fingerprint (freshness) nor the evaluation's key: reusing or recomputing gives
+    # the same figures, so turning it off changes no run's inputs.
+    reuse_baseline: bool = Field(
+        True,
+        description="read the baseline's scores back from an earlier run that evaluated the same model on the same "
+        "eval data, suites and evaluation code (tunegate.eval_cache) instead of evaluating it again",
+    )
 
 
 class MetricRule(_Section):
@@ -472,6 +482,18 @@ class AuditParams(_Section):
         return self
 
 
+class RunsParams(_Section):
+    """How runs share a project and a machine: a queue per registered model, compute slots per machine."""
+
+    project_slots: int = Field(1, ge=1, description="runs of this registered model that may be between data preparation "
+                               "and registration at once; more wait in the queue (a Prefect global concurrency limit "
+                               "tunegate-<model> with a server, a file lock under $TUNEGATE_HOME otherwise)")
+    machine_slots: int | None = Field(None, ge=1, description="runs of any project that train or evaluate at once on this "
+                                      "machine ($TUNEGATE_MACHINE_SLOTS wins); null: one per GPU, one on a CPU-only machine. "
+                                      "Each run gets cores / slots threads")
+    queue_timeout_s: float = Field(6 * 3600, gt=0, description="how long a run waits for a slot before it gives up (exit 1)")
+
+
 class Params(_Section):
     project: ProjectParams = ProjectParams()
     model: ModelParams
@@ -483,6 +505,7 @@ class Params(_Section):
     gate: GateParams = GateParams()
     schedule: ScheduleParams = ScheduleParams()
     audit: AuditParams = AuditParams()
+    runs: RunsParams = RunsParams()
 
     @model_validator(mode="after")
     def _stage_needs_demo_data(self) -> Params:
@@ -497,11 +520,15 @@ class Params(_Section):
         return model_source(self.model.base_model)
 
     def fingerprint(self) -> str:
-        """sha256 of everything that shapes a run's result; the schedule and audit sections do not."""
+        """sha256 of everything that shapes a run's result; the schedule, audit and runs sections and
+        how often training checkpoints do not."""
         import hashlib
         import json
 
-        body = self.model_dump(mode="json", exclude={"schedule", "audit"})
+        body = self.model_dump(mode="json", exclude={
+            "schedule": True, "audit": True, "runs": True, "train": {"save_steps", "save_total_limit", "checkpoint_minutes"},
+            "eval": {"reuse_baseline"},
+        })
         return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def flat(self) -> dict[str, Any]:

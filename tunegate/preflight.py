@@ -18,6 +18,7 @@ prefect, mlflow and great_expectations never are.
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,11 +79,31 @@ def run_preflight(params: Params, *, params_file: str | Path) -> list[Problem]:
         problems += _guarded("tokenizer", lambda: tokenizer_problems(params, model_dir))
     problems += _guarded("hardware", lambda: hardware_problems(params))
     problems += _guarded("audit", lambda: audit_problems(params))
+    if not problems:
+        _passed[_key(params, params_file)] = time.monotonic()
     return [Problem(p.check, f"{where}: {p.message}") for p in problems]
 
 
+# Preflights passed in this process: `tunegate run` checks before the flow starts, and the flow's first
+# task need not check the same params again seconds later (a run that waited in the queue does).
+_passed: dict[str, float] = {}
+RECHECK_AFTER_S = 120.0
+
+
+def _key(params: Params, params_file: str | Path) -> str:
+    import hashlib
+
+    from tunegate.params import dump_params
+
+    return hashlib.sha256(f"{Path(params_file).resolve()}\n{dump_params(params)}".encode()).hexdigest()
+
+
 def check_preflight(params: Params, *, params_file: str | Path, command: str = "tunegate run") -> None:
-    """:func:`run_preflight`, raising one :class:`PreflightError` with every problem found."""
+    """:func:`run_preflight`, raising one :class:`PreflightError` with every problem found (skipped when
+    this process passed it for the same params less than :data:`RECHECK_AFTER_S` ago)."""
+    passed = _passed.get(_key(params, params_file))
+    if passed is not None and time.monotonic() - passed < RECHECK_AFTER_S:
+        return
     problems = run_preflight(params, params_file=params_file)
     if problems:
         raise PreflightError(problems, command)

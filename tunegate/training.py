@@ -41,6 +41,8 @@ class TrainResult:
     num_tokens: int = 0
     tokens_per_second: float = 0.0
     resumed_from: str | None = None
+    started_at: float = 0.0  # epoch seconds around this process's training (wall clock, for throughput across runs)
+    finished_at: float = 0.0
     merged_dir: Path | None = None
     trainer_args: dict[str, Any] = field(default_factory=dict)
     log_history: list[dict[str, Any]] = field(default_factory=list)
@@ -128,6 +130,7 @@ def sft_config(params: Params, output_dir: Path):
         packing_strategy="bfd" if t.attn_implementation == "flash_attention_2" else "wrapped",
         padding_free=t.padding_free,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        # By steps here, by time in TunegateCallback (checkpoint_minutes); both keep save_total_limit.
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
         save_total_limit=t.save_total_limit,
@@ -152,14 +155,21 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(candidates)[1] if candidates else None
 
 
-def _callback(log_step: StepLogger | None, log_checkpoint: CheckpointLogger | None, output_dir: Path):
+def _callback(log_step: StepLogger | None, log_checkpoint: CheckpointLogger | None, output_dir: Path, checkpoint_minutes: float | None = None):
     from transformers import TrainerCallback
 
     class TunegateCallback(TrainerCallback):
-        """Per-step metrics (with tokens/s) to ``log_step``; each saved checkpoint to ``log_checkpoint``."""
+        """Per-step metrics (with tokens/s) to ``log_step``; each saved checkpoint to ``log_checkpoint``;
+        a checkpoint when ``checkpoint_minutes`` passed since the last one."""
 
         def __init__(self):
             self._last = (time.perf_counter(), 0.0)
+            self._last_save = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if checkpoint_minutes and time.monotonic() - self._last_save >= checkpoint_minutes * 60:
+                control.should_save = True
+            return control
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not log_step:
@@ -175,6 +185,7 @@ def _callback(log_step: StepLogger | None, log_checkpoint: CheckpointLogger | No
                 log_step(state.global_step, values)
 
         def on_save(self, args, state, control, **kwargs):
+            self._last_save = time.monotonic()
             if state.is_world_process_zero and log_checkpoint:
                 path = output_dir / f"checkpoint-{state.global_step}"
                 if path.is_dir():
@@ -220,11 +231,12 @@ def train_model(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config(params) if params.train.method != "full" else None,
-        callbacks=[_callback(log_step, log_checkpoint, checkpoint_dir)],
+        callbacks=[_callback(log_step, log_checkpoint, checkpoint_dir, params.train.checkpoint_minutes)],
     )
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
     state = json.loads((resume / "trainer_state.json").read_text()) if resume else {}
+    started_at = time.time()
     if resume and state.get("global_step", 0) >= state.get("max_steps", 1 << 62):
         # The last checkpoint is the end of training (the crash came after it): take its weights.
         # Resuming a finished state would make transformers run one step too many.
@@ -237,6 +249,7 @@ def train_model(
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         runtime = float(output.metrics.get("train_runtime", 0.0))
         training_loss = float(output.training_loss)
+    finished_at = time.time()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     tokens = max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0)
     result = TrainResult(
@@ -250,6 +263,8 @@ def train_model(
         num_tokens=int(tokens),
         tokens_per_second=float(tokens / runtime) if runtime else 0.0,
         resumed_from=str(resume) if resume else None,
+        started_at=started_at,
+        finished_at=finished_at,
         trainer_args=json.loads(trainer.args.to_json_string()),
         log_history=list(trainer.state.log_history),
     )

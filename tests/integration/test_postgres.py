@@ -157,11 +157,26 @@ def test_two_hosts_run_and_race_approvals_on_postgres(databases, base_model_path
                    "TUNEGATE_AUDIT_DB": pg_url(mlflow_db)}
         a, b = (make_host(label, tmp_path, base_env, clients, name, demo_data) for label in ("a", "b"))
 
-        # --- each host runs once (one after the other): version 1 from host A, version 2 from host B ------
+        # --- each host runs once, B started while A runs: B queues behind A on the Prefect global concurrency
+        # limit tunegate-<model> (in Prefect's PostgreSQL), so version 1 comes from host A, version 2 from host B.
+        run_args = ("run", "--json", "--no-wait-for-approval", "--params", a.params, *TINY_RUN)
+        started_a = a.start(*run_args)
+        deadline = time.monotonic() + 600
+        holding = ""
+        while not holding and started_a.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            holding = psql("SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                           "WHERE t.key = 'tunegate.queue' AND t.value = 'holding'", mlflow_db)
+        assert holding, "host A's run never took its run slot"
+        limit = f"tunegate-{name}"
+        assert psql(f"SELECT \"limit\" || '/' || active_slots FROM concurrency_limit_v2 WHERE name = '{limit}'", databases["prefect"]) == "1/1"
+        started_b = b.start("run", "--json", "--no-wait-for-approval", "--params", b.params, *TINY_RUN)
+        finished = {"a": finish(started_a, 900), "b": finish(started_b, 900)}
         runs = {}
         for host, version in ((a, "1"), (b, "2")):
-            run = host.tunegate("run", "--json", "--no-wait-for-approval", "--params", host.params, *TINY_RUN, timeout=900)
+            run = finished[host.label]
             assert run.returncode == 0, said(run)
+            assert "Traceback" not in run.stdout + run.stderr, said(run)
             summary = json.loads(run.stdout.strip().splitlines()[-1])
             assert summary["registered_version"] == version
             runs[host.label] = summary["run_id"]
@@ -169,11 +184,16 @@ def test_two_hosts_run_and_race_approvals_on_postgres(databases, base_model_path
             # The records are in PostgreSQL: MLflow's run and registered version, Prefect's flow run.
             assert psql(f"SELECT status FROM runs WHERE run_uuid = '{summary['run_id']}'", mlflow_db) == "FINISHED"
             assert psql(f"SELECT run_id FROM model_versions WHERE name = '{name}' AND version = {version}", mlflow_db) == summary["run_id"]
-            assert psql(f"SELECT alias || '=' || version FROM registered_model_aliases WHERE name = '{name}'", mlflow_db) == f"candidate={version}"
             assert psql(f"SELECT state_type FROM flow_run WHERE id = '{summary['prefect_flow_run_id']}'", databases["prefect"]) == "COMPLETED"
             # Evaluated against the base model: nothing was approved yet.
             assert psql(f"SELECT value FROM model_version_tags WHERE name = '{name}' AND version = {version} "
                         "AND key = 'tunegate.baseline_version'", mlflow_db) == ""
+        # Host B's version took alias candidate from host A's (both ran; B's registered last).
+        assert psql(f"SELECT alias || '=' || version FROM registered_model_aliases WHERE name = '{name}'", mlflow_db) == "candidate=2"
+        log_b = finished["b"].stdout + finished["b"].stderr
+        assert f"waiting for the run slot of {name}" in log_b and f"held by run {runs['a']}, trigger manual" in log_b, said(finished["b"])
+        assert "after waiting" in log_b
+        assert psql(f"SELECT active_slots FROM concurrency_limit_v2 WHERE name = '{limit}'", databases["prefect"]) == "0"
         # Artifacts went through the MLflow server to its destination, not to the clients' disks.
         assert len(list((tmp_path / "shared-artifacts").rglob("adapter_model.safetensors"))) >= 2
         for host in (a, b):
