@@ -147,14 +147,24 @@ def run(
     wait = bool(os.environ.get("PREFECT_API_URL")) if wait_for_approval is None else wait_for_approval
     if wait and not os.environ.get("PREFECT_API_URL"):
         _fail("--wait-for-approval needs a Prefect server to answer the form in (set PREFECT_API_URL)", code=2, json_out=json_out)
-    # The temporary Prefect server (creating its database on a new home) starts on a thread while this
-    # process checks and imports the pipeline; inside another program (tests) only once the preflight passed.
-    server_start = _start_prefect_in_background() if _own_process() else None
-    from tunegate.preflight import format_problems, run_preflight
+    # The temporary Prefect server (creating its database on a new home) starts on a thread and the
+    # preflight in a child process, both on the other core while this process imports the pipeline;
+    # inside another program (tests' CliRunner) the preflight runs here and the server once it passed.
+    own = _own_process()
+    server_start = _start_prefect_in_background() if own else None
+    from tunegate import preflight
 
-    problems = run_preflight(loaded, params_file=params)
-    if problems:
-        _fail(format_problems(problems, "tunegate run"), code=2, json_out=json_out)
+    child = _preflight_child(params, overrides) if own else None
+    if child is None:
+        _check_preflight_here(loaded, params, json_out)
+    from tunegate import timings
+    from tunegate.validation import DataError
+
+    from flows.retrain import retrain  # imports the pipeline (torch, transformers, peft, trl, ...)
+
+    _warm_imports(lambda: _preflight_verdict(child, loaded, params, json_out, wait=False))
+    _preflight_verdict(child, loaded, params, json_out, wait=True)
+    preflight.mark_passed(loaded, _params_path(params))  # the flow's first task need not check again
     if resume:
         _refuse_live_resume(resume, json_out)
     console = _console(stderr=json_out)
@@ -163,13 +173,7 @@ def run(
     if server_start is None:
         server_start = _start_prefect_in_background()
 
-    from tunegate import timings
-    from tunegate.validation import DataError
-
     try:
-        from flows.retrain import retrain  # imports the pipeline (torch, transformers, peft, trl, ...)
-
-        _warm_imports()
         api_url = server_start.wait()
         timings.carry("server_start", server_start.seconds)
         with slot, _prefect_api(api_url):
@@ -262,15 +266,59 @@ def _prefect_api(api_url: str | None):
     return temporary_settings(updates={PREFECT_API_URL: api_url})
 
 
-def _warm_imports() -> None:
-    """Import what the tasks import, while the Prefect server starts, rather than inside the first task."""
+def _warm_imports(between=None) -> None:
+    """Import what the tasks import, while the Prefect server starts, rather than inside the first task;
+    ``between()`` runs after each (a preflight that failed stops the command without waiting for the rest)."""
     import importlib
 
-    for name in ("torch", "transformers", "peft", "trl", "datasets", "great_expectations", "mlflow.transformers"):
+    for name in ("torch", "transformers", "peft", "trl", "datasets", "great_expectations", "mlflow.transformers",
+                 "matplotlib.pyplot"):
         try:
             importlib.import_module(name)
         except ImportError:  # the task that needs it says so
             pass
+        if between is not None:
+            between()
+
+
+def _check_preflight_here(loaded, params: str, json_out: bool) -> None:
+    from tunegate.preflight import format_problems, run_preflight
+
+    problems = run_preflight(loaded, params_file=params)
+    if problems:
+        _fail(format_problems(problems, "tunegate run"), code=2, json_out=json_out)
+
+
+def _preflight_child(params: str, overrides: list[str]):
+    """``python -m tunegate.preflight`` on the params, started now, read by :func:`_preflight_verdict`."""
+    import subprocess
+
+    args = [sys.executable, "-m", "tunegate.preflight", str(_params_path(params)), "--as", params]
+    for item in overrides:
+        args += ["--set", item]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _preflight_verdict(child, loaded, params: str, json_out: bool, wait: bool) -> None:
+    """Stop the command (exit 2) when the child found problems; a child that could not say runs the
+    preflight here instead. ``wait`` False: only when it has finished already."""
+    if child is None or (not wait and child.poll() is None):
+        return
+    if getattr(child, "verdict_read", False):
+        return
+    out, err = child.communicate()
+    child.verdict_read = True
+    try:
+        found = json.loads(out.strip().splitlines()[-1]) if child.returncode == 0 else None
+    except (ValueError, IndexError):
+        found = None
+    if found is None:  # the child failed: the preflight here says why, with the same messages
+        _check_preflight_here(loaded, params, json_out)
+        return
+    if found:
+        from tunegate.preflight import Problem, format_problems
+
+        _fail(format_problems([Problem(p["check"], p["message"]) for p in found], "tunegate run"), code=2, json_out=json_out)
 
 
 def _refuse_live_resume(run_id: str, json_out: bool) -> None:

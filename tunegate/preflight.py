@@ -435,3 +435,34 @@ def _quietly(load: Callable[[], Any]) -> Any:
         return load()
     finally:
         hf_logging.set_verbosity(level)
+
+
+def mark_passed(params: Params, params_file: str | Path) -> None:
+    """Record that the preflight for ``params`` passed (in a child process, :func:`main`), so the flow skips it."""
+    _passed[_key(params, params_file)] = time.monotonic()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tunegate.preflight PARAMS [--set k=v ...]``: the problems as one JSON list on stdout.
+
+    ``tunegate run`` runs this beside its own start-up (imports, the Prefect server) on another core.
+    """
+    import argparse
+    import json
+
+    from tunegate.params import load_params
+    from tunegate.paths import configure_environment
+
+    parser = argparse.ArgumentParser(description="tunegate preflight")
+    parser.add_argument("params")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--as", dest="shown_as", default=None, help="the params file as the user named it (in messages)")
+    args = parser.parse_args(argv)
+    configure_environment()
+    params = load_params(Path(args.params), args.overrides)
+    problems = run_preflight(params, params_file=args.shown_as or args.params)
+    print(json.dumps([{"check": p.check, "message": p.message} for p in problems]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

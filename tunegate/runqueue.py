@@ -10,8 +10,8 @@ Two kinds of slot:
   the holding process dies (the temporary Prefect server keeps leases in memory only).
 * **The machine's compute slots**: how many runs of any project train or evaluate at once on
   this machine (default: one per GPU, one on a CPU-only machine). Each run sets its thread
-  budget from them (cores / slots, ``OMP_WAIT_POLICY=PASSIVE``) before torch is imported, so
-  OpenMP threads of two runs do not spin against each other.
+  budget from them (cores / slots, and ``OMP_WAIT_POLICY=PASSIVE`` with more than one slot)
+  before torch is imported, so OpenMP threads of two runs do not spin against each other.
 
 Who holds a project slot is read from MLflow: the holder's run carries ``tunegate.queue=holding``.
 """
@@ -100,7 +100,7 @@ class ThreadBudget:
 
 
 def apply_thread_budget(slots: int) -> ThreadBudget:
-    """Threads per run = cores / slots and passive OpenMP waiting, unless the user set them.
+    """Threads per run = cores / slots and, with more than one slot, passive OpenMP waiting, unless the user set them.
 
     Call before torch is imported; torch's intra-op pool follows ``OMP_NUM_THREADS`` then. When torch
     is imported already (a served flow), its pool is resized; the wait policy applies from the next process.
@@ -113,7 +113,10 @@ def apply_thread_budget(slots: int) -> ThreadBudget:
     for key in THREAD_VARIABLES:
         if key not in os.environ:
             os.environ[key] = set_here[key] = str(threads)
-    if "OMP_WAIT_POLICY" not in os.environ:
+    # Passive waiting when runs may share the cores (more than one slot): OpenMP threads then sleep instead
+    # of spinning against another run's. With one slot a run has the cores to itself while it computes,
+    # and active waiting trains ~30% faster here (60 steps of the demo: 14.3 s vs 18.7 s).
+    if "OMP_WAIT_POLICY" not in os.environ and slots > 1:
         os.environ["OMP_WAIT_POLICY"] = set_here["OMP_WAIT_POLICY"] = "PASSIVE"
     chosen = int(os.environ.get("OMP_NUM_THREADS", threads) or threads)
     if "torch" in sys.modules:

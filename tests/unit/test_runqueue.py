@@ -81,6 +81,10 @@ def test_thread_budget_divides_the_cores_and_keeps_the_users_settings(monkeypatc
     for key in (*runqueue.THREAD_VARIABLES, "OMP_WAIT_POLICY"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(runqueue, "cores", lambda: 8)
+    budget = runqueue.apply_thread_budget(1)  # the cores to itself: all threads, OpenMP's own waiting
+    assert budget.threads == 8 and os.environ["OMP_NUM_THREADS"] == "8" and "OMP_WAIT_POLICY" not in os.environ
+    for key in runqueue.THREAD_VARIABLES:
+        monkeypatch.delenv(key, raising=False)
     budget = runqueue.apply_thread_budget(4)
     assert budget.threads == 2 and os.environ["OMP_NUM_THREADS"] == "2" and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     assert budget.set_here["MKL_NUM_THREADS"] == "2"
