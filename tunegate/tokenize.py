@@ -226,26 +226,19 @@ class _DirectTemplate:
 
 
 def token_offsets(tokenizer, texts: list[str]) -> list[list[tuple[int, int]]]:
-    """``tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]``.
-
-    A fast tokenizer's offsets are read straight from its Rust encodings, without the per-token
-    Python lists (ids, attention mask) the call builds; its backend set up first by a call on an
-    empty text (no truncation, no padding, special-token splitting as the tokenizer says).
-    """
-    if not texts:
-        return []
-    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
-    if backend is not None:
-        tokenizer([""], add_special_tokens=False)
-        if backend.truncation is None and backend.padding is None:
-            return [encoding.offsets for encoding in backend.encode_batch(texts, add_special_tokens=False)]
-    return tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    """``tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]``,
+    read as :func:`token_ids_offsets` reads them."""
+    return [offsets for _, offsets in token_ids_offsets(tokenizer, texts)]
 
 
 def token_ids_offsets(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
     """(input_ids, offset_mapping) of each text as ``tokenizer(text, add_special_tokens=False,
-    return_offsets_mapping=True)`` gives them, read from the fast tokenizer's encodings in one batch
-    (set up as :func:`token_offsets` does)."""
+    return_offsets_mapping=True)`` gives them.
+
+    A fast tokenizer's are read straight from its Rust encodings in one batch, without the per-token
+    Python lists (attention mask) the call builds; its backend set up first by a call on an empty
+    text (no truncation, no padding, special-token splitting as the tokenizer says).
+    """
     if not texts:
         return []
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
