@@ -298,6 +298,18 @@ def ensure_prefect_limit(name: str, slots: int) -> None:
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=slots, active=True))
 
 
+def limit_full(name: str) -> bool:
+    """Whether every slot of the global concurrency limit ``name`` is taken now."""
+    from prefect import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(name)
+    except Exception:  # unknown: the attempt itself tells
+        return False
+    return limit.active_slots >= limit.limit
+
+
 @contextlib.contextmanager
 def prefect_slot(
     name: str, slots: int, flow_run_id: str | None, *, timeout_s: float | None,
@@ -313,17 +325,19 @@ def prefect_slot(
     holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(flow_run_id)) if flow_run_id else None
     start = time.monotonic()
     attempt_s = 2.0
+    last_report = None
     while True:
         waited = time.monotonic() - start
         if timeout_s is not None and waited >= timeout_s:
             raise QueueTimeout(_timeout_message(name, timeout_s, holders()))
+        if on_wait and (last_report is None or waited - last_report >= REPORT_EVERY_S) and limit_full(name):
+            on_wait(holders(), waited)  # said before the attempt: Prefect's client may wait inside it
+            last_report = waited
         step = attempt_s if timeout_s is None else max(1.0, min(attempt_s, timeout_s - waited))
         manager = concurrency(name, occupy=1, timeout_seconds=step, strict=True, holder=holder)
         try:
             manager.__enter__()
         except TimeoutError:
-            if on_wait:
-                on_wait(holders(), time.monotonic() - start)
             attempt_s = REPORT_EVERY_S
             continue
         break

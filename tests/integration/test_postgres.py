@@ -159,7 +159,8 @@ def test_two_hosts_run_and_race_approvals_on_postgres(databases, base_model_path
 
         # --- each host runs once, B started while A runs: B queues behind A on the Prefect global concurrency
         # limit tunegate-<model> (in Prefect's PostgreSQL), so version 1 comes from host A, version 2 from host B.
-        run_args = ("run", "--json", "--no-wait-for-approval", "--params", a.params, *TINY_RUN)
+        # A trains longer, so it still holds the slot when B, started once A holds it, asks for it.
+        run_args = ("run", "--json", "--no-wait-for-approval", "--params", a.params, *TINY_RUN, "--set", "train.max_steps=300")
         started_a = a.start(*run_args)
         deadline = time.monotonic() + 600
         holding = ""
@@ -255,7 +256,9 @@ def test_two_hosts_run_and_race_approvals_on_postgres(databases, base_model_path
             assert kinds.index("gate_decision") < kinds.index("registered"), kinds
             assert {e["actor"] for e in events} == {f"ivan-{label}"}, events
         run_seqs = {label: [e["seq"] for e in trail if e["data"].get("run_id") == run_id] for label, run_id in runs.items()}
-        assert max(run_seqs["a"]) < min(run_seqs["b"])  # host A's run, then host B's
+        # Host A's run, then host B's: B opened its run while A ran, and did nothing more until A's ended.
+        b_after_start = [e["seq"] for e in trail if e["data"].get("run_id") == runs["b"] and e["event"] != "run_started"]
+        assert max(run_seqs["a"]) < min(b_after_start), (run_seqs, b_after_start)
         race_entries = [e for e in trail if e["event"] in RACE_EVENTS]
         assert min(e["seq"] for e in race_entries) > max(run_seqs["b"])
         assert [e["event"] for e in trail[n - len(race_entries):]] == [e["event"] for e in race_entries]  # they end the trail
