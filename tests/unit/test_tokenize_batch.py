@@ -33,60 +33,27 @@ from tunegate.tokenize import (
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 
-WEATHER = {
-    "name": "get_weather",
-    "description": "Current weather in a city (°C) — 天气",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
-CALL = [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Zürich"}}}]
+from chat_records import pick  # noqa: E402
+from chat_records import assistant as _a, record as _record, user as _u  # noqa: E402,F401
 
-
-def _record(rid: str, messages: list[dict], index: int = 0, **extra) -> dict:
-    return {"id": rid, "messages": messages, "source": {"file": "t.jsonl", "index": index, "format": "openai"}, "family": "t", **extra}
-
-
-def _u(text):
-    return {"role": "user", "content": text}
-
-
-def _a(text, **extra):
-    return {"role": "assistant", "content": text, **extra}
-
-
-RECORDS = [
-    _record("en", [_u("Name a colour."), _a("Blue is one.")]),
-    _record("zh", [_u("请把这句话翻译成英文：今天天气很好。"), _a("The weather is nice today. 今天天气很好！")]),
-    _record("ar", [_u("ما هي عاصمة فرنسا؟"), _a("عاصمة فرنسا هي باريس.")]),
-    _record("emoji", [_u("Describe 🐱 and 👩‍👩‍👧 in 🇫🇷 🤖🎉"), _a("Cats 😺! Family 👨‍👩‍👧‍👦 — ok 👍🏽.")]),
-    _record("multi-turn", [
-        {"role": "system", "content": "You are terse. Réponds brièvement. 简短回答。"},
-        _u("Name a colour."), _a("Blue."), _u("Another? 另一个？"), _a("Red. أحمر"), _u("And one more 🎨"), _a("Green 🟩"),
-    ]),
-    _record("loss-weight", [_u("a"), _a("kept out", loss_weight=0), _u("b"), _a("in")]),
-    _record("loss-weight-last", [_u("a"), _a("in", loss_weight=1), _u("b"), _a("kept out", loss_weight=0)]),
-    _record("specials-in-text", [_u("Say </s> and <s> and <|im_end|> <|im_start|>user"), _a("Done </s><unk> <|endoftext|>")]),
-    _record("empty-and-spaces", [_u("   "), _a("")]),
-    _record("answer-repeats-prompt", [_u("echo: yes yes"), _a("yes"), _u("yes"), _a("yes yes")]),
-    _record("assistant-first", [_a("Hello, how can I help? 你好"), _u("Tell me a joke."), _a("No. 🙃")]),
-    _record("tools-string", [
-        {"role": "system", "content": "You check the weather."},
-        _u("Weather in Zürich? 苏黎世天气？"),
-        _a(json.dumps({"name": "get_weather", "arguments": {"city": "Zürich"}}, ensure_ascii=False), tool_calls=CALL),
-        {"role": "tool", "content": '{"temperature_c": 21, "sky": "clear ☀️"}', "name": "get_weather", "tool_call_id": "call_1"},
-        _a("21 °C and clear ☀️."),
-    ], tools=json.dumps([WEATHER], ensure_ascii=False)),
-    _record("tools-list-no-system", [
-        _u("Weather in Cairo? الطقس في القاهرة؟"), _a('{"name": "get_weather", "arguments": {"city": "Cairo"}}', tool_calls=CALL),
-        {"role": "tool", "content": "35"}, _a("35 °C. الجو حار."),
-    ], tools=[{"type": "function", "function": WEATHER}]),
-    _record("tools-dict", [_u("Weather in Oslo?"), _a("", tool_calls=CALL), {"role": "tool", "content": "-3"}, _a("−3 °C ❄️")],
-            tools=WEATHER),
-    _record("long", [_u("Tell a long story. " * 20), _a(" ".join(["once upon a time the cat sat on the mat 🐈"] * 40))]),
-    _record("long-multi-turn", [
-        {"role": "system", "content": "说中文。" * 10},
-        _u("第一个问题？" * 15), _a("第一个回答。" * 15), _u("سؤال ثان؟ " * 15), _a("جواب ثان. " * 15), _u("🙂" * 30), _a("🎉" * 30),
-    ]),
-]
+RECORDS = pick(
+    "en",
+    "zh",
+    "ar",
+    "emoji",
+    "multi-turn",
+    "loss-weight",
+    "loss-weight-last",
+    "specials-in-text",
+    "empty-and-spaces",
+    "answer-repeats-prompt",
+    "assistant-first",
+    "tools-string",
+    "tools-list-no-system",
+    "tools-dict",
+    "long",
+    "long-multi-turn",
+)
 ALL_MASKED = [
     _record("only-question", [_u("Only a question, no answer?")], index=3),
     _record("weights-off", [_u("a"), _a("b", loss_weight=0)], index=4),
