@@ -66,15 +66,20 @@ def stage_outputs(lock_file: Path, stage: str) -> list[StageOutput]:
     return [StageOutput(o["path"], o["md5"]) for o in entry.get("outs", [])]
 
 
-def file_md5(path: Path) -> str:
-    """md5 of a file's bytes, the digest DVC uses for single-file outputs."""
+def file_digest(path: Path, algorithm: str = "md5") -> str:
+    """Hex digest of a file's bytes, read in 4 MiB chunks."""
     import hashlib
 
-    digest = hashlib.md5()
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_md5(path: Path) -> str:
+    """md5 of a file's bytes, the digest DVC uses for single-file outputs."""
+    return file_digest(path, "md5")
 
 
 def add_files(root: Path, paths: list[Path], dest_dir: Path, home: Path) -> list[StageOutput]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -22,14 +21,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tunegate.server import free_port
+
 TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 PORT_IN_USE = 3  # uvicorn's exit code when the port was taken between our check and its bind
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _prefect_parent() -> str:
@@ -77,12 +72,12 @@ class TemporaryPrefectServer:
         begin = time.perf_counter()
         timeout = float(os.environ.get(TIMEOUT_ENV) or 180)
         try:
-            self.port = _free_port()
+            self.port = free_port()
             self.process = self._spawn()
             atexit.register(self.stop)
             while True:
                 if self.process.poll() == PORT_IN_USE:
-                    self.port = _free_port()
+                    self.port = free_port()
                     self.process = self._spawn()
                     continue
                 if self.process.poll() is not None:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunegate.dvc_adapter import file_digest
 from tunegate.eval_suites import ModelEvaluation
 
 if TYPE_CHECKING:
@@ -197,19 +198,11 @@ def tree_sha256(root: Path, remember: bool = False) -> str:
         stat = path.stat()
         stamp = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
         if stamp not in known:
-            known[stamp] = _file_sha256(path)
+            known[stamp] = file_digest(path, "sha256")
         entries.append([path.relative_to(root).as_posix(), known[stamp]])
     if remember:
         _save_hash_cache(known)
     return _digest(entries)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _hash_cache_path() -> Path:
