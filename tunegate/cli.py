@@ -149,35 +149,42 @@ def run(
         _fail("--wait-for-approval needs a Prefect server to answer the form in (set PREFECT_API_URL)", code=2, json_out=json_out)
     # The temporary Prefect server (creating its database on a new home) starts on a thread and the
     # preflight in a child process, both on the other core while this process imports the pipeline;
-    # inside another program (tests' CliRunner) the preflight runs here and the server once it passed.
+    # inside another program (tests' CliRunner) the preflight runs here and Prefect starts its own server.
     own = _own_process()
-    server_start = _start_prefect_in_background() if own else None
-    from tunegate import preflight
+    # The run slot is asked for now, on a thread, so runs queue in the order they were started
+    # whichever finishes its imports first; this process imports the pipeline while it waits.
+    slot_request = _RunSlotRequest(loaded, _console(stderr=json_out)).start()
+    try:  # a command that ends before its flow lets the next run in at once
+        server_start = _start_prefect_in_background() if own else None
+        from tunegate import preflight
 
-    child = _preflight_child(params, overrides) if own else None
-    if child is None:
-        _check_preflight_here(loaded, params, json_out)
-    from tunegate import timings
-    from tunegate.validation import DataError
+        child = _preflight_child(params, overrides) if own else None
+        if child is None:
+            _check_preflight_here(loaded, params, json_out)
+        from tunegate import timings
+        from tunegate.validation import DataError
 
-    from flows.retrain import retrain  # imports the pipeline (torch, transformers, peft, trl, ...)
+        from flows.retrain import retrain  # imports the pipeline (torch, transformers, peft, trl, ...)
 
-    _warm_imports(lambda: _preflight_verdict(child, loaded, params, json_out, wait=False))
-    _preflight_verdict(child, loaded, params, json_out, wait=True)
-    preflight.mark_passed(loaded, _params_path(params))  # the flow's first task need not check again
-    if resume:
-        _refuse_live_resume(resume, json_out)
-    console = _console(stderr=json_out)
-    console.rule(f"tunegate run: {loaded.model.registered_name}")
-    slot = _take_run_slot(loaded, console, json_out)  # runs start in the order they were started
-    if server_start is None:
-        server_start = _start_prefect_in_background()
-
+        _warm_imports(lambda: _preflight_verdict(child, loaded, params, json_out, wait=False))
+        _preflight_verdict(child, loaded, params, json_out, wait=True)
+        preflight.mark_passed(loaded, _params_path(params))  # the flow's first task need not check again
+        if resume:
+            _refuse_live_resume(resume, json_out)
+        console = _console(stderr=json_out)
+        console.rule(f"tunegate run: {loaded.model.registered_name}")
+        slot = slot_request.result(json_out)  # runs start in the order they were started
+    except BaseException:
+        slot_request.abandon()
+        raise
     try:
-        api_url = server_start.wait()
-        timings.carry("server_start", server_start.seconds)
-        with slot, _prefect_api(api_url):
-            summary = retrain(params_file=str(_params_path(params)), overrides=overrides, resume_run_id=resume, wait_for_approval=wait)
+        with slot:
+            if server_start is None:  # inside another program: Prefect's own temporary server, started
+                server_start = _NoServer()  # only if the flow reaches Prefect (startup timeout as set above)
+            api_url = server_start.wait()
+            timings.carry("server_start", server_start.seconds)
+            with _prefect_api(api_url):
+                summary = retrain(params_file=str(_params_path(params)), overrides=overrides, resume_run_id=resume, wait_for_approval=wait)
     except DataError as error:
         _fail(str(error), json_out=json_out)
     except Exception as error:  # the flow run and the MLflow run record the details
@@ -193,50 +200,91 @@ def run(
         print(json.dumps(summary, default=str))
 
 
-def _take_run_slot(loaded, console, json_out: bool):
+class _RunSlotRequest:
     """On the embedded default, wait for and take the project's run slot (an OS file lock under
-    $TUNEGATE_HOME/queue) before the flow starts; the flow names its run in it. With a Prefect server
-    the flow takes the server's global concurrency limit itself (tasks.queue.run_slot)."""
-    import contextlib
-    import os
-    import time
+    $TUNEGATE_HOME/queue) on a thread; :meth:`result` hands it over before the flow starts, and the
+    flow names its run in it. With a Prefect server the flow takes the server's global concurrency
+    limit itself (tasks.queue.run_slot)."""
 
-    from tunegate import runqueue
-    from tunegate.paths import tunegate_home
+    def __init__(self, loaded, console) -> None:
+        import contextlib
+        import threading
 
-    stack = contextlib.ExitStack()
-    if os.environ.get("PREFECT_API_URL"):
-        return stack
-    model = loaded.model.registered_name
-    try:
-        from tunegate.identity import actor_identity
+        self.loaded, self.console = loaded, console
+        self.stack = contextlib.ExitStack()
+        self.error: BaseException | None = None
+        self.lock = threading.Lock()
+        self.taken = self.abandoned = False
+        self.thread = threading.Thread(target=self._take, name="tunegate-run-slot", daemon=True)
 
-        initiator = actor_identity().name
-    except Exception:  # named by the flow's own start_run
-        initiator = None
-    seen: list[str] = []
+    def start(self) -> _RunSlotRequest:
+        import os
 
-    def on_wait(holders, waited):
-        seen.extend(h["run_id"] for h in holders if h.get("run_id") and h["run_id"] not in seen)
-        described = "; ".join(runqueue.describe_holder(h) for h in holders) or "another run"
-        console.print(f"{time.strftime('%H:%M:%S')} waiting for the run slot of {model} ({waited:.0f} s so far): held by {described}",
-                      highlight=False, soft_wrap=True)
+        if not os.environ.get("PREFECT_API_URL"):
+            self.thread.start()
+        return self
 
-    info = runqueue.holder_info(run_id=None, trigger="manual", initiator=initiator)
-    try:
-        waited = stack.enter_context(runqueue.file_slot(
-            tunegate_home() / "queue", runqueue.limit_name(model), loaded.runs.project_slots, info,
-            timeout_s=loaded.runs.queue_timeout_s, on_wait=on_wait))
-    except runqueue.QueueTimeout as error:
-        _fail(str(error), json_out=json_out)
-    if seen:
-        console.print(f"{time.strftime('%H:%M:%S')} got the run slot of {model} after waiting {waited:.0f} s for run(s) {', '.join(seen)}",
-                      highlight=False, soft_wrap=True)
-    return stack
+    def _take(self) -> None:
+        import time
+
+        from tunegate import runqueue
+        from tunegate.paths import tunegate_home
+
+        model = self.loaded.model.registered_name
+        try:
+            from tunegate.identity import actor_identity
+
+            initiator = actor_identity().name
+        except Exception:  # named by the flow's own start_run
+            initiator = None
+        seen: list[str] = []
+
+        def on_wait(holders, waited):
+            seen.extend(h["run_id"] for h in holders if h.get("run_id") and h["run_id"] not in seen)
+            described = "; ".join(runqueue.describe_holder(h) for h in holders) or "another run"
+            self.console.print(f"{time.strftime('%H:%M:%S')} waiting for the run slot of {model} ({waited:.0f} s so far): held by {described}",
+                               highlight=False, soft_wrap=True)
+
+        info = runqueue.holder_info(run_id=None, trigger="manual", initiator=initiator)
+        try:
+            waited = self.stack.enter_context(runqueue.file_slot(
+                tunegate_home() / "queue", runqueue.limit_name(model), self.loaded.runs.project_slots, info,
+                timeout_s=self.loaded.runs.queue_timeout_s, on_wait=on_wait))
+        except BaseException as error:  # handed to the main thread by result()
+            self.error = error
+            return
+        with self.lock:
+            if self.abandoned:  # the command failed before the flow: let the next run in
+                self.stack.close()
+                return
+            self.taken = True
+        if seen:
+            self.console.print(f"{time.strftime('%H:%M:%S')} got the run slot of {model} after waiting {waited:.0f} s for run(s) {', '.join(seen)}",
+                               highlight=False, soft_wrap=True)
+
+    def abandon(self) -> None:
+        """The command ends before the flow: release the slot now or as soon as the thread takes it."""
+        with self.lock:
+            self.abandoned = True
+            if self.taken:
+                self.stack.close()
+
+    def result(self, json_out: bool):
+        """The slot (a context manager releasing it), once taken; exit 1 on the queue's timeout."""
+        from tunegate import runqueue
+
+        if self.thread.ident is not None:
+            self.thread.join()
+        if isinstance(self.error, runqueue.QueueTimeout):
+            _fail(str(self.error), json_out=json_out)
+        if self.error is not None:
+            raise self.error
+        return self.stack
 
 
 class _NoServer:
-    """PREFECT_API_URL is set: the flow runs against that server, nothing to start."""
+    """PREFECT_API_URL is set (the flow runs against that server), or the command runs inside another
+    program (Prefect starts its own temporary server when the flow first needs it): nothing to start."""
 
     seconds = 0.0
 

@@ -109,6 +109,14 @@ def assert_nothing_started(home: Path) -> None:
     assert not (home / "runs").is_dir() or not any((home / "runs").iterdir()), "a run directory was made"
 
 
+def assert_run_slot_free(home: Path, model: str = "tunegate-demo-assistant") -> None:
+    """A command that ended lets the next run of its model in (the slot is taken on a thread at start)."""
+    from tunegate import runqueue
+
+    with runqueue.file_slot(home / "queue", runqueue.limit_name(model), 1, runqueue.holder_info(run_id="next"), timeout_s=5) as waited:
+        assert waited < 5
+
+
 @pytest.mark.parametrize("json_out", [False, True], ids=["text", "json"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_run_refuses_before_anything_starts(case, json_out, tmp_path, monkeypatch, home, base_model_path):
@@ -125,6 +133,7 @@ def test_run_refuses_before_anything_starts(case, json_out, tmp_path, monkeypatc
     assert f"{params}: " in err  # each problem names the params file
     assert "Traceback" not in result.output
     assert_nothing_started(home)
+    assert_run_slot_free(home)
     if json_out:
         last = json.loads(result.stdout.strip().splitlines()[-1])
         assert last["outcome"] == "failed" and last["error"].startswith(HEADING)
@@ -214,6 +223,36 @@ def test_data_error_and_flow_exception_with_json(tmp_path, monkeypatch, home, ba
     result = CliRunner().invoke(app, ["run", "--params", params, "--json"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"outcome": "failed", "error": "ValueError: tracking server gone"}
+    assert_run_slot_free(home)
+
+
+HOLD_SLOT = """
+import sys, time
+from pathlib import Path
+from tunegate import runqueue
+info = runqueue.holder_info(run_id="run-aaa", trigger="schedule", initiator="scheduler-bot")
+with runqueue.file_slot(Path(sys.argv[1]), runqueue.limit_name("tunegate-demo-assistant"), 1, info, timeout_s=30):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_run_queued_past_its_timeout_exits_1_naming_the_holder_and_runs_nothing(tmp_path, monkeypatch, home, base_model_path):
+    ran = []
+    _fake_flow(monkeypatch, lambda: ran.append(1) or _summary())
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_SLOT, str(home / "queue")], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = CliRunner().invoke(app, ["run", "--params", str(write_params(tmp_path, {"runs.queue_timeout_s": 1})), "--json"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.exit_code == 1, result.output
+    assert ran == [] and "Traceback" not in result.output
+    assert "waiting for the run slot of tunegate-demo-assistant" in result.stderr
+    error = json.loads(result.stdout.strip().splitlines()[-1])["error"]
+    assert "run run-aaa" in error and "trigger schedule" in error and "runs.queue_timeout_s" in error, error
+    assert_run_slot_free(home)
 
 
 def test_ephemeral_server_timeout_is_explained(tmp_path, monkeypatch, home, base_model_path):
