@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from tasks.common import RETRY_TRANSIENT, DataRef, RunContext, timed
-from tunegate import dvc_adapter, tracking
+from tunegate import dvc_adapter, tracking, validation_ahead
 from tunegate.dataset import build_dataset, validate_splits, without
 from tunegate.modeling import load_tokenizer
 from tunegate.params import Params
@@ -72,9 +72,14 @@ def validate_data(params: Params, data: DataRef, ctx: RunContext) -> DataRef:
     """Run the expectation suites; an error rule stops the flow before tuning, 'drop' rules filter."""
     logger = get_run_logger()
     train, evaluation = read_canonical(Path(data.train_path)), read_canonical(Path(data.eval_path))
-    tokenizer = load_tokenizer(params.base_model_path(), params.model.chat_template)
     out_dir = Path(ctx.work_dir) / "validation"
-    train_report, eval_report = validate_splits(params, train, evaluation, tokenizer, docs_dir=out_dir / "data_docs")
+    ahead = validation_ahead.take(params, data.canonical_md5, data.eval_md5, out_dir)
+    if ahead is not None:  # the same suites on byte-identical canonical files, run beside start-up
+        train_report, eval_report = ahead.train, ahead.eval
+        logger.info("validation computed ahead beside start-up, on the same canonical files (md5 %s, %s)", data.canonical_md5, data.eval_md5)
+    else:
+        tokenizer = load_tokenizer(params.base_model_path(), params.model.chat_template)
+        train_report, eval_report = validate_splits(params, train, evaluation, tokenizer, docs_dir=out_dir / "data_docs")
     reports = [r for r in (train_report, eval_report) if r is not None]
     markdown_path, _ = save_report(reports, out_dir)
     tracking.log_artifacts(ctx.run_id, out_dir, "validation")

@@ -304,14 +304,17 @@ def _start_prefect_in_background():
 
 def _prefect_api(api_url: str | None):
     """Point Prefect's client at the temporary server for the flow (a setting: the environment's
-    PREFECT_API_URL keeps meaning "a real server", e.g. for the run queue)."""
+    PREFECT_API_URL keeps meaning "a real server", e.g. for the run queue). Without flow-run
+    heartbeats: they let a lasting server call a silent run crashed, and this server ends with this
+    process (tunegate status finds a crashed run by its process); their thread held the flow's end
+    up to 1 s."""
     import contextlib
 
     if api_url is None:
         return contextlib.nullcontext()
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    return temporary_settings(updates={PREFECT_API_URL: api_url})
+    return temporary_settings(updates={PREFECT_API_URL: api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 def _warm_imports(between=None) -> None:
@@ -319,7 +322,7 @@ def _warm_imports(between=None) -> None:
     ``between()`` runs after each (a preflight that failed stops the command without waiting for the rest)."""
     import importlib
 
-    for name in ("torch", "transformers", "peft", "trl", "datasets", "great_expectations", "mlflow.transformers",
+    for name in ("torch", "transformers", "peft", "trl", "datasets", "mlflow.transformers",
                  "matplotlib.pyplot"):
         try:
             importlib.import_module(name)
@@ -338,28 +341,67 @@ def _check_preflight_here(loaded, params: str, json_out: bool) -> None:
 
 
 def _preflight_child(params: str, overrides: list[str]):
-    """``python -m tunegate.preflight`` on the params, started now, read by :func:`_preflight_verdict`."""
-    import subprocess
+    """``python -m tunegate.preflight`` on the params, started now, read by :func:`_preflight_verdict`;
+    once passed it validates the data ahead (:mod:`tunegate.validation_ahead`)."""
+    return _PreflightChild(params, overrides)
 
-    args = [sys.executable, "-m", "tunegate.preflight", str(_params_path(params)), "--as", params]
-    for item in overrides:
-        args += ["--set", item]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+class _PreflightChild:
+    """The preflight's child process: its first stdout line is the verdict, read on a thread; then it
+    validates the data into a private directory removed when this process ends."""
+
+    def __init__(self, params: str, overrides: list[str]) -> None:
+        import atexit
+        import shutil
+        import subprocess
+        import tempfile
+        import threading
+
+        self.directory = Path(tempfile.mkdtemp(prefix="tunegate-ahead-"))
+        args = [sys.executable, "-m", "tunegate.preflight", str(_params_path(params)), "--as", params,
+                "--validate-into", str(self.directory)]
+        for item in overrides:
+            args += ["--set", item]
+        self.stderr = self.directory / "stderr.log"
+        with open(self.stderr, "w") as stderr:
+            self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        self.line = ""
+        self.read = threading.Event()
+        self.verdict_read = False
+        threading.Thread(target=self._read, name="tunegate-preflight", daemon=True).start()
+
+        def cleanup() -> None:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+        atexit.register(cleanup)
+
+    def _read(self) -> None:
+        self.line = self.process.stdout.readline()
+        self.read.set()
+        for _ in self.process.stdout:  # keep the pipe drained
+            pass
+
+    def verdict(self) -> list[dict] | None:
+        """The problems found (empty: passed), or ``None`` when the child could not say."""
+        self.read.wait()
+        try:
+            found = json.loads(self.line)
+        except ValueError:
+            return None
+        return found if isinstance(found, list) else None
 
 
 def _preflight_verdict(child, loaded, params: str, json_out: bool, wait: bool) -> None:
     """Stop the command (exit 2) when the child found problems; a child that could not say runs the
-    preflight here instead. ``wait`` False: only when it has finished already."""
-    if child is None or (not wait and child.poll() is None):
+    preflight here instead. ``wait`` False: only when it has answered already. A passed child goes on
+    validating the data for the flow's ``validate_data`` task."""
+    if child is None or (not wait and not child.read.is_set()) or child.verdict_read:
         return
-    if getattr(child, "verdict_read", False):
-        return
-    out, err = child.communicate()
+    found = child.verdict()
     child.verdict_read = True
-    try:
-        found = json.loads(out.strip().splitlines()[-1]) if child.returncode == 0 else None
-    except (ValueError, IndexError):
-        found = None
     if found is None:  # the child failed: the preflight here says why, with the same messages
         _check_preflight_here(loaded, params, json_out)
         return
@@ -367,6 +409,9 @@ def _preflight_verdict(child, loaded, params: str, json_out: bool, wait: bool) -
         from tunegate.preflight import Problem, format_problems
 
         _fail(format_problems([Problem(p["check"], p["message"]) for p in found], "tunegate run"), code=2, json_out=json_out)
+    from tunegate import validation_ahead
+
+    validation_ahead.register(loaded, child.process, child.directory)
 
 
 def _refuse_live_resume(run_id: str, json_out: bool) -> None:

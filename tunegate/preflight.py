@@ -443,7 +443,8 @@ def mark_passed(params: Params, params_file: str | Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m tunegate.preflight PARAMS [--set k=v ...]``: the problems as one JSON list on stdout.
+    """``python -m tunegate.preflight PARAMS [--set k=v ...]``: the problems as one JSON list on stdout
+    (its first line); with ``--validate-into DIR`` the data validation follows, computed ahead.
 
     ``tunegate run`` runs this beside its own start-up (imports, the Prefect server) on another core.
     """
@@ -457,11 +458,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("params")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--as", dest="shown_as", default=None, help="the params file as the user named it (in messages)")
+    parser.add_argument("--validate-into", default=None,
+                        help="once passed, validate the data ahead into this directory (tunegate.validation_ahead)")
     args = parser.parse_args(argv)
     configure_environment()
     params = load_params(Path(args.params), args.overrides)
     problems = run_preflight(params, params_file=args.shown_as or args.params)
     print(json.dumps([{"check": p.check, "message": p.message} for p in problems]), flush=True)
+    if args.validate_into and not problems:  # the verdict is out; the run goes on while this validates
+        from tunegate import validation_ahead
+
+        validation_ahead.compute(params, Path(args.validate_into))
 
 
 if __name__ == "__main__":
