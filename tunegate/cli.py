@@ -167,6 +167,10 @@ def run(
         from flows.retrain import retrain  # imports the pipeline (torch, transformers, peft, trl, ...)
 
         _warm_imports(lambda: _preflight_verdict(child, loaded, params, json_out, wait=False))
+        if own:  # the imported stack lives as long as the process: the collector need not walk it again
+            import gc  # (the trainer's gc.collect() took 0.5 s over it, and each full collection as much)
+
+            gc.freeze()
         _preflight_verdict(child, loaded, params, json_out, wait=True)
         preflight.mark_passed(loaded, _params_path(params))  # the flow's first task need not check again
         if resume:

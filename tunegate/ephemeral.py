@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -72,6 +73,7 @@ class TemporaryPrefectServer:
         begin = time.perf_counter()
         timeout = float(os.environ.get(TIMEOUT_ENV) or 180)
         try:
+            seed_database()
             self.port = free_port()
             self.process = self._spawn()
             atexit.register(self.stop)
@@ -108,3 +110,98 @@ class TemporaryPrefectServer:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+# --- a new home's Prefect database, migrated once per machine and Prefect version ---------------------
+
+
+def database_path() -> Path | None:
+    """The SQLite database the temporary server uses (Prefect's default under $PREFECT_HOME), or ``None``
+    when the user set a database URL of their own."""
+    if os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") or not os.environ.get("PREFECT_HOME"):
+        return None
+    return Path(os.environ["PREFECT_HOME"]) / "prefect.db"
+
+
+def template_path() -> Path:
+    """This user's copy of a freshly migrated, empty Prefect database, one per Prefect version (in the
+    user's cache, not a shared directory: a database another user could write is not trusted)."""
+    from importlib.metadata import version
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tunegate"
+    return cache / f"prefect-{version('prefect')}-empty.db"
+
+
+def seed_database() -> bool:
+    """Before the server starts: a new home gets a copy of the migrated template, when this user has
+    one (``make setup`` makes it), and Prefect finds nothing to migrate (creating the schema took
+    7-20 s). Returns whether it did."""
+    database = database_path()
+    if database is None or database.exists():
+        return False
+    template = template_path()
+    if not template.is_file():
+        return False
+    database.parent.mkdir(parents=True, exist_ok=True)
+    partial = database.with_name(database.name + f".{os.getpid()}.partial")
+    shutil.copyfile(template, partial)
+    try:  # created only if still absent: a second run starting on this home at once keeps the first's
+        os.link(partial, database)
+    except FileExistsError:
+        return False
+    finally:
+        partial.unlink()
+    return True
+
+
+def make_template() -> Path:
+    """Start a temporary server on a new, empty Prefect home, stop it, and keep its database (read with
+    SQLite's backup API once the server has stopped) as the template; returns its path."""
+    import sqlite3
+    import tempfile
+
+    from tunegate.paths import TELEMETRY_OFF
+
+    template = template_path()
+    saved = {key: os.environ.get(key) for key in ("PREFECT_HOME", "PREFECT_API_DATABASE_CONNECTION_URL", *TELEMETRY_OFF)}
+    try:
+        with tempfile.TemporaryDirectory(prefix="tunegate-prefect-template-") as home:
+            os.environ.update(TELEMETRY_OFF)
+            os.environ["PREFECT_HOME"] = home
+            os.environ.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+            server = TemporaryPrefectServer().start_in_background()
+            try:
+                server.wait()
+            finally:
+                server.stop()
+            template.parent.mkdir(parents=True, exist_ok=True)
+            partial = template.with_name(template.name + f".{os.getpid()}.partial")
+            source, target = sqlite3.connect(Path(home) / "prefect.db"), sqlite3.connect(partial)
+            try:
+                source.backup(target)
+            finally:
+                source.close()
+                target.close()
+            os.chmod(partial, 0o600)
+            os.replace(partial, template)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return template
+
+
+def main() -> None:
+    """``python -m tunegate.ephemeral --template``: make this user's template (``make setup`` does)."""
+    if sys.argv[1:] != ["--template"]:
+        sys.exit("usage: python -m tunegate.ephemeral --template")
+    if template_path().is_file():
+        print(f"Prefect database template: {template_path()} (already there)")
+        return
+    print(f"Prefect database template: {make_template()}")
+
+
+if __name__ == "__main__":
+    main()
