@@ -160,36 +160,26 @@ def make_template() -> Path:
     import sqlite3
     import tempfile
 
-    from tunegate.paths import TELEMETRY_OFF
+    from tunegate.paths import TELEMETRY_OFF, environment
 
     template = template_path()
-    saved = {key: os.environ.get(key) for key in ("PREFECT_HOME", "PREFECT_API_DATABASE_CONNECTION_URL", *TELEMETRY_OFF)}
-    try:
-        with tempfile.TemporaryDirectory(prefix="tunegate-prefect-template-") as home:
-            os.environ.update(TELEMETRY_OFF)
-            os.environ["PREFECT_HOME"] = home
-            os.environ.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
-            server = TemporaryPrefectServer().start_in_background()
-            try:
-                server.wait()
-            finally:
-                server.stop()
-            template.parent.mkdir(parents=True, exist_ok=True)
-            partial = template.with_name(template.name + f".{os.getpid()}.partial")
-            source, target = sqlite3.connect(Path(home) / "prefect.db"), sqlite3.connect(partial)
-            try:
-                source.backup(target)
-            finally:
-                source.close()
-                target.close()
-            os.chmod(partial, 0o600)
-            os.replace(partial, template)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with tempfile.TemporaryDirectory(prefix="tunegate-prefect-template-") as home, \
+            environment({**TELEMETRY_OFF, "PREFECT_HOME": home}, unset=("PREFECT_API_DATABASE_CONNECTION_URL",)):
+        server = TemporaryPrefectServer().start_in_background()
+        try:
+            server.wait()
+        finally:
+            server.stop()
+        template.parent.mkdir(parents=True, exist_ok=True)
+        partial = template.with_name(template.name + f".{os.getpid()}.partial")
+        source, target = sqlite3.connect(Path(home) / "prefect.db"), sqlite3.connect(partial)
+        try:
+            source.backup(target)
+        finally:
+            source.close()
+            target.close()
+        os.chmod(partial, 0o600)
+        os.replace(partial, template)
     return template
 
 

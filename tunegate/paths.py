@@ -7,7 +7,9 @@ Everything the pipeline writes goes under one directory, ``$TUNEGATE_HOME``
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 TELEMETRY_OFF = {
@@ -70,3 +72,21 @@ def configure_environment() -> Path:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault(PREFECT_EPHEMERAL_TIMEOUT, PREFECT_EPHEMERAL_TIMEOUT_DEFAULT)
     return home
+
+
+@contextlib.contextmanager
+def environment(set_: dict[str, str] | None = None, unset: tuple[str, ...] = ()) -> Iterator[None]:
+    """Set and unset environment variables for the block; restore every one of them afterwards."""
+    keys = {*(set_ or {}), *unset}
+    saved = {key: os.environ.get(key) for key in keys}
+    for key in unset:
+        os.environ.pop(key, None)
+    os.environ.update(set_ or {})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

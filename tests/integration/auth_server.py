@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunegate.paths import environment
 from tunegate.server import (
     AUTH_ADMIN_USERNAME, Running, ServerConfig, admin_password, free_port, start_mlflow, stop, wait_healthy,
 )
@@ -32,16 +33,8 @@ CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 @contextmanager
 def tracking_credentials(username: str, password: str) -> Iterator[None]:
     """Set MLFLOW_TRACKING_USERNAME / _PASSWORD (what MLflow clients send) for the block."""
-    saved = {key: os.environ.get(key) for key in CREDENTIAL_ENV}
-    os.environ.update(dict(zip(CREDENTIAL_ENV, (username, password))))
-    try:
+    with environment(dict(zip(CREDENTIAL_ENV, (username, password)))):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @dataclass
