@@ -11,8 +11,7 @@ from prefect.cache_policies import NONE
 
 from tasks.common import RETRY_TRANSIENT, DataRef, RunContext, timed
 from tunegate import dvc_adapter, tracking, validation_ahead
-from tunegate.dataset import build_dataset, validate_splits, without
-from tunegate.modeling import load_tokenizer
+from tunegate.dataset import build_dataset, validate_canonical, without
 from tunegate.params import Params
 from tunegate.paths import repo_root, tunegate_home
 from tunegate.promotion import record
@@ -78,8 +77,7 @@ def validate_data(params: Params, data: DataRef, ctx: RunContext) -> DataRef:
         train_report, eval_report = ahead.train, ahead.eval
         logger.info("validation computed ahead beside start-up, on the same canonical files (md5 %s, %s)", data.canonical_md5, data.eval_md5)
     else:
-        tokenizer = load_tokenizer(params.base_model_path(), params.model.chat_template)
-        train_report, eval_report = validate_splits(params, train, evaluation, tokenizer, docs_dir=out_dir / "data_docs")
+        train_report, eval_report = validate_canonical(params, train, evaluation, out_dir / "data_docs")
     reports = [r for r in (train_report, eval_report) if r is not None]
     markdown_path, _ = save_report(reports, out_dir)
     tracking.log_artifacts(ctx.run_id, out_dir, "validation")

@@ -65,3 +65,39 @@ SAMPLES = {r["id"]: r for r in _ALL}
 
 def pick(*ids: str) -> list[dict]:
     return [SAMPLES[i] for i in ids]
+
+
+# --- the tokenizers and real records both tokenisation test modules run over -------------------------
+
+TOKENIZERS = ["demo", "stories-chatml", "tiny_chatml", "tiny_gpt2"]
+
+
+def family_tokenizer(request, base_model_path):
+    """The tokenizer named by a ``TOKENIZERS`` fixture param: the demo's (stories260K with alpaca, as
+    params/demo.yaml), the same with chatml, or another family's with its own template or the default."""
+    from tunegate.modeling import load_tokenizer
+
+    if request.param == "demo":
+        return load_tokenizer(base_model_path, "alpaca")
+    if request.param == "stories-chatml":
+        return load_tokenizer(base_model_path, "chatml")
+    return load_tokenizer(request.getfixturevalue(request.param), None)
+
+
+def real_records(limit: int) -> list[dict]:
+    """The first ``limit`` records of the shared tool-calling (glaive) and Alpaca demo sets, canonical."""
+    from pathlib import Path
+
+    import pytest
+
+    from tunegate.formats import convert_record
+
+    shared = Path(__file__).resolve().parents[2] / "shared"
+    out = []
+    for name in ("glaive_toolcall_en_demo.json", "alpaca_en_demo.json"):
+        path = shared / "data" / "instruction" / name
+        if not path.is_file():
+            pytest.skip(f"{path} is missing: the tests need ../shared beside the repo")
+        for i, raw in enumerate(json.loads(path.read_text(encoding="utf-8"))[:limit]):
+            out += convert_record(raw, source_name=name, file=str(path), index=i)
+    return out

@@ -116,6 +116,16 @@ def validate_splits(
     return reports[0], reports[1]
 
 
+def validate_canonical(params: Params, train: list[dict[str, Any]], evaluation: list[dict[str, Any]],
+                       docs_dir: Path) -> tuple[ValidationReport, ValidationReport | None]:
+    """:func:`validate_splits` of canonical records with the base model's tokenizer and template: what the
+    flow's ``validate_data`` task runs, and the preflight's child ahead of it (tunegate.validation_ahead)."""
+    from tunegate.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(params.base_model_path(), params.model.chat_template)
+    return validate_splits(params, train, evaluation, tokenizer, docs_dir=docs_dir)
+
+
 def without(records: list[dict[str, Any]], ids: list[str]) -> list[dict[str, Any]]:
     drop = set(ids)
     return [r for r in records if str(r.get("id")) not in drop]

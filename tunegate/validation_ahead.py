@@ -42,9 +42,8 @@ def report_from_dict(data: dict[str, Any] | None) -> ValidationReport | None:
 
 def compute(params: Params, directory: Path) -> Path:
     """In the preflight's child: canonical splits, then the suites on them; the result file's path."""
-    from tunegate.dataset import build_dataset, validate_splits
+    from tunegate.dataset import build_dataset, validate_canonical
     from tunegate.dvc_adapter import file_md5
-    from tunegate.modeling import load_tokenizer
     from tunegate.sources import read_canonical, write_jsonl
 
     dataset = build_dataset(params)
@@ -52,8 +51,7 @@ def compute(params: Params, directory: Path) -> Path:
     write_jsonl(train_path, dataset.train)
     write_jsonl(eval_path, dataset.eval)
     train, evaluation = read_canonical(train_path), read_canonical(eval_path)  # as the task reads them
-    tokenizer = load_tokenizer(params.base_model_path(), params.model.chat_template)
-    reports = validate_splits(params, train, evaluation, tokenizer, docs_dir=directory / DOCS / "data_docs")
+    reports = validate_canonical(params, train, evaluation, directory / DOCS / "data_docs")
     result = {
         "params_key": params_key(params),
         "train_md5": file_md5(train_path),

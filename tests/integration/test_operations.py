@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from polling import request_json, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -26,23 +27,6 @@ REPO = Path(__file__).resolve().parents[2]
 TUNEGATE = str(Path(sys.executable).parent / "tunegate")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MODEL = "ops-assistant"
-
-
-def _get_json(url: str, body: dict | None = None) -> object:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"}, method="POST" if data else "GET")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
-def _wait(predicate, timeout: float, what: str, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 class Ops:
@@ -77,10 +61,10 @@ class Ops:
                                 stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
 
     def flow_runs(self, deployment: str) -> list[dict]:
-        deployments = _get_json(f"{self.api}/deployments/filter", {"deployments": {"name": {"any_": [deployment]}}})
+        deployments = request_json(f"{self.api}/deployments/filter", {"deployments": {"name": {"any_": [deployment]}}})
         if not deployments:
             return []
-        return _get_json(f"{self.api}/flow_runs/filter", {
+        return request_json(f"{self.api}/flow_runs/filter", {
             "deployments": {"id": {"any_": [deployments[0]["id"]]}}, "sort": "START_TIME_ASC", "limit": 50,
         })
 
@@ -90,7 +74,7 @@ class Ops:
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def mlflow_run(self, run_id: str) -> dict:
-        return _get_json(f"{self.mlflow}/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]
+        return request_json(f"{self.mlflow}/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]
 
 
 def _stop(process: subprocess.Popen, timeout: float = 60) -> int:
@@ -150,7 +134,7 @@ def ops(tmp_path_factory, base_model_path, demo_data):
         cwd=REPO, env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
-        _wait(lambda: "Ctrl-C stops both" in (work / "server.out").read_text() or server.poll() is not None, 240, "tunegate server to start")
+        wait_for(lambda: "Ctrl-C stops both" in (work / "server.out").read_text() or server.poll() is not None, 240, "tunegate server to start")
         assert server.poll() is None, (work / "server.out").read_text()
         ops.server = server
         ops.server_out = work / "server.out"
@@ -164,7 +148,7 @@ def ops(tmp_path_factory, base_model_path, demo_data):
 def test_server_runs_a_flow_and_both_apis_answer(ops):
     out = ops.server_out.read_text()
     assert ops.api in out and ops.mlflow in out  # it prints the URLs to export
-    assert _get_json(f"{ops.api}/health") is True
+    assert request_json(f"{ops.api}/health") is True
     assert urllib.request.urlopen(f"{ops.mlflow}/health", timeout=10).read() == b"OK"
     assert json.loads((ops.home / "server.json").read_text())["mlflow_backend_store"].startswith(f"sqlite:///{ops.home}")
 
@@ -172,16 +156,16 @@ def test_server_runs_a_flow_and_both_apis_answer(ops):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["registered_version"] == "1" and summary["trigger"] == "manual"
     # Prefect's API knows the flow run, MLflow's API the run, its artifacts and the registered version.
-    flow_run = _get_json(f"{ops.api}/flow_runs/{summary['prefect_flow_run_id']}")
+    flow_run = request_json(f"{ops.api}/flow_runs/{summary['prefect_flow_run_id']}")
     assert flow_run["state"]["type"] == "COMPLETED"
     run = ops.mlflow_run(summary["run_id"])
     assert run["info"]["status"] == "FINISHED"
     assert run["info"]["artifact_uri"].startswith("mlflow-artifacts:/")  # proxied by the server
-    version = _get_json(f"{ops.mlflow}/api/2.0/mlflow/model-versions/get?name={MODEL}&version=1")["model_version"]
+    version = request_json(f"{ops.mlflow}/api/2.0/mlflow/model-versions/get?name={MODEL}&version=1")["model_version"]
     assert version["run_id"] == summary["run_id"]
     assert (ops.home / "mlflow" / "artifacts").is_dir() and any((ops.home / "mlflow" / "artifacts").rglob("adapter_model.safetensors"))
     ops.cli("approve", "1", "--reviewer", "alice", "--reason", "first model", "-p", str(ops.params))
-    alias = _get_json(f"{ops.mlflow}/api/2.0/mlflow/registered-models/alias?name={MODEL}&alias=champion")
+    alias = request_json(f"{ops.mlflow}/api/2.0/mlflow/registered-models/alias?name={MODEL}&alias=champion")
     assert alias["model_version"]["version"] == "1"
 
 
@@ -196,7 +180,7 @@ def test_schedule_starts_runs_and_the_second_has_nothing_to_do(ops):
             runs = [r for r in ops.flow_runs("ops-scheduled") if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED")]
             return runs if len(runs) >= 2 else None
 
-        runs = _wait(two_finished, 420, "two scheduled runs to finish", interval=2)
+        runs = wait_for(two_finished, 420, "two scheduled runs to finish", interval=2)
     finally:
         assert _stop(serve) is not None
     first, second = sorted(runs, key=lambda r: r["start_time"])[:2]
@@ -210,7 +194,7 @@ def test_schedule_starts_runs_and_the_second_has_nothing_to_do(ops):
     run = ops.mlflow_run(entries[0]["data"]["run_id"])
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert run["info"]["status"] == "FINISHED" and tags["tunegate.outcome"] == "nothing_to_do"
-    versions = _get_json(f"{ops.mlflow}/api/2.0/mlflow/model-versions/search?filter=name%3D%27{MODEL}%27")["model_versions"]
+    versions = request_json(f"{ops.mlflow}/api/2.0/mlflow/model-versions/search?filter=name%3D%27{MODEL}%27")["model_versions"]
     assert sorted(v["version"] for v in versions) == ["1", "2"]
     assert ops.cli("audit", "verify", "-p", str(ops.params)).returncode == 0
 
@@ -220,7 +204,7 @@ def test_new_data_triggers_a_run_evaluated_against_the_champion(ops):
     log = ops.work / "serve-data.out"
     serve = ops.serve(log=log)  # the params' own deployment: no schedule, the new-data trigger
     try:
-        _wait(lambda: _get_json(f"{ops.api}/automations/filter", {}) and "serving" in log.read_text(), 120, "the trigger to be registered")
+        wait_for(lambda: request_json(f"{ops.api}/automations/filter", {}) and "serving" in log.read_text(), 120, "the trigger to be registered")
         time.sleep(5)  # the server's trigger service loads new automations on its next refresh
         extra = ops.data_repo / "data" / "extra.jsonl"
         demo_lines = (REPO / "data" / "demo" / "train.jsonl").read_text().splitlines()
@@ -232,7 +216,7 @@ def test_new_data_triggers_a_run_evaluated_against_the_champion(ops):
             runs = [r for r in ops.flow_runs("ops-retrain") if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED")]
             return runs or None
 
-        runs = _wait(finished, 420, "a data-triggered run to finish", interval=2)
+        runs = wait_for(finished, 420, "a data-triggered run to finish", interval=2)
         # `tunegate trigger` starts the served deployment like the schedule would: nothing changed since.
         again = ops.cli("trigger", "-p", str(ops.params), "--wait")
         assert "Nothing to do" in again.stdout, again.stdout
@@ -277,19 +261,19 @@ def test_prefect_yaml_deploys_to_a_process_work_pool(ops):
 
     run("work-pool", "create", "tunegate-process", "--type", "process")
     ops.cli("deploy", "--name", "tunegate-retrain")  # `prefect deploy`, with Prefect 3.8.8's worker-listing bug patched
-    deployment = _get_json(f"{ops.api}/deployments/name/retrain/tunegate-retrain")
+    deployment = request_json(f"{ops.api}/deployments/name/retrain/tunegate-retrain")
     assert deployment["work_pool_name"] == "tunegate-process"
     assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * 1"]
     assert deployment["parameters"]["trigger"] == "schedule"
     assert deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
-    automations = _get_json(f"{ops.api}/automations/filter", {})
+    automations = request_json(f"{ops.api}/automations/filter", {})
     templated = [a for a in automations if a["actions"][0].get("deployment_id") == deployment["id"]]
     assert templated and templated[0]["actions"][0]["parameters"]["trigger"] == "data:{{ event.resource.id }}@{{ event.payload.md5 }}"
 
     # A run as the schedule starts it, on the ops params: inputs equal candidate 3's, so the worker's run has nothing to do.
-    flow_run = _get_json(f"{ops.api}/deployments/{deployment['id']}/create_flow_run", {"parameters": {"params_file": str(ops.params)}})
+    flow_run = request_json(f"{ops.api}/deployments/{deployment['id']}/create_flow_run", {"parameters": {"params_file": str(ops.params)}})
     run("worker", "start", "--pool", "tunegate-process", "--run-once")
-    finished = _wait(lambda: (r := _get_json(f"{ops.api}/flow_runs/{flow_run['id']}"))["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED") and r,
+    finished = wait_for(lambda: (r := request_json(f"{ops.api}/flow_runs/{flow_run['id']}"))["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED") and r,
                      300, "the worker's flow run to finish", interval=2)
     assert finished["work_pool_name"] == "tunegate-process"
     assert finished["state"]["name"] == "Nothing to do", finished["state"]
@@ -302,7 +286,7 @@ def test_screens_of_both_uis(ops):
     runs = [r for r in ops.flow_runs("ops-retrain") if r["state"]["type"] == "COMPLETED"]
     screens = ops.home / "screens"
     screens.mkdir(exist_ok=True)
-    [summary] = _get_json(f"{ops.api}/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [runs[0]["id"]]}, "key": {"any_": ["run-summary"]}}})
+    [summary] = request_json(f"{ops.api}/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [runs[0]["id"]]}, "key": {"any_": ["run-summary"]}}})
     pages = {
         "prefect-flow-run": (f"{ops.prefect}/runs/flow-run/{runs[0]['id']}", runs[0]["name"]),
         "prefect-run-summary-artifact": (f"{ops.prefect}/artifacts/artifact/{summary['id']}", "Gate: PASSED"),

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from polling import request_json, wait_for
 
 from tunegate import audit, failures, server as server_module
 from tunegate.server import ServerConfig, free_port, start_mlflow, stop, wait_healthy
@@ -275,22 +276,6 @@ def _get(url: str, timeout: float = 5) -> dict:
         return {"text": body.decode(errors="replace")}
 
 
-def _post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
-def _wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def _state(home: Path) -> dict:
     try:
         return json.loads((home / "server.json").read_text())
@@ -365,13 +350,13 @@ def test_server_restarts_a_killed_mlflow_server_while_prefect_keeps_serving(tmp_
     prefect_down: list[str] = []
     watching = threading.Event()
     try:
-        _wait_for(lambda: "Ctrl-C stops both" in out.read_text() or process.poll() is not None, 240, "tunegate server to start")
+        wait_for(lambda: "Ctrl-C stops both" in out.read_text() or process.poll() is not None, 240, "tunegate server to start")
         assert process.poll() is None, out.read_text()
         before = _state(home)
         mlflow_pid, prefect_pid = before["components"]["MLflow"]["pid"], before["components"]["Prefect"]["pid"]
         assert before["pids"] == {"MLflow": mlflow_pid, "Prefect": prefect_pid}
         assert before["components"]["MLflow"]["restarts"] == 0
-        experiment = _post(f"{mlflow}/api/2.0/mlflow/experiments/create", {"name": "survives-the-restart"})["experiment_id"]
+        experiment = request_json(f"{mlflow}/api/2.0/mlflow/experiments/create", {"name": "survives-the-restart"})["experiment_id"]
 
         def watch_prefect():  # Prefect's API must answer all along (10 s: two busy cores train meanwhile)
             while not watching.is_set():
@@ -387,13 +372,13 @@ def test_server_restarts_a_killed_mlflow_server_while_prefect_keeps_serving(tmp_
         with open(run_out, "w") as stdout, open(run_err, "w") as stderr:
             run = subprocess.Popen([TUNEGATE, "run", "-p", str(params), "--json", "--no-wait-for-approval"], cwd=REPO, env=run_env,
                                    stdout=stdout, stderr=stderr, start_new_session=True)
-        killed_at_step = _wait_for(lambda: _newest_checkpoint(home) or run.poll() is not None, 600, "the first checkpoint", interval=0.2)
+        killed_at_step = wait_for(lambda: _newest_checkpoint(home) or run.poll() is not None, 600, "the first checkpoint", interval=0.2)
         assert run.poll() is None, f"the run ended before its first checkpoint:\n{run_err.read_text()[-3000:]}"
         assert killed_at_step < RESTART_STEPS, killed_at_step  # the kill comes in the middle of tuning
 
         os.kill(mlflow_pid, signal.SIGKILL)
         killed = time.monotonic()
-        after = _wait_for(lambda: (s := _state(home)) and s["components"]["MLflow"]["state"] == "running"
+        after = wait_for(lambda: (s := _state(home)) and s["components"]["MLflow"]["state"] == "running"
                           and s["components"]["MLflow"]["restarts"] == 1 and s, 180, "the MLflow server to be restarted", interval=0.2)
         restart_took = time.monotonic() - killed
         mlflow_after = after["components"]["MLflow"]
@@ -421,7 +406,7 @@ def test_server_restarts_a_killed_mlflow_server_while_prefect_keeps_serving(tmp_
         assert summary["train"]["resumed_from"].endswith(f"checkpoint-{resumed[-1]}")
         flow_run = _get(f"{prefect}/api/flow_runs/{summary['prefect_flow_run_id']}")
         assert flow_run["state"]["type"] == "COMPLETED"
-        task_runs = _post(f"{prefect}/api/task_runs/filter", {"flow_runs": {"id": {"any_": [summary["prefect_flow_run_id"]]}}})
+        task_runs = request_json(f"{prefect}/api/task_runs/filter", {"flow_runs": {"id": {"any_": [summary["prefect_flow_run_id"]]}}})
         tune = [t for t in task_runs if t["name"].startswith("tune")]
         assert len(tune) == 1 and tune[0]["state"]["type"] == "COMPLETED" and tune[0]["run_count"] == 1 + len(resumed), tune
         mlflow_run = _get(f"{mlflow}/api/2.0/mlflow/runs/get?run_id={summary['run_id']}")["run"]

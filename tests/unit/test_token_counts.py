@@ -10,19 +10,15 @@ template and GPT-2's byte-level BPE (no template of its own: tunegate's default)
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 
 from tunegate.checks import count_record_tokens, count_record_tokens_per_record
-from tunegate.formats import convert_record
 from tunegate.modeling import load_tokenizer
 from tunegate.tokenize import _DirectTemplate, render_many_with_prompt, render_with_prompt, token_offsets
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
 
-from chat_records import pick  # noqa: E402
+from chat_records import TOKENIZERS, family_tokenizer, pick, real_records  # noqa: E402
 from chat_records import assistant as _a, record as _record, user as _u  # noqa: E402,F401
 
 RECORDS = pick(
@@ -41,25 +37,13 @@ RECORDS = pick(
 )
 
 
-@pytest.fixture(scope="module", params=["demo", "stories-chatml", "tiny_chatml", "tiny_gpt2"])
+@pytest.fixture(scope="module", params=TOKENIZERS)
 def tokenizer(request, base_model_path):
-    if request.param == "demo":
-        return load_tokenizer(base_model_path, "alpaca")  # params/demo.yaml: model.chat_template alpaca
-    if request.param == "stories-chatml":
-        return load_tokenizer(base_model_path, "chatml")
-    return load_tokenizer(request.getfixturevalue(request.param), None)  # its own template, or the default
+    return family_tokenizer(request, base_model_path)
 
 
 def _real_records() -> list[dict]:
-    """Records of the shared demo data sets: tool calling (glaive) and Alpaca."""
-    out = []
-    for name, limit in (("glaive_toolcall_en_demo.json", 150), ("alpaca_en_demo.json", 150)):
-        path = SHARED / "data" / "instruction" / name
-        if not path.is_file():
-            pytest.skip(f"{path} is missing: the tests need ../shared beside the repo")
-        for i, raw in enumerate(json.loads(path.read_text(encoding="utf-8"))[:limit]):
-            out += convert_record(raw, source_name=name, file=str(path), index=i)
-    return out
+    return real_records(150)
 
 
 def test_direct_render_is_used(tokenizer):
