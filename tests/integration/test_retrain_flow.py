@@ -1,7 +1,10 @@
 """The real `retrain` flow on the real tiny model, against a real MLflow store and DVC repo.
 
-One module-scoped first run (the demo defaults) is shared by the assertions below;
-the approve -> second run path goes through the real CLI in a subprocess.
+One module-scoped first run (the demo defaults) is shared by the assertions below; the approve -> second
+run path goes through the real CLI in a subprocess. That second run's baseline, the approved champion on
+the same eval data, suites and code, is read back from the first run's evaluation (issue #14); the
+walkthrough's run evaluates the same champion afresh (eval.reuse_baseline=false), and the two must agree
+in every figure, and so in the gate's decision.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tunegate import audit, promotion, tracking
+from tunegate import audit, eval_cache, promotion, tracking
 from tunegate.cli import app
+from tunegate.eval_suites import ModelEvaluation, compare
+from tunegate.gate import decide_promotion
 from tunegate.params import load_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -127,21 +132,26 @@ def test_tuned_model_stops_by_itself(first_run):
     assert sum(stopped) / len(stopped) >= 0.95, f"{sum(stopped)}/{len(stopped)} answers ended with EOS"
 
 
-def test_approve_then_second_run_uses_the_champion(first_run, tunegate_home):
-    name = load_params(DEMO).model.registered_name
+SECOND = ["train.max_steps=3"]
+
+
+@pytest.fixture(scope="module")
+def second_run(first_run, tunegate_home):
+    """alice approves version 1; then a short run through the real CLI in a subprocess (the gate refuses it)."""
     result = CliRunner().invoke(app, ["approve", first_run["registered_version"], "--reviewer", "alice", "--reason", "first release"])
     assert result.exit_code == 0, result.output
-    assert tracking.alias_version(name, "champion").version == first_run["registered_version"]
-
-    # The real CLI in a subprocess; a short training run, so the gate should refuse it.
     env = {**os.environ, "TUNEGATE_HOME": str(tunegate_home)}
     env.pop("PREFECT_API_URL", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "tunegate.cli", "run", "--json", "--set", "train.max_steps=3"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
+    sets = [arg for item in SECOND for arg in ("--set", item)]
+    proc = subprocess.run([sys.executable, "-m", "tunegate.cli", "run", "--json", *sets],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    second = json.loads(proc.stdout.strip().splitlines()[-1])
+    return proc, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_approve_then_second_run_uses_the_champion(first_run, second_run):
+    name = load_params(DEMO).model.registered_name
+    proc, second = second_run
     assert second["baseline"]["source"] == "champion"
     assert second["baseline"]["version"] == first_run["registered_version"]
     assert "champion (version 1)" in proc.stderr
@@ -159,6 +169,46 @@ def test_approve_then_second_run_uses_the_champion(first_run, tunegate_home):
     ok, message, entries = audit.store().verify()
     assert ok, message
     assert [e for e in entries if e["event"] == "approval"][0]["actor"] == "alice"
+
+
+def _stored(run_id: str, role: str, tmp_path: Path) -> dict:
+    """The evaluation a run stored as ``evaluation/<role>.json``, as JSON types."""
+    local = tracking.client().download_artifacts(run_id, f"evaluation/{role}.json", str(tmp_path))
+    return json.loads(Path(local).read_text())
+
+
+def test_second_run_reuses_the_champions_evaluation(first_run, second_run, tmp_path):
+    _, second = second_run
+    reuse = second["baseline_evaluation"]
+    assert reuse["reused"] is True and reuse["from_run"] == first_run["run_id"] and reuse["computed_in"] == first_run["run_id"]
+    run1, run2 = tracking.get_run(first_run["run_id"]), tracking.get_run(second["run_id"])
+    # The champion was evaluated as candidate by the run that trained it, under the same key.
+    assert reuse["key"] == run2.data.tags["tunegate.eval_key.baseline"] == run1.data.tags["tunegate.eval_key.candidate"]
+    assert run2.data.tags["tunegate.eval_reused_from.baseline"] == first_run["run_id"]
+    assert run2.data.tags["tunegate.eval_model.baseline"] == f"runs:/{first_run['run_id']}/tunegate_model"
+    note = f"reused from run `{first_run['run_id']}` (same model, eval data, suites, code)"
+    report = Path(second["evaluation"]["report"])
+    assert f"Baseline evaluation {note}." in report.with_suffix(".md").read_text()
+    assert f"reused from run <code>{first_run['run_id']}</code> (same model, eval data, suites, code)" in report.read_text()
+    summary_md = Path(tracking.client().download_artifacts(second["run_id"], "summary/summary.md", str(tmp_path))).read_text()
+    assert f"- baseline evaluation: {note}" in summary_md
+    # MLflow holds the same baseline figures the first run computed for the champion as candidate.
+    candidate_metrics = {k.removeprefix("candidate_"): v for k, v in run1.data.metrics.items() if k.startswith("candidate_")}
+    baseline_metrics = {k.removeprefix("baseline_"): v for k, v in run2.data.metrics.items() if k.startswith("baseline_")}
+    assert baseline_metrics == candidate_metrics and "exact_match" in baseline_metrics and "over_refusal_rate" in baseline_metrics
+    stored = _stored(second["run_id"], "baseline", tmp_path / "second")
+    assert stored["computed_in"] == first_run["run_id"] and stored["eval_key"]["digest"] == reuse["key"]
+    as_candidate = _stored(first_run["run_id"], "candidate", tmp_path / "first")
+    assert {k: v for k, v in stored.items() if k != "eval_key"} == {k: v for k, v in as_candidate.items() if k != "eval_key"}
+
+
+def test_the_base_model_evaluation_is_found_by_its_key(first_run):
+    params = load_params(DEMO)
+    key = eval_cache.make_key(params, first_run["data"]["eval_md5"], None, None)
+    assert key.digest == first_run["baseline_evaluation"]["key"] == tracking.get_run(first_run["run_id"]).data.tags["tunegate.eval_key.baseline"]
+    found, problems = eval_cache.find_earlier(params.project.name, key)
+    assert found is not None and problems == []
+    assert json.loads(json.dumps(found.evaluation.summary())) == first_run["baseline"]["metrics"]
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_INPUTS))
@@ -202,15 +252,37 @@ def test_resume_continues_the_same_mlflow_run(prefect_harness, first_run):
         retrain(params_file=str(DEMO), overrides=["train.max_steps=5", "train.save_steps=2"], resume_run_id=first["run_id"])
 
 
-def test_run_approve_run_approve_then_lineage_and_model_card(prefect_harness, first_run, tunegate_home):
-    """The README walkthrough: the second champion's lineage goes back through the first."""
+# The walkthrough's second run: lineage, model card and history do not depend on its quality, so a short run
+# with the gate's retrain rules opened up stands in for a full retrain (a full demo run costs ~70 s more).
+OPEN_GATE = ["train.max_steps=6", "gate.min_improvement=-1", "gate.max_family_regression=1", "gate.rules=[]",
+             "gate.hard_rules.refusal_may_not_drop=false"]
+
+
+def test_run_approve_run_approve_then_lineage_and_model_card(prefect_harness, first_run, second_run, tunegate_home, tmp_path):
+    """The README walkthrough: the second champion's lineage goes back through the first. Its run evaluates
+    the champion afresh (eval.reuse_baseline=false): every figure equals the one the subprocess run reused,
+    and so does the gate's decision computed from it."""
     from flows.retrain import retrain
 
     name = load_params(DEMO).model.registered_name
     assert tracking.alias_version(name, "champion").version == first_run["registered_version"]
-    second = retrain(params_file=str(DEMO), overrides=[])
+    second = retrain(params_file=str(DEMO), overrides=[*OPEN_GATE, "eval.reuse_baseline=false"])
     assert second["baseline"] == {**second["baseline"], "source": "champion", "version": first_run["registered_version"]}
+    assert second["baseline_evaluation"]["reused"] is False
     assert second["gate"]["passed"] and second["registered_version"]
+
+    _, reusing = second_run
+    fresh = ModelEvaluation.from_dict(_stored(second["run_id"], "baseline", tmp_path / "fresh"))
+    reused = ModelEvaluation.from_dict(_stored(reusing["run_id"], "baseline", tmp_path / "reused"))
+    assert fresh == reused  # every per-example score and output, the loss, the truncation count
+    assert json.loads(json.dumps(fresh.summary())) == reusing["baseline"]["metrics"]
+    params = load_params(DEMO, SECOND)
+    candidate = ModelEvaluation.from_dict(_stored(reusing["run_id"], "candidate", tmp_path / "candidate"))
+    deltas = json.loads(json.dumps([d.to_dict() for d in compare(fresh, candidate, params.eval)]))
+    assert deltas == reusing["evaluation"]["deltas"]
+    decision = decide_promotion(fresh.summary(), candidate.summary(), params.gate, deltas).to_dict()
+    assert {"passed": decision["passed"], "reasons": decision["reasons"]} == reusing["gate"]
+
     version = second["registered_version"]
     result = CliRunner().invoke(app, ["approve", version, "--reviewer", "bob", "--reason", "second release"])
     assert result.exit_code == 0, result.output
