@@ -53,7 +53,8 @@ def tune(params: Params, data: DataRef, ctx: RunContext) -> TunedModel:
         logger.info("resuming training from step %s (checkpoint %s)", earlier.name.split("-")[-1], earlier)
     with compute_slot(params, ctx, "training") as waited:
         timings.waited("tuning", waited)
-        result = train_model(params, records, Path(ctx.work_dir), log_step=log_step, log_checkpoint=log_checkpoint)
+        result = train_model(params, records, Path(ctx.work_dir), log_step=log_step, log_checkpoint=log_checkpoint,
+                             log_line=logger.info)
     if result.resumed_from:
         logger.info("resumed from %s", result.resumed_from)
     tracking.log_params(ctx.run_id, {f"trainer.{k}": v for k, v in result.trainer_args.items()})

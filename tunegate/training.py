@@ -23,6 +23,7 @@ from tunegate.params import Params, dump_params
 
 StepLogger = Callable[[int, dict[str, float]], None]
 CheckpointLogger = Callable[[Path], None]
+LineLogger = Callable[[str], None]
 
 
 class TrainingSetupError(RuntimeError):
@@ -155,16 +156,42 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(candidates)[1] if candidates else None
 
 
-def _callback(log_step: StepLogger | None, log_checkpoint: CheckpointLogger | None, output_dir: Path, checkpoint_minutes: float | None = None):
+def step_line(step: int, max_steps: int, values: dict[str, float]) -> str:
+    """tunegate's own training line: ``step 40/400: loss 1.234, lr 4.5e-03, 3,950 tokens/s``."""
+    parts = [f"loss {values['loss']:.4f}"] if "loss" in values else []
+    if "learning_rate" in values:
+        parts.append(f"lr {values['learning_rate']:.2e}")
+    if "tokens_per_second" in values:
+        parts.append(f"{values['tokens_per_second']:,.0f} tokens/s")
+    return f"step {step}/{max_steps}: " + ", ".join(parts)
+
+
+def quiet_progress():
+    """transformers' progress bar without its ``on_log``, which writes each log dict
+    (``{'loss': '0.183', ...}``) between the bars: the bar shows the loss, tunegate logs its own lines."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+                self.training_bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
+
+    return QuietProgress()
+
+
+def _callback(log_step: StepLogger | None, log_checkpoint: CheckpointLogger | None, output_dir: Path,
+              checkpoint_minutes: float | None = None, log_line: LineLogger | None = None):
     from transformers import TrainerCallback
 
     class TunegateCallback(TrainerCallback):
         """Per-step metrics (with tokens/s) to ``log_step``; each saved checkpoint to ``log_checkpoint``;
-        a checkpoint when ``checkpoint_minutes`` passed since the last one."""
+        a checkpoint when ``checkpoint_minutes`` passed since the last one; a :func:`step_line` to
+        ``log_line`` about every tenth of training (and at its last logged step)."""
 
         def __init__(self):
             self._last = (time.perf_counter(), 0.0)
             self._last_save = time.monotonic()
+            self._last_line = -1
 
         def on_step_end(self, args, state, control, **kwargs):
             if checkpoint_minutes and time.monotonic() - self._last_save >= checkpoint_minutes * 60:
@@ -172,7 +199,7 @@ def _callback(log_step: StepLogger | None, log_checkpoint: CheckpointLogger | No
             return control
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not log_step:
+            if not state.is_world_process_zero or not (log_step or log_line):
                 return
             values = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
             if "num_tokens" in values:
@@ -181,8 +208,13 @@ def _callback(log_step: StepLogger | None, log_checkpoint: CheckpointLogger | No
                 if tokens > last_tokens and now > last_time:
                     values["tokens_per_second"] = (tokens - last_tokens) / (now - last_time)
                 self._last = (now, tokens)
-            if values:
+            if values and log_step:
                 log_step(state.global_step, values)
+            if log_line and "loss" in values:
+                tenth = max(1, state.max_steps // 10)
+                if self._last_line < 0 or state.global_step - self._last_line >= tenth or state.global_step + args.logging_steps > state.max_steps:
+                    self._last_line = state.global_step
+                    log_line(step_line(state.global_step, state.max_steps, values))
 
         def on_save(self, args, state, control, **kwargs):
             self._last_save = time.monotonic()
@@ -200,6 +232,7 @@ def train_model(
     work_dir: Path,
     log_step: StepLogger | None = None,
     log_checkpoint: CheckpointLogger | None = None,
+    log_line: LineLogger | None = None,
 ) -> TrainResult:
     """Tune the base model on ``records``; save under ``work_dir/model``.
 
@@ -231,8 +264,13 @@ def train_model(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config(params) if params.train.method != "full" else None,
-        callbacks=[_callback(log_step, log_checkpoint, checkpoint_dir, params.train.checkpoint_minutes)],
+        callbacks=[_callback(log_step, log_checkpoint, checkpoint_dir, params.train.checkpoint_minutes, log_line)],
     )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.pop_callback(PrinterCallback)  # with the bar switched off (disable_tqdm) it prints the same dicts
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(quiet_progress())
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
     state = json.loads((resume / "trainer_state.json").read_text()) if resume else {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,6 +88,12 @@ def test_a_second_run_queues_behind_the_first_which_is_killed_and_resumes_to_the
     assert second.returncode == 0, f"exit {second.returncode}\n{out[-2000:]}\n{err[-4000:]}"
     log = out + err
     assert "Traceback" not in log and "is busy" not in log, err[-4000:]
+    # Issue #15: a quiet terminal. No trainer dicts between the bars, tunegate's own step lines instead; the
+    # libraries' warnings are in the home's warnings log, not on the console.
+    assert not re.search(r"^\s*\{'", log, re.M) and "{'loss'" not in log and "'train_runtime'" not in log, log[-3000:]
+    assert re.search(r"step \d+/100: loss \d", log) and "step 100/100: loss" in log, log[-3000:]
+    assert not re.search(r"\b(Future|User|Deprecation)Warning\b", log), log[-3000:]
+    assert "FutureWarning" in (home / "logs" / "warnings.log").read_text()
     reference = _summary(out)
     assert reference["run_id"] != run_id
     assert "waiting for the run slot of queue-assistant" in log, log[-3000:]
