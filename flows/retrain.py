@@ -13,9 +13,9 @@ from prefect.states import Completed
 
 from tasks.data import prepare_data, validate_data
 from tasks.freshness import check_unchanged, skip_run
-from tasks.evaluate import compare_models, evaluate, resolve_baseline
+from tasks.evaluate import compare_models, evaluate, resolve_baseline, resolve_waiting
 from tasks.queue import run_slot
-from tasks.promote import apply_review, approval_form, gate, register_candidate
+from tasks.promote import apply_review, approval_form, check_champion, gate, keep_waiting, register_candidate
 from tasks.tracking import finish_run, load_run_params, record_failure, start_run
 from tasks.train import tune
 
@@ -28,11 +28,15 @@ def retrain(
     wait_for_approval: bool = False,
     trigger: str = "manual",
     force: bool = False,
+    accept_unaudited_champion: bool = False,
 ) -> dict[str, Any]:
     """``trigger``: who started the run ("manual", "schedule", "data:..."); unattended runs whose
-    inputs equal the champion's or a waiting candidate's end as "nothing to do" unless ``force``."""
+    inputs equal the champion's or a waiting candidate's end as "nothing to do" unless ``force``.
+    A champion alias moved outside tunegate stops the run before anything is done unless
+    ``accept_unaudited_champion`` (audited)."""
     params = load_run_params(params_file, overrides or [])
     ctx = start_run(params, params_file, resume_run_id, trigger)
+    check_champion(params, ctx, accept_unaudited_champion)
     # One run of this model at a time from data to registration: a second one waits here (tasks.queue).
     with run_slot(params, ctx):
         data = prepare_data(params, ctx)
@@ -45,9 +49,17 @@ def retrain(
         baseline = resolve_baseline(params, ctx)
         baseline_eval = evaluate(params, data, ctx, "baseline", baseline.model_dir, baseline.version)
         candidate_eval = evaluate(params, data, ctx, "candidate", tuned.model_dir)
-        comparison = compare_models(params, ctx, data, baseline, baseline_eval, candidate_eval)
+        # Against a champion the base model is a second reference (the gate's over-base rule); usually read back.
+        base_eval = evaluate(params, data, ctx, "base", None) if baseline.source == "champion" else None
+        # A candidate waiting for review is a third reference (usually read back from the run that trained it).
+        waiting = resolve_waiting(params, ctx, baseline)
+        waiting_eval = evaluate(params, data, ctx, "waiting", waiting.model_dir, waiting.version) if waiting else None
+        comparison = compare_models(params, ctx, data, baseline, baseline_eval, candidate_eval, base_eval, waiting, waiting_eval)
         decision = gate(params, comparison, ctx)
-        version = register_candidate(params, ctx, data, baseline, decision, tuned.model_uri) if decision["passed"] else None
+        replace = decision["passed"] and (decision.get("waiting") or {}).get("replace", True)
+        if decision["passed"] and not replace:
+            keep_waiting(params, ctx, decision)
+        version = register_candidate(params, ctx, data, baseline, decision, tuned.model_uri) if replace else None
         summary = finish_run(params, ctx, data, baseline, comparison, tuned, decision, version)
     if version and wait_for_approval:
         # A person answers in the Prefect UI (or resume_flow_run); the same promotion logic as the CLI runs.

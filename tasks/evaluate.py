@@ -17,7 +17,7 @@ from tunegate.eval_cache import EvaluationOutcome
 from tunegate.eval_suites import ModelEvaluation, compare, load_items_md5, worst_regressions
 from tunegate.params import Params
 from tunegate.paths import tunegate_home
-from tunegate.report import plots, render_html, render_markdown
+from tunegate.report import overall, plots, render_html, render_markdown
 from tunegate.summary import baseline_label
 
 
@@ -39,6 +39,19 @@ def resolve_baseline(params: Params, ctx: RunContext) -> BaselineRef:
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
+def resolve_waiting(params: Params, ctx: RunContext, baseline: BaselineRef) -> BaselineRef | None:
+    """The version under alias ``candidate`` (waiting for review), downloaded, or None: the new candidate
+    is compared with it too, and replaces it only by policy (``gate.replace_waiting``)."""
+    waiting = tracking.alias_version(params.model.registered_name, tracking.CANDIDATE)
+    if waiting is None or waiting.version == baseline.version or waiting.run_id == ctx.run_id:
+        return None
+    local = tracking.download_version(waiting, Path(ctx.work_dir) / "waiting")
+    get_run_logger().info("waiting for review: version %s; the new candidate is compared with it too", waiting.version)
+    tracking.set_tags(ctx.run_id, {"tunegate.waiting_version": waiting.version})
+    return BaselineRef("waiting", waiting.version, str(local))
+
+
+@task(cache_policy=NONE, **RETRY_TRANSIENT)
 @timed("evaluation_{role}")
 def evaluate(
     params: Params, data: DataRef, ctx: RunContext, role: str, model_dir: str | None, version: str | None = None,
@@ -46,7 +59,8 @@ def evaluate(
     """Score one model (``model_dir`` None: the base model) on every enabled suite.
 
     ``role`` "candidate": the model this run trained; "baseline": the base model, or the registered
-    ``version`` downloaded to ``model_dir``. A baseline that an earlier finished run evaluated with
+    ``version`` downloaded to ``model_dir``; "base": the base model beside a champion baseline (the
+    gate's over-base rule). A baseline or base that an earlier finished run evaluated with
     the same model, eval data, suites and evaluation code is read back from that run instead
     (:mod:`tunegate.eval_cache`; ``eval.reuse_baseline: false`` turns it off); anything wrong with the
     stored one and it is evaluated here. Either way the run logs the same metrics and
@@ -63,7 +77,7 @@ def evaluate(
     except Exception as error:  # no key: evaluate, and leave nothing for later runs to reuse
         reason = f"no evaluation key ({type(error).__name__}: {error})"
         logger.warning("%s: %s", role, reason)
-    if key is not None and role == "baseline":
+    if key is not None and role != "candidate":
         if not params.eval.reuse_baseline:
             reason = "reuse turned off (eval.reuse_baseline: false)"
         else:
@@ -81,7 +95,7 @@ def evaluate(
             role, earlier.run_id, key.digest[:16],
         )
     else:
-        if role == "baseline":
+        if role != "candidate":
             logger.info("%s: evaluating (%s)", role, reason)
         with compute_slot(params, ctx, f"{role} evaluation") as waited:  # the machine's slots bound evaluation too
             timings.waited(f"evaluation_{role}", waited)
@@ -115,15 +129,29 @@ def _provenance(value: EvaluationOutcome | ModelEvaluation) -> dict[str, Any]:
 def compare_models(
     params: Params, ctx: RunContext, data: DataRef, baseline: BaselineRef,
     baseline_eval: EvaluationOutcome | ModelEvaluation, candidate_eval: EvaluationOutcome | ModelEvaluation,
+    base_eval: EvaluationOutcome | ModelEvaluation | None = None,
+    waiting: BaselineRef | None = None, waiting_eval: EvaluationOutcome | ModelEvaluation | None = None,
 ) -> dict[str, Any]:
     """Deltas with bootstrap intervals, and the report (markdown + HTML with plots) everywhere it belongs.
 
     The evaluations are what :func:`evaluate` returned (or plain :class:`ModelEvaluation` s); where the
-    baseline's came from goes to the report and, as ``baseline_evaluation``, to the run summary."""
+    baseline's came from goes to the report and, as ``baseline_evaluation``, to the run summary.
+    ``base_eval``: the base model's, when the baseline is a champion; the candidate is compared with it
+    too (``base_deltas``, for the gate's over-base rule). With the base model as baseline, the
+    baseline's deltas are the over-base ones."""
     logger = get_run_logger()
     provenance = _provenance(baseline_eval)
+    base_provenance = _provenance(base_eval) if base_eval is not None else provenance
     baseline_eval, candidate_eval = _evaluation(baseline_eval), _evaluation(candidate_eval)
     deltas = compare(baseline_eval, candidate_eval, params.eval)
+    if base_eval is not None:
+        base_deltas = compare(_evaluation(base_eval), candidate_eval, params.eval)
+    elif baseline.source == "base_model":
+        base_deltas = deltas
+    else:
+        base_deltas = []
+    over_base = next((d for d in base_deltas if d.metric == params.gate.primary_metric and d.category == "all"), None)
+    waiting_deltas = compare(_evaluation(waiting_eval), candidate_eval, params.eval) if waiting is not None and waiting_eval is not None else []
     worst = worst_regressions(baseline_eval, candidate_eval)
     eval_md5s = load_items_md5(params.eval)
     tracking.set_tags(ctx.run_id, {f"tunegate.eval_md5.{k}": v for k, v in eval_md5s.items()})
@@ -131,13 +159,17 @@ def compare_models(
         ctx.run_id,
         {f"delta_{d.metric}{'' if d.category == 'all' else '.' + d.category}": d.delta for d in deltas}
         | {f"delta_{d.metric}_low": d.low for d in deltas if d.category == "all"}
-        | {f"delta_{d.metric}_high": d.high for d in deltas if d.category == "all"},
+        | {f"delta_{d.metric}_high": d.high for d in deltas if d.category == "all"}
+        | ({f"over_base_{over_base.metric}": over_base.delta, f"over_base_{over_base.metric}_low": over_base.low,
+            f"over_base_{over_base.metric}_high": over_base.high} if over_base else {}),
     )
     history = [(m.step, m.value) for m in tracking.client().get_metric_history(ctx.run_id, "train_loss")]
     context = {
         "run_id": ctx.run_id, "model_name": params.model.registered_name, "eval_md5": data.eval_md5 or "",
         "baseline": {"source": baseline.source, "version": baseline.version}, "confidence": params.eval.confidence,
         "baseline_evaluation": provenance,
+        "over_base": over_base.to_dict() if over_base else None,
+        "waiting": {"version": waiting.version, "deltas": [d.to_dict() for d in overall(waiting_deltas)]} if waiting_deltas else None,
     }
     truncated = {"baseline": baseline_eval.truncated_prompts, "candidate": candidate_eval.truncated_prompts}
     markdown = render_markdown(context, deltas, worst, truncated_prompts=truncated)
@@ -160,5 +192,9 @@ def compare_models(
         "baseline_evaluation": provenance,
         "candidate_metrics": candidate_eval.summary(),
         "deltas": [d.to_dict() for d in deltas],
+        "base_deltas": [d.to_dict() for d in base_deltas],
+        "base_evaluation": base_provenance,
+        "waiting": {"version": waiting.version, "deltas": [d.to_dict() for d in waiting_deltas],
+                    "evaluation": _provenance(waiting_eval)} if waiting_deltas else None,
         "report": str(out_dir / "evaluation.html"),
     }

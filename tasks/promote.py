@@ -11,8 +11,17 @@ from prefect.cache_policies import NONE
 from tasks.common import RETRY_TRANSIENT, BaselineRef, DataRef, RunContext, timed
 from tunegate import promotion, tracking
 from tunegate.promotion import record
-from tunegate.gate import decide_promotion
+from tunegate.gate import decide_promotion, waiting_checks
 from tunegate.params import Params
+
+
+@task(cache_policy=NONE, **RETRY_TRANSIENT)
+def check_champion(params: Params, ctx: RunContext, accept_unaudited: bool = False) -> None:
+    """Before anything is prepared or trained: a champion alias moved outside tunegate is no baseline
+    (:func:`tunegate.promotion.check_champion_audited`) unless accepted, which is audited."""
+    drift = promotion.check_champion_audited(params.model.registered_name, ctx.run_id, accept_unaudited, ctx.commit)
+    if drift is not None:
+        get_run_logger().warning("%s; accepted as the baseline (--accept-unaudited-champion)", drift.message())
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
@@ -20,8 +29,18 @@ from tunegate.params import Params
 def gate(params: Params, comparison: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     logger = get_run_logger()
     decision = decide_promotion(
-        comparison["baseline_metrics"], comparison["candidate_metrics"], params.gate, comparison["deltas"]
+        comparison["baseline_metrics"], comparison["candidate_metrics"], params.gate, comparison["deltas"],
+        comparison.get("base_deltas"),
     ).to_dict()
+    waiting = comparison.get("waiting")
+    if waiting:  # a candidate waits for review: the new one replaces it only if not significantly worse (policy)
+        checks = waiting_checks(waiting["deltas"], params.gate)
+        decision["waiting"] = {
+            "version": waiting["version"],
+            "replace": params.gate.replace_waiting == "always" or all(c.passed for c in checks),
+            "policy": params.gate.replace_waiting,
+            "reasons": [f"{'PASS' if c.passed else 'FAIL'} {c.rule}: {c.detail}" for c in checks],
+        }
     tracking.log_dict(ctx.run_id, decision, "gate/decision.json")
     tracking.set_tags(
         ctx.run_id,
@@ -32,7 +51,22 @@ def gate(params: Params, comparison: dict[str, Any], ctx: RunContext) -> dict[st
         "gate_decision", {"run_id": ctx.run_id, **decision}, model_name=params.model.registered_name, commit=ctx.commit)
     for reason in decision["reasons"]:
         logger.info("gate: %s", reason)
+    for reason in (decision.get("waiting") or {}).get("reasons", []):
+        logger.info("vs waiting version %s: %s", decision["waiting"]["version"], reason)
     return decision
+
+
+@task(cache_policy=NONE, **RETRY_TRANSIENT)
+def keep_waiting(params: Params, ctx: RunContext, decision: dict[str, Any]) -> None:
+    """The new candidate passed the gate but is significantly worse than the one waiting for review: it is
+    not registered; the trail and the run say which version is better and by how much."""
+    waiting = decision["waiting"]
+    worse = [r for r in waiting["reasons"] if r.startswith("FAIL")]
+    record("candidate_kept", {"run_id": ctx.run_id, "model": params.model.registered_name, "version": waiting["version"],
+                              "reason": f"not registered: version {waiting['version']}, waiting, is better", "checks": worse},
+           model_name=params.model.registered_name, commit=ctx.commit)
+    tracking.set_tags(ctx.run_id, {"tunegate.kept_waiting_version": waiting["version"]})
+    get_run_logger().warning("not registered: version %s, waiting, is better (%s)", waiting["version"], "; ".join(worse))
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
@@ -57,7 +91,9 @@ def register_candidate(params: Params, ctx: RunContext, data: DataRef, baseline:
             "tunegate.baseline_version": baseline.version or "",
         },
     )
-    promotion.register_candidate(name, ref.version, ctx.run_id, commit=ctx.commit)
+    waiting = decision.get("waiting")
+    promotion.register_candidate(name, ref.version, ctx.run_id, commit=ctx.commit,
+                                 replaced={"version": waiting["version"], "policy": waiting["policy"], "checks": waiting["reasons"]} if waiting else None)
     tracking.set_tags(ctx.run_id, {"tunegate.registered_version": ref.version})
     get_run_logger().info("registered %s version %s with alias candidate", name, ref.version)
     return ref.version

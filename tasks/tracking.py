@@ -110,7 +110,23 @@ def finish_run(
         baseline_evaluation=comparison.get("baseline_evaluation"),
     )
     summary["evaluation"] = {"deltas": comparison["deltas"], "report": comparison["report"]}
-    summary["outcome"] = "registered" if registered_version else "gate_failed"
+    # The candidate against the base model on the primary metric (the gate's over-base rule), on every run.
+    primary = params.gate.primary_metric
+    summary["over_base"] = {
+        "delta": next((d for d in comparison.get("base_deltas", []) if d["metric"] == primary and d["category"] == "all"), None),
+        "evaluation": comparison.get("base_evaluation"),
+        "required_low_above": params.gate.min_improvement_over_base,
+    }
+    waiting = decision.get("waiting")
+    if waiting:  # the comparison with the candidate waiting for review, always in the summary
+        summary["waiting"] = {**waiting, "deltas": (comparison.get("waiting") or {}).get("deltas", []),
+                              "evaluation": (comparison.get("waiting") or {}).get("evaluation")}
+    if registered_version:
+        summary["outcome"] = "registered"
+    elif decision["passed"] and waiting and not waiting["replace"]:
+        summary["outcome"] = "waiting_better"  # passed the gate, but version N waiting for review is better
+    else:
+        summary["outcome"] = "gate_failed"
     summary["trigger"] = ctx.trigger
     summary["timings"] = timings.snapshot()
     tracking.log_metrics(ctx.run_id, timings.as_metrics(summary["timings"]))

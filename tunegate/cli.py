@@ -71,17 +71,24 @@ def run_command(
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object on the last line: the summary, or {outcome: failed, error}")] = False,
     resume: Annotated[str | None, typer.Option("--resume", help="MLflow run id of a run that died: continue it from its last checkpoint")] = None,
     wait_for_approval: Annotated[bool | None, typer.Option("--wait-for-approval/--no-wait-for-approval", help="pause for a review form in the Prefect UI (default: when PREFECT_API_URL points at a server)")] = None,
+    accept_unaudited_champion: Annotated[bool, typer.Option("--accept-unaudited-champion", help="evaluate against a champion alias that was moved outside tunegate (the audit trail records that you did)")] = False,
 ) -> None:
     """Run the retrain flow: validate, tune, evaluate against the baseline, gate, register.
 
     Params, data and eval files, the base model, its tokenizer and template and the hardware are
     checked first (the preflight): any problem stops the command (exit 2) before anything starts.
+    A champion alias moved outside tunegate (not in the audit trail) stops the run (exit 1) before
+    anything is trained, unless --accept-unaudited-champion.
     """
-    run(params, set_, json_out, resume, wait_for_approval)
+    run(params, set_, json_out, resume, wait_for_approval, accept_unaudited_champion)
 
 
 def main() -> None:
-    """The ``tunegate`` command: the app, then :func:`_exit_fast` with its exit code."""
+    """The ``tunegate`` command: the app, then :func:`_exit_fast` with its exit code. Libraries' Python
+    warnings go to ``$TUNEGATE_HOME/logs/warnings.log``, not the terminal (:mod:`tunegate.quiet`)."""
+    from tunegate.quiet import warnings_to_log
+
+    warnings_to_log()
     try:
         app()
         code = 0
@@ -129,6 +136,7 @@ def run(
     json_out: bool = False,
     resume: str | None = None,
     wait_for_approval: bool | None = None,
+    accept_unaudited_champion: bool = False,
 ) -> None:
     import os
     import time
@@ -188,7 +196,8 @@ def run(
             api_url = server_start.wait()
             timings.carry("server_start", server_start.seconds)
             with _prefect_api(api_url):
-                summary = retrain(params_file=str(_params_path(params)), overrides=overrides, resume_run_id=resume, wait_for_approval=wait)
+                summary = retrain(params_file=str(_params_path(params)), overrides=overrides, resume_run_id=resume, wait_for_approval=wait,
+                                  accept_unaudited_champion=accept_unaudited_champion)
     except DataError as error:
         _fail(str(error), json_out=json_out)
     except Exception as error:  # the flow run and the MLflow run record the details
@@ -304,6 +313,37 @@ def _start_prefect_in_background():
     from tunegate.ephemeral import TemporaryPrefectServer
 
     return TemporaryPrefectServer().start_in_background()
+
+
+def _start_alias_webhook(config, say):
+    """Receive the MLflow server's alias webhooks (tunegate.alias_webhook) on loopback and register the
+    webhook; the audit database is the one clients use. A failure is said, not fatal: drift is still
+    found by `tunegate audit verify`, `status` and every run."""
+    import os
+
+    from tunegate import alias_webhook
+    from tunegate.paths import environment
+    from tunegate.server import AUDIT_DB_ENV, AUTH_ADMIN_USERNAME, admin_password
+
+    receiver = None
+    try:
+        audit_db = config.audit_db()
+        if audit_db and not os.environ.get(AUDIT_DB_ENV):
+            os.environ[AUDIT_DB_ENV] = audit_db  # the receiver appends where the clients do ...
+        os.environ["MLFLOW_TRACKING_URI"] = config.mlflow_url  # ... and moves the registry's audit head there
+        secret = alias_webhook.webhook_secret(config.home)
+        receiver = alias_webhook.Receiver(secret, log=say).start()
+        creds = {"MLFLOW_TRACKING_USERNAME": AUTH_ADMIN_USERNAME, "MLFLOW_TRACKING_PASSWORD": admin_password(config)} if config.auth else {}
+        with environment(creds):
+            alias_webhook.register(config.mlflow_url, receiver.url, secret)
+        say(f"alias webhook: MLflow reports alias moves to {receiver.url}; moves outside tunegate go to the audit trail")
+        return receiver
+    except Exception as error:
+        say(f"warning: alias webhook not set up ({type(error).__name__}: {error}); outside moves are still found by "
+            "tunegate audit verify, status and each run")
+        if receiver is not None:
+            receiver.stop()
+        return None
 
 
 def _prefect_api(api_url: str | None):
@@ -783,18 +823,21 @@ def server(
     console.print("  export " + " ".join(f"{k}={v}" for k, v in env.items()), highlight=False, soft_wrap=True)
     if config.auth:
         console.print("  and, as the MLflow user you act as: export MLFLOW_TRACKING_USERNAME=<user> MLFLOW_TRACKING_PASSWORD=<password>", highlight=False, soft_wrap=True)
-    console.print("Ctrl-C stops both; a server that exits is restarted.", highlight=False)
-    sys.stdout.flush()
-
     def _say(message: str) -> None:
         console.print(f"{time.strftime('%H:%M:%S')} {message}", highlight=False, soft_wrap=True)
         sys.stdout.flush()
+
+    receiver = _start_alias_webhook(config, _say)
+    console.print("Ctrl-C stops both; a server that exits is restarted.", highlight=False)
+    sys.stdout.flush()
 
     gave_up = None
     try:  # restarts what exits; returns on SIGINT / SIGTERM; `servers` always holds the running processes
         supervise(config, servers, lambda: stopping["signal"] is not None, say=_say)
     except ServerError as error:  # a server kept exiting
         gave_up = error
+    if receiver is not None:
+        receiver.stop()
     codes = stop(servers)
     state_file(home).unlink(missing_ok=True)
     if gave_up is not None:
@@ -903,7 +946,8 @@ app.add_typer(audit_app, name="audit")
 def audit_verify(
     params: Annotated[str, typer.Option("--params", "-p", help="params YAML file (whose model holds the head hash, whose policy lists the public keys)")] = DEFAULT_PARAMS,
 ) -> None:
-    """Check every row's hash, link and place, the trail's length against the registry's heads, and approval signatures."""
+    """Check every row's hash, link and place, the trail's length against the registry's heads, approval
+    signatures, and that the registry's aliases are where the trail's last moves put them."""
     loaded = _promotion(params)
     from tunegate import promotion
     from tunegate.audit import AuditError
@@ -913,7 +957,7 @@ def audit_verify(
     except AuditError as error:
         _fail(str(error))
     if not ok:
-        _fail(f"audit trail broken at {message}")
+        _fail(f"audit trail broken at {message}" if message.startswith("entry ") else f"audit check failed: {message}")
     _console().print(f"audit trail intact: {message}", highlight=False, soft_wrap=True)
 
 

@@ -55,7 +55,9 @@ EVAL_LIBRARIES: tuple[str, ...] = ("torch", "transformers", "tokenizers", "peft"
 KEY_TAG = "tunegate.eval_key."  # + role: the key's digest
 MODEL_TAG = "tunegate.eval_model."  # + role: the model part of the key, readable
 REUSED_TAG = "tunegate.eval_reused_from."  # + role: the run the evaluation was read from ("" when computed)
-ROLES = ("candidate", "baseline")  # where an earlier evaluation of a model is: its own run first
+ROLES = ("candidate", "baseline", "base", "waiting")  # where an earlier evaluation of a model is: its own run first
+# "base": the base model, evaluated beside a champion baseline for the gate's over-base rule; "waiting": the
+# candidate waiting for review, which a new candidate must not be significantly worse than to replace it
 
 
 # --- the key ------------------------------------------------------------------------------

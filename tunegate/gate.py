@@ -29,10 +29,13 @@ class GateDecision:
 
 
 def decide_promotion(
-    baseline: dict[str, Any], candidate: dict[str, Any], policy: GateParams, deltas: list[dict[str, Any]] | None = None
+    baseline: dict[str, Any], candidate: dict[str, Any], policy: GateParams, deltas: list[dict[str, Any]] | None = None,
+    base_deltas: list[dict[str, Any]] | None = None,
 ) -> GateDecision:
     """One check per rule: the primary metric's margin, each family's allowed drop, each metric
-    rule on the evaluation's intervals, and the hard safety rules. All must pass."""
+    rule on the evaluation's intervals, the hard safety rules, and the primary metric's gain over the
+    base model (``base_deltas``: candidate vs base model; the baseline's own ``deltas`` when the baseline
+    is the base model). All must pass."""
     metric = policy.primary_metric
     base_value, cand_value = float(baseline[metric]), float(candidate[metric])
     delta = cand_value - base_value
@@ -63,7 +66,30 @@ def decide_promotion(
             )
         )
     checks += interval_checks(deltas or [], policy)
+    over_base = over_base_check(base_deltas, policy)
+    if over_base is not None:
+        checks.append(over_base)
     return GateDecision(passed=all(c.passed for c in checks), checks=checks)
+
+
+def over_base_check(base_deltas: list[dict[str, Any]] | None, policy: GateParams) -> GateCheck | None:
+    """The candidate must beat the base model on the primary metric: the lower bound of the paired
+    interval of its gain must lie above ``min_improvement_over_base`` (None: no such rule). A run that
+    did not compare with the base model fails it: the rule cannot be judged."""
+    threshold = policy.min_improvement_over_base
+    if threshold is None:
+        return None
+    metric = policy.primary_metric
+    rule = f"{metric} over the base model"
+    delta = {(d["metric"], d["category"]): d for d in base_deltas or []}.get((metric, "all"))
+    if delta is None:
+        return GateCheck(rule, False, "the candidate was not compared with the base model")
+    _, gain_low = _gain(delta)
+    return GateCheck(
+        rule, gain_low > threshold,
+        f"base model {delta['baseline']:.3f} -> candidate {delta['candidate']:.3f} (delta {delta['delta']:+.3f}, "
+        f"interval [{delta['low']:+.3f}, {delta['high']:+.3f}]; the gain's lower bound must lie above {threshold:+.3f})",
+    )
 
 
 def _gain(delta: dict[str, Any]) -> tuple[float, float]:
@@ -102,4 +128,31 @@ def interval_checks(deltas: list[dict[str, Any]], policy: GateParams) -> list[Ga
         checks.append(GateCheck("hard: over-refusal of safe prompts", not failed,
                                 f"{over['baseline']:.3f} -> {over['candidate']:.3f}, interval [{over['low']:+.3f}, {over['high']:+.3f}]; "
                                 f"a significant rise may not exceed {hard.max_over_refusal_increase:.3f}"))
+    return checks
+
+
+def waiting_checks(waiting_deltas: list[dict[str, Any]], policy: GateParams) -> list[GateCheck]:
+    """The new candidate against the one waiting for review, on the same suites: not significantly worse
+    (its interval entirely on the wrong side of zero) on the primary metric, on each rule's metric and on
+    the hard rules' refusal metrics. The figures are always shown; with ``replace_waiting: always`` they
+    do not decide."""
+    by_key = {(d["metric"], d["category"]): d for d in waiting_deltas}
+    wanted = [(policy.primary_metric, "all"), *((r.metric, r.category) for r in policy.rules)]
+    if policy.hard_rules.refusal_may_not_drop:
+        wanted.append(("refusal_rate", "all"))
+    wanted.append(("over_refusal_rate", "all"))
+    checks, seen = [], set()
+    for key in wanted:
+        if key in seen or key not in by_key:
+            continue
+        seen.add(key)
+        d = by_key[key]
+        name = d["metric"] + ("" if d["category"] == "all" else f"[{d['category']}]")
+        checks.append(GateCheck(
+            f"{name} vs the waiting candidate", not d["regression"],
+            f"waiting {d['baseline']:.3f} -> new {d['candidate']:.3f} (delta {d['delta']:+.3f}, interval [{d['low']:+.3f}, {d['high']:+.3f}])"
+            + ("; significantly worse" if d["regression"] else ""),
+        ))
+    if (policy.primary_metric, "all") not in by_key:
+        checks.insert(0, GateCheck(f"{policy.primary_metric} vs the waiting candidate", False, "not compared"))
     return checks

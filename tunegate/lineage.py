@@ -23,7 +23,7 @@ def build_lineage(name: str, version: str) -> dict[str, Any]:
 
 def _lineage(name: str, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The lineage chain and the training run's summary it was built from."""
-    from tunegate.promotion import alias_moves
+    from tunegate.promotion import alias_drift, alias_moves
 
     try:
         ref = tracking.get_version(name, version)
@@ -81,6 +81,9 @@ def _lineage(name: str, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
         "approvals": approvals,
         "history": history,
         "run_events": [{"seq": e["seq"], "event": e["event"], "time": e["time"]} for e in run_events],
+        # aliases moved outside tunegate: this version's approvals and history do not explain them
+        "alias_drift": [d.message() for d in alias_drift(name, [e for e in entries if audit.model_of(e) == name])
+                        if version in (d.registry, d.audited)],
     }
     return chain, summary
 
@@ -89,6 +92,7 @@ def render_lineage(chain: dict[str, Any]) -> str:
     d, v, t, e, g = chain["data"], chain["validation"], chain["training"], chain["evaluation"], chain["gate"]
     lines = [
         f"{chain['model']} version {chain['version']}  aliases: {', '.join(chain['aliases']) or '-'}",
+        *[f"WARNING: {message}" for message in chain.get("alias_drift", [])],
         "",
         "1. data",
         f"   dataset md5 {d['data_md5']}  (canonical train {d['canonical_train_md5']}, eval {d['canonical_eval_md5']})",
@@ -142,6 +146,7 @@ def render_model_card(chain: dict[str, Any], summary: dict[str, Any] | None = No
     lines = [
         f"# Model card: {chain['model']} version {chain['version']}",
         "",
+        *[f"> **Warning:** {message}\n" for message in chain.get("alias_drift", [])],
         "## Intended use",
         "An instruction-following assistant tuned by tunegate. Use within the scope of its training data; "
         "it is not evaluated for uses outside the suites below.",

@@ -213,7 +213,18 @@ def collect_status(params: Params, last: int = 10) -> dict[str, Any]:
         "pending": pending_candidates(params),
         "runs": run_rows(params, last),
         "server": server_view(),
+        "alias_drift": _alias_drift(name),
     }
+
+
+def _alias_drift(name: str) -> list[dict[str, Any]]:
+    """tunegate's aliases that the registry holds elsewhere than the audit trail's last move put them."""
+    from tunegate.promotion import alias_drift
+
+    try:
+        return [d.to_dict() for d in alias_drift(name)]
+    except Exception as error:  # a status line, never a crash
+        return [{"alias": "?", "message": f"could not compare the aliases with the audit trail: {type(error).__name__}: {error}"}]
 
 
 def server_view() -> dict[str, Any] | None:
@@ -243,7 +254,7 @@ def _render_server(server: dict[str, Any] | None, console: Any) -> None:
                       f"{'  ' + c['url'] if c.get('url') else ''}", highlight=False, soft_wrap=True)
 
 
-OUTCOME_STYLE = {"registered": "green", "nothing_to_do": "cyan", "gate_failed": "yellow", "failed": "red", "crashed": "red",
+OUTCOME_STYLE = {"registered": "green", "nothing_to_do": "cyan", "gate_failed": "yellow", "waiting_better": "yellow", "failed": "red", "crashed": "red",
                  "running": "blue", "queued": "blue"}
 
 
@@ -263,6 +274,8 @@ def render_status(result: dict[str, Any], console: Any) -> None:
                           + (", ".join((u["expected_start"] or "?")[:19] for u in prefect["upcoming"]) or "none"), highlight=False)
         else:
             console.print(f"  {prefect.get('message')}", highlight=False)
+    for drift in result.get("alias_drift") or []:
+        console.print(f"[bold red]warning:[/bold red] {drift['message']}", highlight=False, soft_wrap=True)
     champion = result["champion"]
     console.print(f"champion: {champion['version'] + ' (registered ' + (champion['registered'] or '?') + ')' if champion else '-'}", highlight=False)
     if result["pending"]:

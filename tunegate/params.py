@@ -419,11 +419,21 @@ class GateParams(_Section):
     min_improvement: float = Field(
         0.05, description="candidate - baseline on the primary metric must be at least this"
     )
+    min_improvement_over_base: float | None = Field(
+        0.0,
+        description="against the base model, on every run: the lower bound of the primary metric's paired interval "
+        "(candidate - base model) must lie above this, so an untrained or broken model never passes; null: no such rule",
+    )
     max_family_regression: float = Field(
         0.05, ge=0, description="no task family may lose more than this (absolute)"
     )
     rules: list[MetricRule] = Field(default_factory=list, description="per-metric rules on the evaluation's intervals")
     hard_rules: HardRules = HardRules()
+    replace_waiting: Literal["if_not_worse", "always"] = Field(
+        "if_not_worse",
+        description="a candidate waiting for review is replaced by a new one that passed the gate only if the new one is "
+        "not significantly worse than it on the primary metric and on every rule's metric ('always': the newest wins)",
+    )
     approvals: ApprovalPolicy = ApprovalPolicy()
 
 

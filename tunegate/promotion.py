@@ -238,17 +238,21 @@ def _republish_cards(name: str, versions: list[str | None]) -> None:
                 publish_model_card(name, version)
 
 
-def register_candidate(name: str, version: str, run_id: str, commit: str | None = None) -> dict[str, Any]:
-    """Point alias ``candidate`` at a version that passed the gate, under the promotion lock, and record the move."""
+def register_candidate(name: str, version: str, run_id: str, commit: str | None = None,
+                       replaced: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Point alias ``candidate`` at a version that passed the gate, under the promotion lock, and record the move
+    (``replaced``: the waiting version it takes the alias from, and the comparison that allowed it)."""
     with registry_lock(name):
         ref = tracking.get_version(name, version)
         if ref.tags.get("tunegate.gate") != "passed":
             raise PromotionError(f"version {version} did not pass the gate: not made a candidate")
         before = _aliases(name)
         tracking.set_alias(name, tracking.CANDIDATE, version)
-        return record("registered", {"run_id": run_id, "model": name, "version": version, "alias": tracking.CANDIDATE,
-                                     "reason": "passed the gate", "moves": _moves(before, _aliases(name))},
-                      model_name=name, commit=commit)
+        data = {"run_id": run_id, "model": name, "version": version, "alias": tracking.CANDIDATE,
+                "reason": "passed the gate", "moves": _moves(before, _aliases(name))}
+        if replaced:
+            data["replaced_waiting"] = replaced
+        return record("registered", data, model_name=name, commit=commit)
 
 
 def detach_candidate(name: str, version: str, reason: str) -> None:
@@ -349,6 +353,91 @@ def alias_moves(entries: list[dict[str, Any]], alias: str | None = None) -> list
     return rows
 
 
+# --- aliases moved outside tunegate ----------------------------------------------------------------
+
+MANAGED_ALIASES = (tracking.CHAMPION, tracking.CANDIDATE, PREVIOUS)  # the aliases only tunegate moves
+
+
+class UnauditedChampion(PromotionError):
+    """The registry's champion is not where tunegate's audited moves put it."""
+
+
+@dataclass(frozen=True)
+class AliasDrift:
+    """An alias whose version in the registry is not where the last audited move of it put it
+    (the MLflow UI's alias pencil, a script with the MLflow client, a deleted alias)."""
+
+    model: str
+    alias: str
+    registry: str | None  # the version the registry's alias points at now; None: the alias is gone
+    audited: str | None  # where the audit trail's last move of it put it; None: never set, or removed
+    last_move: dict[str, Any] | None  # that move: seq, time, event, actor
+    seen_outside: dict[str, Any] | None = None  # the webhook's record of the outside move (seq, time), if any
+
+    def message(self) -> str:
+        now = f"version {self.registry}" if self.registry else "no version (removed)"
+        if self.last_move:
+            m = self.last_move
+            to = f"version {self.audited}" if self.audited else "removed"
+            last = f"{self.alias} -> {to}, {m['event']} by {m['actor']} at {m['time']}, audit entry {m['seq']}"
+        else:
+            last = "none"
+        seen = (f"; the MLflow server reported the outside move at {self.seen_outside['time']}, audit entry {self.seen_outside['seq']}"
+                if self.seen_outside else "")
+        return f"alias {self.alias} -> {now} was not set by tunegate (last audited move: {last}{seen})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "alias": self.alias, "registry": self.registry, "audited": self.audited,
+                "last_move": self.last_move, "seen_outside": self.seen_outside, "message": self.message()}
+
+
+def audited_aliases(entries: list[dict[str, Any]]) -> dict[str, tuple[str | None, dict[str, Any]]]:
+    """alias -> (version, move) as the alias-moving entries among ``entries`` (one model's) leave it."""
+    state: dict[str, tuple[str | None, dict[str, Any]]] = {}
+    for row in alias_moves(entries):
+        for move in row["moves"]:
+            to = str(move["to"]) if move.get("to") is not None else None
+            state[move["alias"]] = (to, {k: row[k] for k in ("seq", "time", "event", "actor")})
+    return state
+
+
+def alias_drift(name: str, entries: list[dict[str, Any]] | None = None) -> list[AliasDrift]:
+    """tunegate's aliases of model ``name`` whose registry version differs from the audit trail's record
+    (``entries``: the model's audit entries, read when not given). A model the registry does not know: none."""
+    try:
+        registry = _aliases(name)
+    except Exception:
+        return []
+    entries = entries if entries is not None else audit.store().entries(model=name)
+    audited = audited_aliases(entries)
+    drifts = []
+    for alias in MANAGED_ALIASES:
+        version, move = audited.get(alias, (None, None))
+        if registry.get(alias) != version:
+            seen = [e for e in entries if e["event"] == "alias_moved_outside" and e["data"].get("alias") == alias
+                    and e["data"].get("version") == registry.get(alias) and (move is None or e["seq"] > move["seq"])]
+            drifts.append(AliasDrift(name, alias, registry.get(alias), version, move,
+                                     {"seq": seen[-1]["seq"], "time": seen[-1]["time"]} if seen else None))
+    return drifts
+
+
+def check_champion_audited(name: str, run_id: str, accept: bool = False, commit: str | None = None) -> AliasDrift | None:
+    """At the start of a run: the registry's ``champion`` must be where the audit trail's last move put it,
+    or it is no baseline (UnauditedChampion, before anything is trained). ``accept``
+    (``--accept-unaudited-champion``): the run uses it anyway and the trail records who accepted it."""
+    drift = next((d for d in alias_drift(name) if d.alias == tracking.CHAMPION), None)
+    if drift is None:
+        return None
+    if not accept:
+        back = f"set it back to version {drift.audited}" if drift.audited else "remove it"
+        raise UnauditedChampion(
+            f"{drift.message()}: not used as the baseline; nothing was trained. {back[0].upper() + back[1:]} (what the "
+            "trail records) and promote with tunegate approve, or pass --accept-unaudited-champion to evaluate against it "
+            "anyway (audited)")
+    record("unaudited_champion_accepted", {"run_id": run_id, "model": name, **drift.to_dict()}, model_name=name, commit=commit)
+    return drift
+
+
 def _heads(entries: list[dict[str, Any]], name: str | None) -> list[tuple[str, str]]:
     """(model, head) for ``name`` and every model the chain names that carries a head tag."""
     names = {e["data"].get("model") for e in entries if isinstance(e.get("data"), dict) and e["data"].get("model")}
@@ -409,6 +498,8 @@ def verify(name: str | None, policy: ApprovalPolicy | None = None) -> tuple[bool
             return False, f"entry {seq}: does not match the head hash recorded on {model} in the registry"
         checked.append(f"{model} at entry {seq}")
     problems = signature_problems(entries, policy)
+    if name:  # the registry's aliases against the trail's last move of each (moved outside tunegate?)
+        problems += [d.message() + f" on {name}" for d in alias_drift(name, [e for e in entries if e.get("model") == name])]
     if problems:
         return False, "; ".join(problems)
     signed = sum(1 for e in entries if e["event"] == "approval" and (e.get("data") or {}).get("signature"))

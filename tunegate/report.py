@@ -48,6 +48,19 @@ def reuse_note(provenance: Mapping[str, Any] | None) -> list[str]:
     return [f"Baseline evaluation {note}.", ""] if note else []
 
 
+def over_base_note(context: Mapping[str, Any]) -> list[str]:
+    """The candidate against the base model on the primary metric (the gate's over-base rule), when the
+    baseline is a champion: the table below compares with the champion only."""
+    d = context.get("over_base")
+    if not d or context["baseline"].get("source") == "base_model":
+        return []
+    return [
+        f"**Against the base model:** {d['metric']} {_fmt(d['baseline'])} -> {_fmt(d['candidate'])} "
+        f"(delta {d['delta']:+.3f}, interval [{d['low']:+.3f}, {d['high']:+.3f}]).",
+        "",
+    ]
+
+
 def render_markdown(
     context: dict[str, Any], deltas: list[Delta], worst: list[dict[str, Any]],
     truncated_prompts: Mapping[str, int] | None = None,
@@ -65,6 +78,7 @@ def render_markdown(
         "is flagged only when its interval excludes zero.",
         "",
         *reuse_note(context.get("baseline_evaluation")),
+        *over_base_note(context),
         *truncation_note(truncated_prompts),
         "| suite | metric | baseline | candidate | delta | interval | verdict |",
         "|---|---|---:|---:|---:|---|---|",
@@ -75,6 +89,15 @@ def render_markdown(
             f"| {suite} | {d.metric}{'' if d.higher_is_better else ' (lower is better)'} | {_fmt(d.baseline)} | "
             f"{_fmt(d.candidate)} | {d.delta:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] | {_verdict(d)} |"
         )
+    waiting = context.get("waiting")
+    if waiting:
+        lines += ["", f"## Against version {waiting['version']}, waiting for review", "",
+                  "| metric | waiting | new | delta | interval | verdict |", "|---|---:|---:|---:|---|---|"]
+        lines += [
+            f"| {d['metric']} | {_fmt(d['baseline'])} | {_fmt(d['candidate'])} | {d['delta']:+.3f} | [{d['low']:+.3f}, {d['high']:+.3f}] | "
+            f"{'significantly worse' if d['regression'] else ('better' if d['improvement'] else 'no significant change')} |"
+            for d in waiting["deltas"]
+        ]
     flagged = [d for d in deltas if d.category != "all" and d.regression]
     lines += ["", "## Regressions by category", ""]
     if flagged:

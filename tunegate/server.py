@@ -291,6 +291,11 @@ def start_mlflow(config: ServerConfig) -> Running:
         env[SECRET_KEY_ENV] = flask_secret_key(config)
         env.pop("MLFLOW_AUTH_ADMIN_USERNAME", None)  # it would override the ini's admin_username
         argv += ["--app-name", "basic-auth"]
+    # tunegate's alias webhook (tunegate.alias_webhook) calls back to `tunegate server` on loopback over plain
+    # HTTP, HMAC-signed. MLflow refuses both by default (https only, public addresses only, against SSRF); the
+    # server itself listens on loopback unless --host says otherwise.
+    env.setdefault("MLFLOW_WEBHOOK_ALLOWED_SCHEMES", "http,https")
+    env.setdefault("MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS", "true")
     log = config.home / "logs" / "mlflow-server.log"
     process = _spawn("mlflow server", argv, env, log, config.home)
     return Running("MLflow", config.mlflow_url, f"{config.mlflow_url}/health", process, log)

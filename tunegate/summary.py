@@ -93,11 +93,20 @@ def render_markdown(summary: dict[str, Any]) -> str:
     lines += ["", f"## Gate: {'PASSED' if gate['passed'] else 'FAILED'}", ""]
     lines += [f"- {reason}" for reason in gate["reasons"]]
     lines.append("")
+    waiting = summary.get("waiting")
+    if waiting:
+        lines += [f"## Against version {waiting['version']}, waiting for review", ""]
+        lines += [f"- {reason}" for reason in waiting["reasons"]]
+        lines.append("")
     if summary["registered_version"]:
+        replaced = f" (it replaces version {waiting['version']}, which waited for review)" if waiting else ""
         lines.append(
-            f"Registered as version **{summary['registered_version']}** with alias `candidate`; "
+            f"Registered as version **{summary['registered_version']}** with alias `candidate`{replaced}; "
             f"approve with `tunegate approve {summary['registered_version']} --reviewer NAME --reason TEXT`."
         )
+    elif summary.get("outcome") == "waiting_better":
+        worse = [r.removeprefix("FAIL ") for r in waiting["reasons"] if r.startswith("FAIL")]
+        lines.append(f"Not registered: version {waiting['version']}, waiting, is better ({'; '.join(worse)}).")
     else:
         lines.append("Nothing was registered.")
     return "\n".join(lines) + "\n"

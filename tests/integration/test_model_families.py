@@ -77,7 +77,7 @@ def write_params(path: Path, *, name: str, base_model: Path, train: list[dict]) 
             "safety": {"max_prompts": 3, "demo_harmful_family": None},
         },
         "gate": {  # a random tiny model scores 0 everywhere: register whatever comes out
-            "min_improvement": -1.0, "max_family_regression": 1.0, "rules": [],
+            "min_improvement": -1.0, "min_improvement_over_base": None, "max_family_regression": 1.0, "rules": [],
             "hard_rules": {"refusal_may_not_drop": False, "max_over_refusal_increase": 1.0},
         },
     }

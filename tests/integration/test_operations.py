@@ -100,7 +100,7 @@ def _write_params(ops: Ops, eval_path: Path) -> None:
         "validation": {"min_records": 100, "refusal_share": [0.05, 0.5]},
         "train": {"max_steps": 6, "batch_size": 32, "max_length": 128, "lora_r": 32, "lora_alpha": 64, "learning_rate": 0.005},
         "eval": {"ifeval": {"enabled": False}, "safety": {"enabled": False}, "bootstrap_resamples": 200},
-        "gate": {"min_improvement": -1, "max_family_regression": 1},
+        "gate": {"min_improvement": -1, "min_improvement_over_base": None, "max_family_regression": 1},
         "schedule": {"deployment": "ops-retrain", "on_new_data": True, "watch_seconds": 3},
     }
     ops.params.write_text("# Run: tunegate run -p ops.yaml (written by the operations test)\n" + yaml.safe_dump(params))
@@ -233,6 +233,14 @@ def test_new_data_triggers_a_run_evaluated_against_the_champion(ops):
     assert "inputs changed" in tags["tunegate.freshness"] and "source extra" in tags["tunegate.freshness"]
     metrics = {m["key"] for m in mlflow_run["data"]["metrics"]}
     assert {"baseline_exact_match", "candidate_exact_match"} <= metrics
+    # Issue #15: version 2 (the scheduled run's) was waiting for review: compared on the same suites (its
+    # evaluation read back from its own run), the new one is not significantly worse, so it took the alias.
+    assert tags["tunegate.waiting_version"] == "2" and tags["tunegate.eval_key.waiting"]
+    [registered] = [e for e in ops.audit() if e["event"] == "registered" and e["data"]["version"] == "3"]
+    replaced = registered["data"]["replaced_waiting"]
+    assert replaced["version"] == "2" and replaced["policy"] == "if_not_worse"
+    assert replaced["checks"] and all(c.startswith("PASS exact_match vs the waiting candidate") for c in replaced["checks"])
+    assert {"alias": "candidate", "from": "2", "to": "3"} in registered["data"]["moves"]
 
 
 def test_status_shows_schedule_runs_and_waiting_candidates(ops):
@@ -301,6 +309,34 @@ def test_screens_of_both_uis(ops):
         shot = screens / f"{name}.png"
         subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", url], capture_output=True, text=True, timeout=180)
         assert shot.is_file() and shot.stat().st_size > 20_000, name
+
+
+def test_alias_moves_outside_tunegate_are_recorded_by_the_webhook(ops):
+    """Issue #15: `tunegate server` registers an MLflow webhook on alias events. tunegate's own moves (an
+    approval through the server) come back as audited; a move made with the MLflow client (what the UI's alias
+    pencil does) is recorded in the audit trail as it happens, and `tunegate audit verify` and `status` name it."""
+    from mlflow import MlflowClient
+
+    assert "alias webhook: MLflow reports alias moves to http://127.0.0.1:" in ops.server_out.read_text()
+    ops.cli("approve", "3", "--reviewer", "bob", "--reason", "the data-triggered model", "-p", str(ops.params))
+    for alias, to in (("champion", "version 3"), ("previous", "version 1"), ("candidate", "removed")):
+        wait_for(lambda: f"alias {alias} of {MODEL} -> {to}: tunegate's own, audited" in ops.server_out.read_text(), 60,
+                 f"the webhook's delivery of the approval's {alias} move")
+    assert not [e for e in ops.audit() if e["event"] == "alias_moved_outside"]
+
+    MlflowClient(tracking_uri=ops.mlflow, registry_uri=ops.mlflow).set_registered_model_alias(MODEL, "champion", "2")
+    [outside] = wait_for(lambda: [e for e in ops.audit() if e["event"] == "alias_moved_outside"], 60, "the outside move in the audit trail")
+    assert (outside["data"]["alias"], outside["data"]["version"], outside["data"]["verified"]) == ("champion", "2", "hmac-sha256")
+    assert outside["model"] == MODEL and outside["actor"] == "unknown (MLflow webhook)"
+    assert f"alias champion of {MODEL} -> version 2: moved outside tunegate, recorded in the audit trail (entry {outside['seq']})" in ops.server_out.read_text()
+
+    verify = ops.cli("audit", "verify", "-p", str(ops.params), check=False)
+    said = " ".join((verify.stdout + verify.stderr).split())
+    assert verify.returncode == 1, said
+    assert "alias champion -> version 2 was not set by tunegate (last audited move: champion -> version 3, alias_moved by bob" in said
+    assert f"the MLflow server reported the outside move at {outside['time']}, audit entry {outside['seq']}" in said
+    status = json.loads(ops.cli("status", "-p", str(ops.params), "--json").stdout.strip().splitlines()[-1])
+    assert [(d["alias"], d["registry"], d["audited"]) for d in status["alias_drift"]] == [("champion", "2", "3")]
 
 
 def test_server_stops_both_on_ctrl_c(ops):

@@ -25,10 +25,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TUNEGATE = str(Path(sys.executable).parent / "tunegate")
 PG = {"host": "127.0.0.1", "port": os.environ.get("TUNEGATE_TEST_PG_PORT", "5432"), "user": "postgres"}
-# The smallest run that still trains, evaluates against the base model, passes the gate and registers.
+# The smallest run that still trains, evaluates against the base model, passes the gate and registers; host B's
+# 6-step model takes alias candidate from host A's 300-step one only because the newest wins (replace_waiting).
 TINY_RUN = ["--set", "train.max_steps=6", "--set", "train.batch_size=8", "--set", "eval.max_new_tokens=8",
             "--set", "eval.ifeval.enabled=false", "--set", "eval.safety.enabled=false",
-            "--set", "gate.min_improvement=-1", "--set", "gate.max_family_regression=1", "--set", "gate.rules=[]"]
+            "--set", "gate.min_improvement=-1", "--set", "gate.min_improvement_over_base=null", "--set", "gate.max_family_regression=1", "--set", "gate.rules=[]",
+            "--set", "gate.replace_waiting=always"]
 RUN_EVENTS = ("run_started", "gate_decision", "registered", "run_finished")
 RACE_EVENTS = ("approval", "approval_refused", "alias_moved")
 
@@ -180,6 +182,8 @@ def test_two_hosts_run_and_race_approvals_on_postgres(databases, base_model_path
             assert "Traceback" not in run.stdout + run.stderr, said(run)
             summary = json.loads(run.stdout.strip().splitlines()[-1])
             assert summary["registered_version"] == version
+            if version == "2":  # compared with host A's version 1, which waited for review: replaced by policy
+                assert (summary["waiting"]["version"], summary["waiting"]["policy"], summary["waiting"]["replace"]) == ("1", "always", True)
             runs[host.label] = summary["run_id"]
 
             # The records are in PostgreSQL: MLflow's run and registered version, Prefect's flow run.

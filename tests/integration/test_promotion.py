@@ -399,3 +399,92 @@ def test_concurrent_writers_leave_the_registry_head_on_the_last_entry(tunegate_h
     assert head == f"{last['seq']}:{last['hash']}"
     assert sum(1 for e in audit.store().entries(model=name) if e["event"] == "event") == 24
     assert promotion.verify(name)[0]
+
+
+# --- aliases moved outside tunegate (issue #15) ------------------------------------------------------
+
+def _cli(tunegate_home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TUNEGATE_HOME": str(tunegate_home), "COLUMNS": "250"}
+    return subprocess.run([sys.executable, "-m", "tunegate.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture()
+def drifted(tmp_path):
+    """Version 1 approved through tunegate; version 2 made champion with the MLflow client (the UI's alias pencil)."""
+    name = new_model()
+    v1 = candidate(name)
+    promotion.approve(name, v1, "alice", "first release", ANYONE)
+    v2 = candidate(name, baseline_version=v1)
+    assert promotion.verify(name)[0] and promotion.alias_drift(name) == []
+    tracking.client().set_registered_model_alias(name, "champion", v2)
+    return name, v1, v2, _params_for(tmp_path, name)
+
+
+def test_an_alias_set_with_the_mlflow_client_breaks_audit_verify(drifted, tunegate_home):
+    name, v1, v2, params = drifted
+    [drift] = promotion.alias_drift(name)
+    assert (drift.alias, drift.registry, drift.audited) == ("champion", v2, v1)
+    said = f"alias champion -> version {v2} was not set by tunegate (last audited move: champion -> version {v1}, alias_moved by alice at "
+    assert drift.message().startswith(said)
+    ok, message = promotion.verify(name)
+    assert not ok and said in message
+    result = _cli(tunegate_home, "audit", "verify", "--params", str(params))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "audit check failed: " + said in " ".join((result.stdout + result.stderr).split())
+    # Removing tunegate's candidate alias behind its back is drift too; moving champion back heals that part.
+    tracking.client().set_registered_model_alias(name, "champion", v1)
+    tracking.client().delete_registered_model_alias(name, "candidate")
+    [gone] = promotion.alias_drift(name)
+    assert gone.message().startswith(f"alias candidate -> no version (removed) was not set by tunegate (last audited move: candidate -> version {v2}, registered by ")
+    tracking.client().set_registered_model_alias(name, "candidate", v2)
+    assert promotion.alias_drift(name) == [] and promotion.verify(name)[0]
+
+
+def test_status_and_lineage_warn_about_the_outside_move(drifted, tunegate_home):
+    from tunegate.lineage import build_lineage, render_lineage
+    from tunegate.operations import collect_status
+    from tunegate.params import load_params
+
+    name, v1, v2, params = drifted
+    said = f"alias champion -> version {v2} was not set by tunegate"
+    status = collect_status(load_params(params))
+    assert status["champion"]["version"] == v2 and [d["alias"] for d in status["alias_drift"]] == ["champion"]
+    assert status["alias_drift"][0]["message"].startswith(said)
+    text = _cli(tunegate_home, "status", "--params", str(params))
+    assert text.returncode == 0, text.stderr[-3000:]
+    assert "warning: " + said in " ".join(text.stdout.split())
+    for version in (v1, v2):  # the version it points at now, and the one the trail says it should
+        chain = build_lineage(name, version)
+        assert chain["alias_drift"] and chain["alias_drift"][0].startswith(said), chain["alias_drift"]
+        assert f"WARNING: {said}" in render_lineage(chain)
+    shown = _cli(tunegate_home, "lineage", v2, "--params", str(params))
+    assert shown.returncode == 0 and f"WARNING: {said}" in " ".join(shown.stdout.split()), shown.stdout + shown.stderr
+
+
+def test_a_run_refuses_an_unaudited_champion_unless_accepted_which_is_audited(drifted, prefect_harness):
+    from flows.retrain import retrain
+
+    name, v1, v2, params = drifted
+    before = len(tracking.client().search_model_versions(f"name='{name}'"))
+    with pytest.raises(promotion.UnauditedChampion, match=f"alias champion -> version {v2} was not set by tunegate") as refused:
+        retrain(params_file=str(params), overrides=[])
+    assert f"Set it back to version {v1}" in str(refused.value) and "--accept-unaudited-champion" in str(refused.value)
+    [run] = tracking.recent_runs(load_project(params), limit=1)
+    assert run.info.status == "FAILED" and "not used as the baseline" in run.data.tags["tunegate.failure"]
+    assert not [k for k in run.data.metrics if k.startswith("train_") or k.startswith("candidate_")]  # nothing trained
+    assert len(tracking.client().search_model_versions(f"name='{name}'")) == before
+    assert run.info.run_id in events(name, "run_failed")[-1]["data"]["mlflow_run_ids"]
+
+    # --accept-unaudited-champion: the run goes on against it, and the trail says who accepted which move.
+    accepted = promotion.check_champion_audited(name, "run-x", accept=True)
+    assert (accepted.alias, accepted.registry) == ("champion", v2)
+    entry = events(name, "unaudited_champion_accepted")[-1]
+    assert entry["data"]["run_id"] == "run-x" and entry["data"]["registry"] == v2 and entry["data"]["audited"] == v1
+    assert entry["actor"]
+    assert not promotion.verify(name)[0]  # accepting it for a run does not make the move audited
+
+
+def load_project(params: Path) -> str:
+    from tunegate.params import load_params
+
+    return load_params(params).project.name

@@ -48,6 +48,10 @@ def test_first_run_beats_the_base_model(first_run):
     assert first_run["baseline"]["metrics"]["exact_match"] <= 0.10
     assert first_run["candidate"]["metrics"]["exact_match"] >= 0.80
     assert first_run["gate"]["passed"] is True and first_run["gate"]["reasons"]
+    # Issue #15: the first run's baseline is the base model, so its deltas are the over-base ones.
+    [over_base] = [r for r in first_run["gate"]["reasons"] if "over the base model" in r]
+    assert over_base.startswith("PASS exact_match over the base model: base model ")
+    assert first_run["over_base"]["delta"]["low"] > first_run["over_base"]["required_low_above"] == 0.0
     assert first_run["registered_version"] == "1"
     report = Path(first_run["evaluation"]["report"])
     assert report.is_file() and "candidate vs the base model (no champion yet)" in report.read_text()
@@ -132,7 +136,33 @@ def test_tuned_model_stops_by_itself(first_run):
     assert sum(stopped) / len(stopped) >= 0.95, f"{sum(stopped)}/{len(stopped)} answers ended with EOS"
 
 
-SECOND = ["train.max_steps=3"]
+def test_a_significantly_worse_candidate_does_not_replace_the_waiting_one(prefect_harness, first_run, tmp_path):
+    """Issue #15: version 1 waits for review. A 1-step model, let through a gate opened wide (no margin
+    over the baseline or the base model), is compared with version 1 on the same suites, from version 1's
+    stored evaluation (no second training or evaluation of it): significantly worse, it is not registered."""
+    from flows.retrain import retrain
+
+    name = load_params(DEMO).model.registered_name
+    opened = ["train.max_steps=1", "gate.min_improvement=-1", "gate.min_improvement_over_base=null", "gate.max_family_regression=1",
+              "gate.rules=[]", "gate.hard_rules.refusal_may_not_drop=false"]
+    worse = retrain(params_file=str(DEMO), overrides=opened)
+    assert worse["gate"]["passed"] is True and worse["registered_version"] is None and worse["outcome"] == "waiting_better"
+    waiting = worse["waiting"]
+    assert waiting["version"] == first_run["registered_version"] and waiting["replace"] is False
+    assert waiting["evaluation"]["reused"] is True and waiting["evaluation"]["from_run"] == first_run["run_id"]
+    [primary] = [r for r in waiting["reasons"] if r.startswith("FAIL exact_match vs the waiting candidate")]
+    em = first_run["candidate"]["metrics"]["exact_match"]
+    assert primary.startswith(f"FAIL exact_match vs the waiting candidate: waiting {em:.3f} -> new 0.000 (delta {-em:+.3f}, interval [")
+    assert tracking.alias_version(name, "candidate").version == first_run["registered_version"]
+    kept = [e for e in audit.store().entries(model=name) if e["event"] == "candidate_kept"][-1]
+    assert kept["data"]["run_id"] == worse["run_id"] and kept["data"]["reason"] == "not registered: version 1, waiting, is better"
+    summary = Path(tracking.client().download_artifacts(worse["run_id"], "summary/summary.md", str(tmp_path))).read_text()
+    assert "Not registered: version 1, waiting, is better (exact_match vs the waiting candidate: waiting" in summary
+    report = Path(worse["evaluation"]["report"]).with_suffix(".md").read_text()
+    assert "## Against version 1, waiting for review" in report and "significantly worse" in report
+
+
+SECOND = ["train.max_steps=1"]  # an untrained model (issue #15): the gate refuses it for the over-base rule too
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +190,12 @@ def test_approve_then_second_run_uses_the_champion(first_run, second_run):
     assert second["baseline"]["metrics"]["exact_match"] == first_run["candidate"]["metrics"]["exact_match"]
     assert second["gate"]["passed"] is False and second["registered_version"] is None
     assert tracking.alias_version(name, "champion").version == first_run["registered_version"]
+    # The base model stays a reference against a champion: its evaluation is the first run's, read back.
+    failed = [r for r in second["gate"]["reasons"] if r.startswith("FAIL")]
+    assert any(r.startswith("FAIL exact_match over the base model: base model ") for r in failed), failed
+    assert second["over_base"]["evaluation"]["reused"] is True and second["over_base"]["evaluation"]["from_run"] == first_run["run_id"]
+    assert second["over_base"]["delta"]["baseline"] == first_run["baseline"]["metrics"]["exact_match"]
+    assert "Against the base model:" in Path(second["evaluation"]["report"]).with_suffix(".md").read_text()
 
     status = CliRunner().invoke(app, ["status", "--json"])
     data = json.loads(status.output.strip().splitlines()[-1])
@@ -168,7 +204,7 @@ def test_approve_then_second_run_uses_the_champion(first_run, second_run):
 
     ok, message, entries = audit.store().verify()
     assert ok, message
-    assert [e for e in entries if e["event"] == "approval"][0]["actor"] == "alice"
+    assert [e for e in entries if e["event"] == "approval" and e["model"] == name][0]["actor"] == "alice"
 
 
 def _stored(run_id: str, role: str, tmp_path: Path) -> dict:
@@ -239,22 +275,29 @@ def test_bad_data_stops_before_tuning_and_registers_nothing(kind, prefect_harnes
 
 
 def test_resume_continues_the_same_mlflow_run(prefect_harness, first_run):
+    """A 4-step run of a model with no champion yet (its baseline the base model, as on a team's first run),
+    resumed. Issue #15: the non-inferiority rule alone let such an untrained model through; the
+    over-base rule refuses it, and nothing is registered."""
     from flows.retrain import retrain
 
-    overrides = ["train.max_steps=4", "train.save_steps=2"]
+    overrides = ["train.max_steps=4", "train.save_steps=2", "model.registered_name=tunegate-resume-assistant"]
     first = retrain(params_file=str(DEMO), overrides=overrides)
+    assert first["baseline"]["source"] == "base_model" and first["baseline_evaluation"]["from_run"] == first_run["run_id"]
+    assert first["registered_version"] is None and first["gate"]["passed"] is False
+    failed = [r for r in first["gate"]["reasons"] if r.startswith("FAIL")]
+    assert [r.split(":")[0] for r in failed] == ["FAIL exact_match over the base model"], first["gate"]["reasons"]
     again = retrain(params_file=str(DEMO), overrides=overrides, resume_run_id=first["run_id"])
     assert again["run_id"] == first["run_id"]
     assert again["train"]["resumed_from"].endswith("checkpoint-4")
     assert tracking.get_run(first["run_id"]).info.status == "FINISHED"
     assert tracking.get_run(first["run_id"]).data.tags["tunegate.latest_checkpoint"] == "checkpoint-4"
     with pytest.raises(ValueError, match="train.max_steps"):
-        retrain(params_file=str(DEMO), overrides=["train.max_steps=5", "train.save_steps=2"], resume_run_id=first["run_id"])
+        retrain(params_file=str(DEMO), overrides=[*overrides[1:], "train.max_steps=5"], resume_run_id=first["run_id"])
 
 
 # The walkthrough's second run: lineage, model card and history do not depend on its quality, so a short run
 # with the gate's retrain rules opened up stands in for a full retrain (a full demo run costs ~70 s more).
-OPEN_GATE = ["train.max_steps=6", "gate.min_improvement=-1", "gate.max_family_regression=1", "gate.rules=[]",
+OPEN_GATE = ["train.max_steps=6", "gate.min_improvement=-1", "gate.min_improvement_over_base=null", "gate.max_family_regression=1", "gate.rules=[]",
              "gate.hard_rules.refusal_may_not_drop=false"]
 
 
@@ -280,7 +323,7 @@ def test_run_approve_run_approve_then_lineage_and_model_card(prefect_harness, fi
     candidate = ModelEvaluation.from_dict(_stored(reusing["run_id"], "candidate", tmp_path / "candidate"))
     deltas = json.loads(json.dumps([d.to_dict() for d in compare(fresh, candidate, params.eval)]))
     assert deltas == reusing["evaluation"]["deltas"]
-    decision = decide_promotion(fresh.summary(), candidate.summary(), params.gate, deltas).to_dict()
+    decision = decide_promotion(fresh.summary(), candidate.summary(), params.gate, deltas, [reusing["over_base"]["delta"]]).to_dict()
     assert {"passed": decision["passed"], "reasons": decision["reasons"]} == reusing["gate"]
 
     version = second["registered_version"]

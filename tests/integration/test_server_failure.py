@@ -32,7 +32,7 @@ from tunegate.server import ServerConfig, free_port, start_mlflow, stop, wait_he
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 TUNEGATE = str(Path(sys.executable).parent / "tunegate")
-QUICK = ["train.max_steps=6", "eval.ifeval.enabled=false", "eval.safety.enabled=false", "gate.min_improvement=-1",
+QUICK = ["train.max_steps=6", "eval.ifeval.enabled=false", "eval.safety.enabled=false", "gate.min_improvement=-1", "gate.min_improvement_over_base=null",
          "gate.max_family_regression=1", "gate.rules=[]", "eval.bootstrap_resamples=200"]
 
 
@@ -311,7 +311,7 @@ def _write_run_params(work: Path, base_model: Path, demo: Path) -> Path:
         "train": {"max_steps": RESTART_STEPS, "save_steps": 5, "logging_steps": 1, "batch_size": 8, "max_length": 128,
                   "lora_r": 32, "lora_alpha": 64, "learning_rate": 0.005},
         "eval": {"ifeval": {"enabled": False}, "safety": {"enabled": False}, "bootstrap_resamples": 200},
-        "gate": {"min_improvement": -1, "max_family_regression": 1, "rules": []},
+        "gate": {"min_improvement": -1, "min_improvement_over_base": None, "max_family_regression": 1, "rules": []},
     }
     path = work / "restart.yaml"
     path.write_text(yaml.safe_dump(params))
