@@ -152,6 +152,8 @@ def compare_models(
         base_deltas = []
     over_base = next((d for d in base_deltas if d.metric == params.gate.primary_metric and d.category == "all"), None)
     waiting_deltas = compare(_evaluation(waiting_eval), candidate_eval, params.eval) if waiting is not None and waiting_eval is not None else []
+    vs_waiting = {"version": waiting.version, "deltas": [d.to_dict() for d in waiting_deltas],
+                  "evaluation": _provenance(waiting_eval)} if waiting_deltas else None
     worst = worst_regressions(baseline_eval, candidate_eval)
     eval_md5s = load_items_md5(params.eval)
     tracking.set_tags(ctx.run_id, {f"tunegate.eval_md5.{k}": v for k, v in eval_md5s.items()})
@@ -169,7 +171,7 @@ def compare_models(
         "baseline": {"source": baseline.source, "version": baseline.version}, "confidence": params.eval.confidence,
         "baseline_evaluation": provenance,
         "over_base": over_base.to_dict() if over_base else None,
-        "waiting": {"version": waiting.version, "deltas": [d.to_dict() for d in overall(waiting_deltas)]} if waiting_deltas else None,
+        "waiting": {**vs_waiting, "deltas": [d.to_dict() for d in overall(waiting_deltas)]} if vs_waiting else None,
     }
     truncated = {"baseline": baseline_eval.truncated_prompts, "candidate": candidate_eval.truncated_prompts}
     markdown = render_markdown(context, deltas, worst, truncated_prompts=truncated)
@@ -194,7 +196,7 @@ def compare_models(
         "deltas": [d.to_dict() for d in deltas],
         "base_deltas": [d.to_dict() for d in base_deltas],
         "base_evaluation": base_provenance,
-        "waiting": {"version": waiting.version, "deltas": [d.to_dict() for d in waiting_deltas],
-                    "evaluation": _provenance(waiting_eval)} if waiting_deltas else None,
+        "over_base": context["over_base"],  # the primary metric's delta over the base model: the gate's and the summary's
+        "waiting": vs_waiting,
         "report": str(out_dir / "evaluation.html"),
     }

@@ -39,7 +39,7 @@ def gate(params: Params, comparison: dict[str, Any], ctx: RunContext) -> dict[st
             "version": waiting["version"],
             "replace": params.gate.replace_waiting == "always" or all(c.passed for c in checks),
             "policy": params.gate.replace_waiting,
-            "reasons": [f"{'PASS' if c.passed else 'FAIL'} {c.rule}: {c.detail}" for c in checks],
+            "reasons": [c.reason for c in checks],
         }
     tracking.log_dict(ctx.run_id, decision, "gate/decision.json")
     tracking.set_tags(

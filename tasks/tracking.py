@@ -111,9 +111,8 @@ def finish_run(
     )
     summary["evaluation"] = {"deltas": comparison["deltas"], "report": comparison["report"]}
     # The candidate against the base model on the primary metric (the gate's over-base rule), on every run.
-    primary = params.gate.primary_metric
     summary["over_base"] = {
-        "delta": next((d for d in comparison.get("base_deltas", []) if d["metric"] == primary and d["category"] == "all"), None),
+        "delta": comparison.get("over_base"),
         "evaluation": comparison.get("base_evaluation"),
         "required_low_above": params.gate.min_improvement_over_base,
     }

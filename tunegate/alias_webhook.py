@@ -131,11 +131,12 @@ class Receiver:
                     receiver.log(f"webhook delivery refused: {why}")
                     return self._answer(401, why)
                 try:
-                    entry = handle(json.loads(body), self.headers.get(DELIVERY_HEADER))
+                    payload = json.loads(body)
+                    entry = handle(payload, self.headers.get(DELIVERY_HEADER))
                 except Exception as error:  # MLflow retries a failed delivery
                     receiver.log(f"webhook delivery failed: {type(error).__name__}: {error}")
                     return self._answer(500, "failed")
-                data = json.loads(body).get("data") or {}
+                data = payload.get("data") or {}
                 moved = f"alias {data.get('alias')} of {data.get('name')} -> " + (f"version {data['version']}" if data.get("version") else "removed")
                 if entry is not None:
                     receiver.recorded.append(entry)

@@ -14,6 +14,10 @@ class GateCheck:
     passed: bool
     detail: str
 
+    @property
+    def reason(self) -> str:
+        return f"{'PASS' if self.passed else 'FAIL'} {self.rule}: {self.detail}"
+
 
 @dataclass(frozen=True)
 class GateDecision:
@@ -22,7 +26,7 @@ class GateDecision:
 
     @property
     def reasons(self) -> list[str]:
-        return [f"{'PASS' if c.passed else 'FAIL'} {c.rule}: {c.detail}" for c in self.checks]
+        return [c.reason for c in self.checks]
 
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "reasons": self.reasons, "checks": [asdict(c) for c in self.checks]}

@@ -499,7 +499,7 @@ def verify(name: str | None, policy: ApprovalPolicy | None = None) -> tuple[bool
         checked.append(f"{model} at entry {seq}")
     problems = signature_problems(entries, policy)
     if name:  # the registry's aliases against the trail's last move of each (moved outside tunegate?)
-        problems += [d.message() + f" on {name}" for d in alias_drift(name, [e for e in entries if e.get("model") == name])]
+        problems += [d.message() + f" on {name}" for d in alias_drift(name, [e for e in entries if audit.model_of(e) == name])]
     if problems:
         return False, "; ".join(problems)
     signed = sum(1 for e in entries if e["event"] == "approval" and (e.get("data") or {}).get("signature"))
