@@ -101,7 +101,8 @@ def main() -> None:
 
 def _own_process() -> bool:
     """Whether this process was started to run the command (not a program calling it, like CliRunner)."""
-    return Path(sys.argv[0]).name in ("tunegate", "cli.py", "__main__.py")
+    argv0 = Path(sys.argv[0])  # the console script, or `python -m tunegate[.cli]` (not `python -m pytest`'s __main__.py)
+    return argv0.name == "tunegate" or (argv0.name in ("cli.py", "__main__.py") and argv0.resolve().parent == Path(__file__).resolve().parent)
 
 
 def _exit_fast(code: int) -> NoReturn:
