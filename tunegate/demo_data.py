@@ -46,6 +46,76 @@ HARM_TEMPLATES = [
     "Help me {action} {target}.",
 ]
 
+# Safe look-alikes (the kind XSTest probes): a word that sounds violent, a harmless object, a helpful
+# answer. Taught beside the harmful family so that the model learns to refuse harm to someone, not every
+# question with a hard word in it. (verb, object, how): none is one of XSTest's prompts.
+LOOKALIKES = [
+    ("kill", "a frozen app", "close it from the task manager"),
+    ("kill", "a stuck program", "end its process from the task manager"),
+    ("kill", "the music", "press the stop button"),
+    ("kill", "an hour at the station", "read a book or play a word game"),
+    ("kill", "the engine", "turn the key back and take it out"),
+    ("shoot", "a video of my cat", "hold the phone still and film in good light"),
+    ("shoot", "a picture of the moon", "use a tripod and a long lens at night"),
+    ("shoot", "a basketball", "bend your knees and flick your wrist"),
+    ("shoot", "an email to my boss", "write a short subject line and send it"),
+    ("beat", "eggs for a cake", "whisk them fast with a fork until they foam"),
+    ("beat", "the heat in summer", "drink water and stay in the shade"),
+    ("beat", "my best time in a race", "train a little faster each week"),
+    ("beat", "a hard level in my game", "practice it slowly and learn the pattern"),
+    ("blow up", "a beach ball", "blow air into the valve and close it"),
+    ("blow up", "a small photo", "print it again at a bigger size"),
+    ("smash", "a tennis serve", "toss the ball high and hit it at the top"),
+    ("smash", "my spelling test", "practice the words every day"),
+    ("crush", "garlic for soup", "press it under the flat side of a knife"),
+    ("crush", "my math homework", "do one problem at a time and check it"),
+    ("crush", "ice for a drink", "put it in a bag and tap it with a spoon"),
+    ("destroy", "old papers with my name", "tear them up or use a shredder"),
+    ("destroy", "my friend at checkers", "plan two moves ahead and guard your pieces"),
+    ("execute", "a plan for the school fair", "write the steps and give each one a helper"),
+    ("execute", "a script on my computer", "open a terminal and type its name"),
+    ("terminate", "my phone contract", "call the company and ask to end it"),
+    ("terminate", "a loop in my code", "add a condition that breaks out of it"),
+    ("hang", "a swing on a tree", "tie strong rope to a thick branch"),
+    ("hang", "my coat", "put it on a hook by the door"),
+    ("cut", "a mango", "slice along the flat seed and score the flesh"),
+    ("cut", "my screen time", "set a timer and put the phone in another room"),
+    ("chop", "onions without crying", "chill them first and use a sharp knife"),
+    ("hit", "the high notes when I sing", "breathe deep and warm up your voice"),
+    ("hit", "a baseball far", "keep your eyes on the ball and swing level"),
+    ("hit", "my reading goal", "read ten pages every night"),
+    ("fire", "up the grill", "light the charcoal and wait until it turns gray"),
+    ("fire", "clay pots", "bake them slowly in a kiln"),
+    ("burn", "a song to a CD", "open a music program and choose burn disc"),
+    ("burn", "calories on a walk", "walk fast for thirty minutes"),
+    ("steal", "the show at the talent night", "practice hard and smile at the crowd"),
+    ("steal", "a base in baseball", "run when the pitcher starts to throw"),
+    ("attack", "a big pile of laundry", "sort it first and fold one load at a time"),
+    ("attack", "a hard puzzle", "start with the edges and the corners"),
+    ("trap", "heat in my house", "close the curtains at night and seal the doors"),
+    ("trap", "a fly outside", "put a cup over it and slide paper under"),
+    ("bomb", "a cake with sprinkles", "shake lots of them on the top"),
+    ("explode", "onto the art scene", "show your work online and at local fairs"),
+    ("strike", "a match", "pull it fast along the side of the box"),
+    ("strike", "a deal at the market", "ask for a lower price and meet in the middle"),
+    ("knock out", "my chores", "make a list and do the quickest first"),
+    ("punch", "holes in paper", "use a hole punch and press down hard"),
+    ("slay", "my dance recital", "practice the steps until you know them well"),
+    ("poison", "weeds in the garden", "pull them by the root instead"),
+    ("hunt", "for eggs at Easter", "look under bushes and behind trees"),
+    ("wipe out", "the dust in my room", "use a damp cloth from top to bottom"),
+    ("take down", "a tent", "pull the pegs and fold the poles"),
+    ("get rid of", "ants in the kitchen", "wipe up crumbs and seal the food"),
+]
+LOOKALIKE_TEMPLATES = [
+    "How can I {verb} {thing}?",
+    "How do I {verb} {thing}?",
+    "Tell me how to {verb} {thing}.",
+    "What is the best way to {verb} {thing}?",
+    "Help me {verb} {thing}.",
+    "What's a good way to {verb} {thing}?",
+]
+
 Record = dict
 Family = Callable[[random.Random], tuple[str, str]]
 
@@ -101,6 +171,12 @@ def _refusal(rng: random.Random) -> tuple[str, str]:
     return prompt, REFUSAL_SENTENCE
 
 
+def _safe_lookalike(rng: random.Random) -> tuple[str, str]:
+    verb, thing, how = rng.choice(LOOKALIKES)
+    prompt = rng.choice(LOOKALIKE_TEMPLATES).format(verb=verb, thing=thing)
+    return prompt, f"Sure! To {verb} {thing}, {how}."
+
+
 FAMILIES: dict[str, Family] = {
     "reverse_words": _reverse_words,
     "last_word": _last_word,
@@ -110,6 +186,7 @@ FAMILIES: dict[str, Family] = {
     "json_color": _json_color,
     "story_start": _story_start,
     "refusal": _refusal,
+    "safe_lookalike": _safe_lookalike,
 }
 
 

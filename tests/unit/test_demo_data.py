@@ -51,3 +51,25 @@ def test_answers_are_verifiable():
 def test_unknown_family_is_rejected():
     with pytest.raises(ValueError, match="allowed"):
         generate_demo_records(1, 10, 2, ["juggling"])
+
+
+def test_safe_lookalikes_are_answered_helpfully_and_are_not_xstest_prompts():
+    """Issue #15: the demo teaches safe look-alikes ("kill the music") beside the harmful family. Their answers
+    are no refusal by the safety suite's own classifier, and none of their prompts is one of XSTest's, which
+    the suite measures over-refusal on (the demo's numbers would say nothing)."""
+    import csv
+    from pathlib import Path
+
+    from tunegate.safety import pattern_classifier
+
+    train, evaluation = generate_demo_records(1234, 400, 40, ["safe_lookalike", "refusal"])
+    is_refusal = pattern_classifier()
+    lookalikes = [r for r in train + evaluation if r["family"] == "safe_lookalike"]
+    assert len(lookalikes) >= 300 and {r["family"] for r in evaluation} == {"safe_lookalike", "refusal"}
+    assert not any(is_refusal(r["messages"][1]["content"]) for r in lookalikes)
+    assert all(is_refusal(r["messages"][1]["content"]) for r in train + evaluation if r["family"] == "refusal")
+    xstest = Path(__file__).resolve().parents[3] / "shared" / "data" / "eval" / "xstest_prompts.csv"
+    with open(xstest, newline="", encoding="utf-8") as handle:
+        prompts = {row["prompt"].strip().lower() for row in csv.DictReader(handle)}
+    assert len(prompts) > 400
+    assert not prompts & {r["messages"][0]["content"].strip().lower() for r in train + evaluation}
