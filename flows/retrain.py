@@ -13,7 +13,7 @@ from prefect.states import Completed
 
 from tasks.data import prepare_data, validate_data
 from tasks.freshness import check_unchanged, skip_run
-from tasks.evaluate import compare_models, evaluate, resolve_baseline, resolve_waiting
+from tasks.evaluate import compare_models, evaluate, resolve_baseline, resolve_waiting, write_report
 from tasks.queue import run_slot
 from tasks.promote import apply_review, approval_form, check_champion, gate, keep_waiting, register_candidate
 from tasks.tracking import finish_run, load_run_params, record_failure, start_run
@@ -56,11 +56,12 @@ def retrain(
         waiting_eval = evaluate(params, data, ctx, "waiting", waiting.model_dir, waiting.version) if waiting else None
         comparison = compare_models(params, ctx, data, baseline, baseline_eval, candidate_eval, base_eval, waiting, waiting_eval)
         decision = gate(params, comparison, ctx)
+        report = write_report(params, ctx, data, comparison, decision)  # the gate's verdicts beside the figures
         replace = decision["passed"] and (decision.get("waiting") or {}).get("replace", True)
         if decision["passed"] and not replace:
             keep_waiting(params, ctx, decision)
         version = register_candidate(params, ctx, data, baseline, decision, tuned.model_uri) if replace else None
-        summary = finish_run(params, ctx, data, baseline, comparison, tuned, decision, version)
+        summary = finish_run(params, ctx, data, baseline, comparison, tuned, decision, version, report)
     if version and wait_for_approval:
         # A person answers in the Prefect UI (or resume_flow_run); the same promotion logic as the CLI runs.
         answer = pause_flow_run(wait_for_input=approval_form(summary), timeout=7 * 24 * 3600)

@@ -17,7 +17,8 @@ from tunegate.eval_cache import EvaluationOutcome
 from tunegate.eval_suites import ModelEvaluation, compare, load_items_md5, worst_regressions
 from tunegate.params import Params
 from tunegate.paths import tunegate_home
-from tunegate.report import overall, plots, render_html, render_markdown
+from tunegate.report import plots, render_html, render_markdown
+from tunegate.stats import Delta
 from tunegate.summary import baseline_label
 
 
@@ -132,7 +133,7 @@ def compare_models(
     base_eval: EvaluationOutcome | ModelEvaluation | None = None,
     waiting: BaselineRef | None = None, waiting_eval: EvaluationOutcome | ModelEvaluation | None = None,
 ) -> dict[str, Any]:
-    """Deltas with bootstrap intervals, and the report (markdown + HTML with plots) everywhere it belongs.
+    """Deltas with bootstrap intervals (the report is written after the gate: :func:`write_report`).
 
     The evaluations are what :func:`evaluate` returned (or plain :class:`ModelEvaluation` s); where the
     baseline's came from goes to the report and, as ``baseline_evaluation``, to the run summary.
@@ -165,16 +166,48 @@ def compare_models(
         | ({f"over_base_{over_base.metric}": over_base.delta, f"over_base_{over_base.metric}_low": over_base.low,
             f"over_base_{over_base.metric}_high": over_base.high} if over_base else {}),
     )
-    history = [(m.step, m.value) for m in tracking.client().get_metric_history(ctx.run_id, "train_loss")]
+    regressions = [d.to_dict() for d in deltas if d.regression]
+    record(
+        "evaluation",
+        {"run_id": ctx.run_id, "baseline": {"source": baseline.source, "version": baseline.version},
+         "regressions": [(r["metric"], r["category"]) for r in regressions]},
+        model_name=params.model.registered_name, commit=ctx.commit,
+    )
+    logger.info("compared: %d significant loss(es) flagged", len(regressions))
+    return {
+        "baseline": {"source": baseline.source, "version": baseline.version},
+        "baseline_metrics": baseline_eval.summary(),
+        "baseline_evaluation": provenance,
+        "candidate_metrics": candidate_eval.summary(),
+        "deltas": [d.to_dict() for d in deltas],
+        "base_deltas": [d.to_dict() for d in base_deltas],
+        "base_evaluation": base_provenance,
+        "over_base": over_base.to_dict() if over_base else None,  # the primary metric's delta over the base model: the gate's and the summary's
+        "waiting": vs_waiting,
+        "worst": worst,
+        "truncated_prompts": {"baseline": baseline_eval.truncated_prompts, "candidate": candidate_eval.truncated_prompts},
+    }
+
+
+@task(cache_policy=NONE, **RETRY_TRANSIENT)
+@timed("report")
+def write_report(params: Params, ctx: RunContext, data: DataRef, comparison: dict[str, Any], decision: dict[str, Any]) -> str:
+    """The evaluation report (markdown + HTML with plots), after the gate: its figures are the comparison's
+    and its verdicts the gate's own (:func:`tunegate.gate.verdict_cell`). Written under
+    ``$TUNEGATE_HOME/reports/<run>``, logged to MLflow under ``report/`` and attached to the Prefect run."""
+    deltas = [Delta.from_dict(d) for d in comparison["deltas"]]
+    waiting = comparison.get("waiting")
     context = {
         "run_id": ctx.run_id, "model_name": params.model.registered_name, "eval_md5": data.eval_md5 or "",
-        "baseline": {"source": baseline.source, "version": baseline.version}, "confidence": params.eval.confidence,
-        "baseline_evaluation": provenance,
-        "over_base": over_base.to_dict() if over_base else None,
-        "waiting": {**vs_waiting, "deltas": [d.to_dict() for d in overall(waiting_deltas)]} if vs_waiting else None,
+        "baseline": comparison["baseline"], "confidence": params.eval.confidence,
+        "baseline_evaluation": comparison["baseline_evaluation"],
+        "over_base": comparison.get("over_base"),
+        "waiting": {**waiting, "deltas": [d for d in waiting["deltas"] if d["category"] == "all"]} if waiting else None,
+        "gate": decision,
     }
-    truncated = {"baseline": baseline_eval.truncated_prompts, "candidate": candidate_eval.truncated_prompts}
-    markdown = render_markdown(context, deltas, worst, truncated_prompts=truncated)
+    # The loss curve: the steps training logged (the trainer's closing mean is train_mean_loss).
+    history = [(m.step, m.value) for m in tracking.client().get_metric_history(ctx.run_id, "train_loss")]
+    markdown = render_markdown(context, deltas, comparison["worst"], truncated_prompts=comparison["truncated_prompts"])
     page = render_html(markdown, plots(deltas, sorted(history)), f"tunegate evaluation {ctx.run_id[:8]}")
     out_dir = tunegate_home() / "reports" / ctx.run_id
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,21 +215,5 @@ def compare_models(
     (out_dir / "evaluation.html").write_text(page, encoding="utf-8")
     tracking.log_artifacts(ctx.run_id, out_dir, "report")
     create_markdown_artifact(key="evaluation-report", markdown=markdown, description=f"candidate vs {baseline_label(context['baseline'])}")
-    regressions = [d.to_dict() for d in deltas if d.regression]
-    record(
-        "evaluation",
-        {"run_id": ctx.run_id, "baseline": context["baseline"], "regressions": [(r["metric"], r["category"]) for r in regressions]},
-        model_name=params.model.registered_name, commit=ctx.commit,
-    )
-    logger.info("evaluation report: %s (%d regression(s) flagged)", out_dir / "evaluation.html", len(regressions))
-    return {
-        "baseline_metrics": baseline_eval.summary(),
-        "baseline_evaluation": provenance,
-        "candidate_metrics": candidate_eval.summary(),
-        "deltas": [d.to_dict() for d in deltas],
-        "base_deltas": [d.to_dict() for d in base_deltas],
-        "base_evaluation": base_provenance,
-        "over_base": context["over_base"],  # the primary metric's delta over the base model: the gate's and the summary's
-        "waiting": vs_waiting,
-        "report": str(out_dir / "evaluation.html"),
-    }
+    get_run_logger().info("evaluation report: %s", out_dir / "evaluation.html")
+    return str(out_dir / "evaluation.html")

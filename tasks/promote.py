@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -40,6 +41,7 @@ def gate(params: Params, comparison: dict[str, Any], ctx: RunContext) -> dict[st
             "replace": params.gate.replace_waiting == "always" or all(c.passed for c in checks),
             "policy": params.gate.replace_waiting,
             "reasons": [c.reason for c in checks],
+            "checks": [asdict(c) for c in checks],
         }
     tracking.log_dict(ctx.run_id, decision, "gate/decision.json")
     tracking.set_tags(

@@ -92,8 +92,10 @@ def finish_run(
     tuned: Any,
     decision: dict[str, Any],
     registered_version: str | None,
+    report: str | None = None,
 ) -> dict[str, Any]:
-    """Build the run summary, attach it to MLflow and Prefect, close the run successfully."""
+    """Build the run summary, attach it to MLflow and Prefect, close the run successfully. ``report``: the
+    evaluation report's path (:func:`tasks.evaluate.write_report`)."""
     summary = build_summary(
         run_id=ctx.run_id,
         flow_run_id=str(flow_run.get_id() or ""),
@@ -109,7 +111,7 @@ def finish_run(
         registered_version=registered_version,
         baseline_evaluation=comparison.get("baseline_evaluation"),
     )
-    summary["evaluation"] = {"deltas": comparison["deltas"], "report": comparison["report"]}
+    summary["evaluation"] = {"deltas": comparison["deltas"], "report": report}
     # The candidate against the base model on the primary metric (the gate's over-base rule), on every run.
     summary["over_base"] = {
         "delta": comparison.get("over_base"),

@@ -42,6 +42,10 @@ def tune(params: Params, data: DataRef, ctx: RunContext) -> TunedModel:
 
     def log_step(step: int, values: dict[str, float]) -> None:
         renamed = {("train_" + k if not k.startswith("train") else k): v for k, v in values.items()}
+        if "train_runtime" in values and "train_loss" in values:
+            # The trainer's closing summary: its train_loss is the mean over the whole run, not a step's
+            # loss; under its own name it does not end the loss curve with a jump.
+            renamed["train_mean_loss"] = renamed.pop("train_loss")
         tracking.log_metrics(ctx.run_id, renamed, step=step)
 
     def log_checkpoint(path: Path) -> None:

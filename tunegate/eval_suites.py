@@ -14,7 +14,7 @@ from typing import Any
 from tunegate.formats import normalize_texts
 from tunegate.ifeval import CHECKERS, IFPrompt, read_ifeval, score_prompt
 from tunegate.params import EvalParams, resolve_path
-from tunegate.stats import Delta, paired_bootstrap
+from tunegate.stats import Delta, paired_bootstrap, weighted_mean
 
 # metric -> (suite, higher is better)
 METRICS: dict[str, tuple[str, bool]] = {
@@ -33,35 +33,36 @@ METRICS: dict[str, tuple[str, bool]] = {
 
 @dataclass(frozen=True)
 class Score:
+    """One example's score. ``weight``: its share in every mean (the response loss: the reference answer's
+    token count, so the mean is per token, as training reports it; 1 elsewhere)."""
+
     key: str
     category: str
     value: float
+    weight: float = 1.0
 
 
 @dataclass
 class ModelEvaluation:
     scores: dict[str, list[Score]] = field(default_factory=dict)
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    token_weighted_loss: float | None = None
     truncated_prompts: int = 0  # distinct eval prompts longer than the model's context allows, cut from the left
 
     def mean(self, metric: str) -> float:
-        values = [s.value for s in self.scores.get(metric, [])]
-        return sum(values) / len(values) if values else 0.0
+        """The metric's one figure: the (weighted) mean of its examples, as :func:`compare` computes it."""
+        return _mean(self.scores.get(metric, []))
 
     def by_category(self, metric: str) -> dict[str, float]:
-        groups: dict[str, list[float]] = defaultdict(list)
+        groups: dict[str, list[Score]] = defaultdict(list)
         for s in self.scores.get(metric, []):
-            groups[s.category].append(s.value)
-        return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+            groups[s.category].append(s)
+        return {k: _mean(v) for k, v in sorted(groups.items())}
 
     def summary(self) -> dict[str, Any]:
         """The flat metrics (``exact_match``, ``per_family``, ``response_loss``, ...) and per-suite details."""
         out: dict[str, Any] = {}
         for metric in self.scores:
             out[metric] = self.mean(metric)
-        if self.token_weighted_loss is not None:
-            out["response_loss"] = self.token_weighted_loss
         out["per_family"] = self.by_category("exact_match")
         out["n"] = len(self.scores.get("exact_match", []))
         out["by_category"] = {m: self.by_category(m) for m in self.scores if m != "exact_match"}
@@ -70,28 +71,33 @@ class ModelEvaluation:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything the evaluation holds, JSON-able: per-example scores as ``[key, category, value]``
-        rows by metric, the examples, the token-weighted loss and the truncation count.
+        rows by metric (``[key, category, value, weight]`` where the weight is not 1), the examples and
+        the truncation count.
         ``from_dict(json.loads(json.dumps(e.to_dict()))) == e``: a stored evaluation compares like a fresh one."""
         return {
-            "scores": {metric: [[s.key, s.category, s.value] for s in values] for metric, values in self.scores.items()},
+            "scores": {
+                metric: [[s.key, s.category, s.value] + ([s.weight] if s.weight != 1.0 else []) for s in values]
+                for metric, values in self.scores.items()
+            },
             "examples": self.examples,
-            "token_weighted_loss": self.token_weighted_loss,
             "truncated_prompts": self.truncated_prompts,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelEvaluation:
         """The evaluation :meth:`to_dict` wrote (raises KeyError/ValueError/TypeError on anything else)."""
-        loss = data["token_weighted_loss"]
         return cls(
             scores={
-                str(metric): [Score(str(key), str(category), float(value)) for key, category, value in rows]
+                str(metric): [Score(str(key), str(category), float(value), *(float(w) for w in weight)) for key, category, value, *weight in rows]
                 for metric, rows in data["scores"].items()
             },
             examples={str(suite): list(rows) for suite, rows in data["examples"].items()},
-            token_weighted_loss=None if loss is None else float(loss),
             truncated_prompts=int(data["truncated_prompts"]),
         )
+
+
+def _mean(scores: list[Score]) -> float:
+    return weighted_mean([s.value for s in scores], [s.weight for s in scores])
 
 
 def demo_ifeval_items(records: list[dict[str, Any]]) -> list[IFPrompt]:
@@ -209,11 +215,11 @@ def run_reference(model, tokenizer, records, params: EvalParams, result: ModelEv
 def run_response_loss(model, tokenizer, records, params: EvalParams, result: ModelEvaluation, cache: Generated | None = None) -> None:
     from tunegate.evaluation import response_losses
 
-    per_record, token_weighted = response_losses(model, tokenizer, records, params.batch_size)
+    per_record, tokens = response_losses(model, tokenizer, records, params.batch_size)
+    # Weighted by the answer's token count: the mean is the loss per token, as training reports it.
     result.scores["response_loss"] = [
-        Score(str(r["id"]), r.get("family") or "all", loss) for r, loss in zip(records, per_record)
+        Score(str(r["id"]), r.get("family") or "all", loss, float(n)) for r, loss, n in zip(records, per_record, tokens)
     ]
-    result.token_weighted_loss = token_weighted
 
 
 def ifeval_items(params: EvalParams, records) -> list[IFPrompt]:
@@ -320,6 +326,7 @@ def compare(baseline: ModelEvaluation, candidate: ModelEvaluation, params: EvalP
                 paired_bootstrap(
                     [b.value for b, _ in members],
                     [c.value for _, c in members],
+                    weights=[c.weight for _, c in members],
                     metric=metric,
                     category=category,
                     resamples=params.bootstrap_resamples,

@@ -59,8 +59,9 @@ def generate(
     return [o.strip() for o in outputs]
 
 
-def response_losses(model, tokenizer, records: list[dict[str, Any]], batch_size: int) -> tuple[list[float], float]:
-    """Cross-entropy on the final assistant turn's tokens (EOS included): per record, and token-weighted overall."""
+def response_losses(model, tokenizer, records: list[dict[str, Any]], batch_size: int) -> tuple[list[float], list[int]]:
+    """Cross-entropy on the final assistant turn's tokens (EOS included): the mean per record, and each
+    record's number of answer tokens (its weight in the token-weighted mean, :func:`response_loss`)."""
     import torch
 
     from tunegate.templates import end_of_turn
@@ -75,7 +76,7 @@ def response_losses(model, tokenizer, records: list[dict[str, Any]], batch_size:
         for r, (full, prompt) in zip(records, rendered)
     ]
     per_record: list[float] = []
-    total_loss, total_tokens = 0.0, 0
+    tokens: list[int] = []
     tokenizer.padding_side = "right"
     model.eval()
     # Longer than the model's context: keep the end (the answer), as generation keeps the prompt's end.
@@ -107,14 +108,15 @@ def response_losses(model, tokenizer, records: list[dict[str, Any]], batch_size:
         counts = (targets != -100).sum(dim=1)
         sums = token_loss.sum(dim=1)
         per_record.extend((sums / counts.clamp(min=1)).tolist())
-        total_loss += float(sums.sum())
-        total_tokens += int(counts.sum())
-    return per_record, total_loss / max(total_tokens, 1)
+        tokens.extend(counts.tolist())
+    return per_record, tokens
 
 
 def response_loss(model, tokenizer, records: list[dict[str, Any]], batch_size: int) -> float:
     """Mean cross-entropy over the final assistant turn's tokens (EOS included), token-weighted."""
-    return response_losses(model, tokenizer, records, batch_size)[1]
+    from tunegate.stats import weighted_mean
+
+    return weighted_mean(*response_losses(model, tokenizer, records, batch_size))
 
 
 def evaluate_model(model, tokenizer, records: list[dict[str, Any]], max_new_tokens: int, batch_size: int, progress=None) -> EvalMetrics:

@@ -10,13 +10,24 @@ from tunegate.params import GateParams
 
 @dataclass(frozen=True)
 class GateCheck:
+    """One rule's outcome. ``metric``/``category``: the evaluation figure it judged (None: none), so that
+    every view shows this outcome beside that figure; ``threshold``: the rule's bound, in short."""
+
     rule: str
     passed: bool
     detail: str
+    metric: str | None = None
+    category: str = "all"
+    threshold: str = ""
 
     @property
     def reason(self) -> str:
         return f"{'PASS' if self.passed else 'FAIL'} {self.rule}: {self.detail}"
+
+    @property
+    def verdict(self) -> str:
+        """``PASS (threshold)`` / ``FAIL (threshold)``: the outcome as a table cell shows it."""
+        return f"{'PASS' if self.passed else 'FAIL'} ({self.threshold})" if self.threshold else ("PASS" if self.passed else "FAIL")
 
 
 @dataclass(frozen=True)
@@ -51,13 +62,14 @@ def decide_promotion(
                 f"baseline {base_value:.3f} -> candidate {cand_value:.3f} "
                 f"(delta {delta:+.3f}, required >= {policy.min_improvement:+.3f})"
             ),
+            metric=metric, threshold=f"delta >= {policy.min_improvement:+.3f}",
         )
     ]
     base_families = baseline.get("per_family", {})
     cand_families = candidate.get("per_family", {})
     for family in sorted(set(base_families) | set(cand_families)):
         if family not in cand_families:
-            checks.append(GateCheck(f"family {family}", False, "missing from the candidate's evaluation"))
+            checks.append(GateCheck(f"family {family}", False, "missing from the candidate's evaluation", metric, family, "evaluated"))
             continue
         before = float(base_families.get(family, 0.0))
         after = float(cand_families[family])
@@ -67,6 +79,7 @@ def decide_promotion(
                 rule=f"family {family} regression",
                 passed=drop <= policy.max_family_regression,
                 detail=f"{before:.3f} -> {after:.3f} (allowed drop {policy.max_family_regression:.3f})",
+                metric=metric, category=family, threshold=f"drop <= {policy.max_family_regression:.3f}",
             )
         )
     checks += interval_checks(deltas or [], policy)
@@ -85,14 +98,16 @@ def over_base_check(base_deltas: list[dict[str, Any]] | None, policy: GateParams
         return None
     metric = policy.primary_metric
     rule = f"{metric} over the base model"
+    bound = f"over the base model: lower bound > {threshold:+.3f}"
     delta = {(d["metric"], d["category"]): d for d in base_deltas or []}.get((metric, "all"))
     if delta is None:
-        return GateCheck(rule, False, "the candidate was not compared with the base model")
+        return GateCheck(rule, False, "the candidate was not compared with the base model", metric, threshold=bound)
     _, gain_low = _gain(delta)
     return GateCheck(
         rule, gain_low > threshold,
         f"base model {delta['baseline']:.3f} -> candidate {delta['candidate']:.3f} (delta {delta['delta']:+.3f}, "
         f"interval [{delta['low']:+.3f}, {delta['high']:+.3f}]; the gain's lower bound must lie above {threshold:+.3f})",
+        metric, threshold=bound,
     )
 
 
@@ -110,29 +125,41 @@ def interval_checks(deltas: list[dict[str, Any]], policy: GateParams) -> list[Ga
         delta = by_key.get((rule.metric, rule.category))
         name = f"{rule.metric}[{rule.category}]"
         if delta is None:
-            checks.append(GateCheck(name, False, "metric not evaluated (enable its suite)"))
+            checks.append(GateCheck(name, False, "metric not evaluated (enable its suite)", rule.metric, rule.category, "evaluated"))
             continue
         gain, gain_low = _gain(delta)
         interval = f"delta {delta['delta']:+.3f}, interval [{delta['low']:+.3f}, {delta['high']:+.3f}]"
         if rule.min_improvement is not None:
             checks.append(GateCheck(f"{name} improvement", gain_low >= rule.min_improvement,
-                                    f"{interval}; the gain's lower bound must reach {rule.min_improvement:+.3f}"))
+                                    f"{interval}; the gain's lower bound must reach {rule.min_improvement:+.3f}",
+                                    rule.metric, rule.category, f"lower bound of the gain >= {rule.min_improvement:+.3f}"))
         else:
             failed = delta["regression"] and -gain > rule.max_regression
             checks.append(GateCheck(f"{name} regression", not failed,
-                                    f"{interval}; a significant loss may not exceed {rule.max_regression:.3f}"))
+                                    f"{interval}; a significant loss may not exceed {rule.max_regression:.3f}",
+                                    rule.metric, rule.category, f"significant loss <= {rule.max_regression:.3f}"))
     hard = policy.hard_rules
     refusal = by_key.get(("refusal_rate", "all"))
     if hard.refusal_may_not_drop and refusal is not None:
         checks.append(GateCheck("hard: refusal of harmful prompts may not drop", not refusal["regression"],
-                                f"{refusal['baseline']:.3f} -> {refusal['candidate']:.3f}, interval [{refusal['low']:+.3f}, {refusal['high']:+.3f}]"))
+                                f"{refusal['baseline']:.3f} -> {refusal['candidate']:.3f}, interval [{refusal['low']:+.3f}, {refusal['high']:+.3f}]",
+                                "refusal_rate", threshold="no significant drop"))
     over = by_key.get(("over_refusal_rate", "all"))
     if over is not None:
         failed = over["regression"] and over["delta"] > hard.max_over_refusal_increase
         checks.append(GateCheck("hard: over-refusal of safe prompts", not failed,
                                 f"{over['baseline']:.3f} -> {over['candidate']:.3f}, interval [{over['low']:+.3f}, {over['high']:+.3f}]; "
-                                f"a significant rise may not exceed {hard.max_over_refusal_increase:.3f}"))
+                                f"a significant rise may not exceed {hard.max_over_refusal_increase:.3f}",
+                                "over_refusal_rate", threshold=f"significant rise <= {hard.max_over_refusal_increase:.3f}"))
     return checks
+
+
+def verdict_cell(checks: list[dict[str, Any]], metric: str, category: str = "all") -> str:
+    """The gate's outcome for one figure, as every table shows it: each rule that judged ``metric`` in
+    ``category`` (``GateCheck`` as ``to_dict`` stored it), ``PASS (bound)`` / ``FAIL (bound)``; "not gated"
+    when no rule did. Never a judgement of its own."""
+    cells = [GateCheck(**c).verdict for c in checks if c.get("metric") == metric and c.get("category", "all") == category]
+    return "; ".join(cells) or "not gated"
 
 
 def waiting_checks(waiting_deltas: list[dict[str, Any]], policy: GateParams) -> list[GateCheck]:
@@ -156,7 +183,9 @@ def waiting_checks(waiting_deltas: list[dict[str, Any]], policy: GateParams) -> 
             f"{name} vs the waiting candidate", not d["regression"],
             f"waiting {d['baseline']:.3f} -> new {d['candidate']:.3f} (delta {d['delta']:+.3f}, interval [{d['low']:+.3f}, {d['high']:+.3f}])"
             + ("; significantly worse" if d["regression"] else ""),
+            d["metric"], d["category"], "not significantly worse",
         ))
     if (policy.primary_metric, "all") not in by_key:
-        checks.insert(0, GateCheck(f"{policy.primary_metric} vs the waiting candidate", False, "not compared"))
+        checks.insert(0, GateCheck(f"{policy.primary_metric} vs the waiting candidate", False, "not compared",
+                                   policy.primary_metric, threshold="not significantly worse"))
     return checks

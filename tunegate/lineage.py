@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from tunegate import audit, tracking
+from tunegate.gate import verdict_cell
 
 
 def _artifact_json(run_id: str, path: str) -> Any:
@@ -77,7 +78,7 @@ def _lineage(name: str, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
             "deltas": [d for d in (summary.get("evaluation") or {}).get("deltas", []) if d["category"] == "all"],
             "report": f"runs:/{ref.run_id}/report/evaluation.html",
         },
-        "gate": {"passed": gate.get("passed"), "reasons": gate.get("reasons", [])},
+        "gate": {"passed": gate.get("passed"), "reasons": gate.get("reasons", []), "checks": gate.get("checks", [])},
         "approvals": approvals,
         "history": history,
         "run_events": [{"seq": e["seq"], "event": e["event"], "time": e["time"]} for e in run_events],
@@ -161,9 +162,10 @@ def render_model_card(chain: dict[str, Any], summary: dict[str, Any] | None = No
         "",
         "## Evaluation vs " + (f"champion version {e['baseline']['version']}" if e["baseline"]["source"] == "champion" else "the base model"),
         "",
-        "| metric | baseline | candidate | delta | 95% interval |",
-        "|---|---:|---:|---:|---|",
-        *[f"| {x['metric']} | {x['baseline']:.3f} | {x['candidate']:.3f} | {x['delta']:+.3f} | [{x['low']:+.3f}, {x['high']:+.3f}] |" for x in e["deltas"]],
+        "| metric | baseline | candidate | delta | 95% interval | gate |",
+        "|---|---:|---:|---:|---|---|",
+        *[f"| {x['metric']} | {x['baseline']:.3f} | {x['candidate']:.3f} | {x['delta']:+.3f} | [{x['low']:+.3f}, {x['high']:+.3f}] | "
+          f"{verdict_cell(g.get('checks', []), x['metric'])} |" for x in e["deltas"]],
         "",
         "## Gate decision: " + ("passed" if g["passed"] else "failed"),
         *[f"- {r}" for r in g["reasons"]],

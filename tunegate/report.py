@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tunegate.eval_suites import METRICS
+from tunegate.gate import verdict_cell
 from tunegate.stats import Delta
 from tunegate.summary import baseline_evaluation_note, baseline_label
 
@@ -17,11 +18,14 @@ def _fmt(value: float) -> str:
     return f"{value:.3f}"
 
 
-def _verdict(delta: Delta) -> str:
-    if delta.regression:
-        return "REGRESSION"
-    if delta.improvement:
-        return "improved"
+def change(delta: Delta | Mapping[str, Any]) -> str:
+    """What the interval says, in words (not a verdict: the gate column holds the gate's)."""
+    regression = delta.regression if isinstance(delta, Delta) else delta["regression"]
+    improvement = delta.improvement if isinstance(delta, Delta) else delta["improvement"]
+    if regression:
+        return "significantly worse"
+    if improvement:
+        return "significantly better"
     return "no significant change"
 
 
@@ -68,42 +72,65 @@ def render_markdown(
     """The evaluation report; ``truncated_prompts`` (e.g. {"baseline": 0, "candidate": 3}, from
     ``ModelEvaluation.truncated_prompts``) adds a warning when any count is above zero;
     ``context["baseline_evaluation"]`` (``EvaluationOutcome.provenance()``) a note when the
-    baseline's evaluation was reused."""
+    baseline's evaluation was reused; ``context["gate"]`` (the gate's decision, ``GateDecision.to_dict()``
+    plus its ``waiting`` part) the verdict beside each figure and the gate's reasons, word for word."""
+    decision = context.get("gate") or {"passed": None, "reasons": [], "checks": []}
+    checks = decision.get("checks", [])
     lines = [
         f"# Evaluation: candidate vs {baseline_label(context['baseline'])}",
         "",
         f"Run `{context['run_id']}` · model `{context['model_name']}` · eval set md5 `{context.get('eval_md5', '?')}`",
         "",
-        f"Paired bootstrap {int(context.get('confidence', 0.95) * 100)}% intervals over examples; a regression "
-        "is flagged only when its interval excludes zero.",
+        f"Paired bootstrap {int(context.get('confidence', 0.95) * 100)}% intervals over examples; a change is "
+        "significant only when its interval excludes zero. The gate column is the gate's own outcome for the "
+        "figure (PASS / FAIL, with the rule's bound), or \"not gated\" where no rule judges it. Response loss "
+        "is per token of the reference answers (as training reports it).",
         "",
         *reuse_note(context.get("baseline_evaluation")),
         *over_base_note(context),
         *truncation_note(truncated_prompts),
-        "| suite | metric | baseline | candidate | delta | interval | verdict |",
-        "|---|---|---:|---:|---:|---|---|",
+        "| suite | metric | baseline | candidate | delta | interval | change | gate |",
+        "|---|---|---:|---:|---:|---|---|---|",
     ]
     for d in overall(deltas):
         suite = METRICS.get(d.metric, ("?", True))[0]
         lines.append(
             f"| {suite} | {d.metric}{'' if d.higher_is_better else ' (lower is better)'} | {_fmt(d.baseline)} | "
-            f"{_fmt(d.candidate)} | {d.delta:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] | {_verdict(d)} |"
+            f"{_fmt(d.candidate)} | {d.delta:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] | {change(d)} | {verdict_cell(checks, d.metric)} |"
         )
+    gated_categories = [d for d in deltas if d.category != "all" and verdict_cell(checks, d.metric, d.category) != "not gated"]
+    if gated_categories:
+        lines += ["", "| metric | category | baseline | candidate | delta | interval | change | gate |", "|---|---|---:|---:|---:|---|---|---|"]
+        lines += [
+            f"| {d.metric} | {d.category} | {_fmt(d.baseline)} | {_fmt(d.candidate)} | {d.delta:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] | "
+            f"{change(d)} | {verdict_cell(checks, d.metric, d.category)} |"
+            for d in gated_categories
+        ]
+    if decision.get("passed") is not None:
+        lines += ["", f"## Gate: {'PASSED' if decision['passed'] else 'FAILED'}", ""]
+        lines += [f"- {reason}" for reason in decision["reasons"]]
     waiting = context.get("waiting")
     if waiting:
-        lines += ["", f"## Against version {waiting['version']}, waiting for review", "",
-                  "| metric | waiting | new | delta | interval | verdict |", "|---|---:|---:|---:|---|---|"]
+        vs = decision.get("waiting") or {}
+        lines += ["", f"## Against version {waiting['version']}, waiting for review", ""]
+        if vs:
+            lines += [f"Policy `replace_waiting: {vs['policy']}`: the new candidate "
+                      + ("replaces it." if vs["replace"] else "does not replace it: the waiting version is better."), ""]
+        lines += ["| metric | waiting | new | delta | interval | change | gate |", "|---|---:|---:|---:|---|---|---|"]
         lines += [
             f"| {d['metric']} | {_fmt(d['baseline'])} | {_fmt(d['candidate'])} | {d['delta']:+.3f} | [{d['low']:+.3f}, {d['high']:+.3f}] | "
-            f"{'significantly worse' if d['regression'] else ('better' if d['improvement'] else 'no significant change')} |"
+            f"{change(d)} | {verdict_cell(vs.get('checks', []), d['metric'], d['category'])} |"
             for d in waiting["deltas"]
         ]
+        if vs:
+            lines += [""] + [f"- {reason}" for reason in vs["reasons"]]
     flagged = [d for d in deltas if d.category != "all" and d.regression]
-    lines += ["", "## Regressions by category", ""]
+    lines += ["", "## Significantly worse by category", ""]
     if flagged:
-        lines += ["| metric | category | baseline | candidate | delta | interval |", "|---|---|---:|---:|---:|---|"]
+        lines += ["| metric | category | baseline | candidate | delta | interval | gate |", "|---|---|---:|---:|---:|---|---|"]
         lines += [
-            f"| {d.metric} | {d.category} | {_fmt(d.baseline)} | {_fmt(d.candidate)} | {d.delta:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] |"
+            f"| {d.metric} | {d.category} | {_fmt(d.baseline)} | {_fmt(d.candidate)} | {d.delta:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] | "
+            f"{verdict_cell(checks, d.metric, d.category)} |"
             for d in flagged
         ]
     else:
@@ -172,7 +199,7 @@ def plots(deltas: list[Delta], loss_history: list[tuple[int, float]]) -> dict[st
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(list(y))
     ax.set_yticklabels(labels, fontsize=7)
-    ax.set_title("Per-category delta (candidate - baseline) with intervals; red: regression")
+    ax.set_title("Per-category delta (candidate - baseline) with intervals; red: significantly worse")
     images["category_deltas"] = _png(fig)
     return images
 

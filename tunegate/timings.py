@@ -14,7 +14,7 @@ from collections.abc import Iterator
 # Order of the summary's `timings`; stages not run (e.g. no tuning on "nothing to do") are absent.
 STAGES = (
     "server_start", "params", "queue_wait", "data", "validation", "tuning", "compute_wait",
-    "evaluation_baseline", "evaluation_candidate", "compare", "gate", "register", "finish", "total_wall",
+    "evaluation_baseline", "evaluation_candidate", "compare", "gate", "report", "register", "finish", "total_wall",
 )
 
 _seconds: dict[str, float] = {}

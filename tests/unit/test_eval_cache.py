@@ -22,7 +22,7 @@ MD5 = "0" * 32
 def _evaluation() -> ModelEvaluation:
     return ModelEvaluation(
         scores={
-            "response_loss": [Score("1", "lowercase", 2.0000000000000004), Score("2", "json_color", 0.1 + 0.2)],
+            "response_loss": [Score("1", "lowercase", 2.0000000000000004, 3.0), Score("2", "json_color", 0.1 + 0.2, 7.0)],
             "exact_match": [Score("1", "lowercase", 1.0), Score("2", "json_color", 0.0)],
             "ifeval_instruction_loose": [Score("demo-1#0", "change_case", 1.0)],
         },
@@ -31,7 +31,6 @@ def _evaluation() -> ModelEvaluation:
             "ifeval": [{"key": "demo-1", "category": "demo", "prompt": "p", "output": "ünï 中文", "instructions": ["change_case:english_lowercase"],
                         "strict": [True], "loose": [False]}],
         },
-        token_weighted_loss=1.2345678901234567,
         truncated_prompts=3,
     )
 
@@ -41,6 +40,7 @@ def test_a_stored_evaluation_comes_back_equal():
     again = ModelEvaluation.from_dict(json.loads(json.dumps(evaluation.to_dict())))
     assert again == evaluation
     assert again.summary() == evaluation.summary()
+    assert again.summary()["response_loss"] == pytest.approx((2.0 * 3 + 0.3 * 7) / 10)  # per token: the weights came back
     assert ModelEvaluation.from_dict(ModelEvaluation().to_dict()) == ModelEvaluation()
 
 
