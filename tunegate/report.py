@@ -18,13 +18,11 @@ def _fmt(value: float) -> str:
     return f"{value:.3f}"
 
 
-def change(delta: Delta | Mapping[str, Any]) -> str:
+def change(delta: Delta) -> str:
     """What the interval says, in words (not a verdict: the gate column holds the gate's)."""
-    regression = delta.regression if isinstance(delta, Delta) else delta["regression"]
-    improvement = delta.improvement if isinstance(delta, Delta) else delta["improvement"]
-    if regression:
+    if delta.regression:
         return "significantly worse"
-    if improvement:
+    if delta.improvement:
         return "significantly better"
     return "no significant change"
 
@@ -98,12 +96,13 @@ def render_markdown(
             f"| {suite} | {d.metric}{'' if d.higher_is_better else ' (lower is better)'} | {_fmt(d.baseline)} | "
             f"{_fmt(d.candidate)} | {d.delta:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] | {change(d)} | {verdict_cell(checks, d.metric)} |"
         )
-    gated_categories = [d for d in deltas if d.category != "all" and verdict_cell(checks, d.metric, d.category) != "not gated"]
+    verdicts = {(d.metric, d.category): verdict_cell(checks, d.metric, d.category) for d in deltas if d.category != "all"}
+    gated_categories = [d for d in deltas if verdicts.get((d.metric, d.category), "not gated") != "not gated"]
     if gated_categories:
         lines += ["", "| metric | category | baseline | candidate | delta | interval | change | gate |", "|---|---|---:|---:|---:|---|---|---|"]
         lines += [
             f"| {d.metric} | {d.category} | {_fmt(d.baseline)} | {_fmt(d.candidate)} | {d.delta:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] | "
-            f"{change(d)} | {verdict_cell(checks, d.metric, d.category)} |"
+            f"{change(d)} | {verdicts[(d.metric, d.category)]} |"
             for d in gated_categories
         ]
     if decision.get("passed") is not None:
@@ -119,7 +118,7 @@ def render_markdown(
         lines += ["| metric | waiting | new | delta | interval | change | gate |", "|---|---:|---:|---:|---|---|---|"]
         lines += [
             f"| {d['metric']} | {_fmt(d['baseline'])} | {_fmt(d['candidate'])} | {d['delta']:+.3f} | [{d['low']:+.3f}, {d['high']:+.3f}] | "
-            f"{change(d)} | {verdict_cell(vs.get('checks', []), d['metric'], d['category'])} |"
+            f"{change(Delta.from_dict(d))} | {verdict_cell(vs.get('checks', []), d['metric'], d['category'])} |"
             for d in waiting["deltas"]
         ]
         if vs:
@@ -130,7 +129,7 @@ def render_markdown(
         lines += ["| metric | category | baseline | candidate | delta | interval | gate |", "|---|---|---:|---:|---:|---|---|"]
         lines += [
             f"| {d.metric} | {d.category} | {_fmt(d.baseline)} | {_fmt(d.candidate)} | {d.delta:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] | "
-            f"{verdict_cell(checks, d.metric, d.category)} |"
+            f"{verdicts[(d.metric, d.category)]} |"
             for d in flagged
         ]
     else:
