@@ -28,7 +28,7 @@ setup: $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps -e .
 	@$(BIN)/tunegate --help > /dev/null && echo "tunegate installed in $(VENV)"
 	@# A migrated, empty Prefect database in the user's cache: a new $$TUNEGATE_HOME starts from a copy.
-	-@$(BIN)/python -m tunegate.ephemeral --template
+	-@$(BIN)/python -m tunegate.adapters.prefect --template
 	@# Headless Chromium renders the HTML report in a test; where apt is not available the test skips.
 	-@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
@@ -42,7 +42,7 @@ test:
 	$(BIN)/pytest
 
 test-unit:
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest tests --ignore=tests/integration
 
 run:
 	$(BIN)/tunegate run

@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tunegate.demo_data import generate_demo_records  # noqa: E402
-from tunegate.evaluation import generate, render_prompts  # noqa: E402
-from tunegate.modeling import load_base_model, load_tokenizer  # noqa: E402
+from tunegate.data.demo import generate_demo_records  # noqa: E402
+from tunegate.evaluation.suites import generate, render_prompts  # noqa: E402
 from tunegate.params import load_params  # noqa: E402
+from tunegate.tuning.modeling import load_base_model, load_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

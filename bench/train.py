@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tunegate.demo_data import generate_demo_records  # noqa: E402
+from tunegate.data.demo import generate_demo_records  # noqa: E402
 from tunegate.params import load_params  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,9 +32,9 @@ def bare_trl(params, records) -> float:
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from tunegate.modeling import load_base_model, load_tokenizer
-    from tunegate.seeding import seed_everything
-    from tunegate.training import peft_config, sft_config
+    from tunegate.tuning.modeling import load_base_model, load_tokenizer
+    from tunegate.tuning.seeding import seed_everything
+    from tunegate.tuning.training import peft_config, sft_config
 
     seed_everything(params.project.seed)
     tokenizer = load_tokenizer(params.base_model_path(), params.model.chat_template)
@@ -55,7 +55,7 @@ def bare_trl(params, records) -> float:
 
 
 def tunegate(params, records) -> float:
-    from tunegate.training import train_model
+    from tunegate.tuning.training import train_model
 
     with tempfile.TemporaryDirectory() as out:
         return train_model(params, records, Path(out)).tokens_per_second

@@ -34,9 +34,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as tunegate's runs have it (tunegate.paths)
 
-from tunegate.checks import CONTROL_PATTERN, PII_PATTERNS, PLACEHOLDER_PATTERN, SECRET_PATTERNS, card_number_like, roles_valid  # noqa: E402
-from tunegate.formats import convert_record, prompt_keys, prompt_text  # noqa: E402
-from tunegate.refusals import union_regex  # noqa: E402
+from tunegate.data.checks import CONTROL_PATTERN, PII_PATTERNS, PLACEHOLDER_PATTERN, SECRET_PATTERNS, card_number_like, roles_valid  # noqa: E402
+from tunegate.data.formats import convert_record, prompt_keys, prompt_text  # noqa: E402
+from tunegate.data.refusals import union_regex  # noqa: E402
 from tunegate.params import ValidationParams  # noqa: E402
 
 WORDS = "the a cat dog sun tree ball happy little big red blue girl boy park play run jump mom dad friend".split()
@@ -118,9 +118,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     args = parser.parse_args()
 
-    from tunegate.checks import count_record_tokens, count_record_tokens_per_record
-    from tunegate.modeling import load_tokenizer
-    from tunegate.validation import validate_dataset
+    from tunegate.data.checks import count_record_tokens, count_record_tokens_per_record
+    from tunegate.data.validation import validate_dataset
+    from tunegate.tuning.modeling import load_tokenizer
 
     import great_expectations  # noqa: F401  (import time is not validation time)
 

@@ -12,7 +12,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def timed(stage: str) -> Callable[[F], F]:
-    """Add the function's seconds to the run's stage timings (``tunegate.timings``); ``stage`` may name
+    """Add the function's seconds to the run's stage timings (``tunegate.operations.timings``); ``stage`` may name
     arguments, e.g. ``"evaluation_{role}"``. Goes under ``@task`` so a retried attempt counts too."""
 
     def decorate(fn: F) -> F:
@@ -20,7 +20,7 @@ def timed(stage: str) -> Callable[[F], F]:
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from tunegate import timings
+            from tunegate.operations import timings
 
             name = stage.format(**signature.bind_partial(*args, **kwargs).arguments) if "{" in stage else stage
             with timings.stage(name):
@@ -33,7 +33,7 @@ def timed(stage: str) -> Callable[[F], F]:
 
 def transient(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect retry condition: retry only failures another attempt can fix (server or registry down)."""
-    from tunegate.tracking import is_transient
+    from tunegate.adapters.mlflow import is_transient
 
     try:
         state.result()

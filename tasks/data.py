@@ -10,13 +10,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from tasks.common import RETRY_TRANSIENT, DataRef, RunContext, timed
-from tunegate import dvc_adapter, tracking, validation_ahead
-from tunegate.dataset import build_dataset, validate_canonical, without
+from tunegate.adapters import dvc as dvc_adapter
+from tunegate.adapters import mlflow as tracking
+from tunegate.data.dataset import build_dataset, validate_canonical, without
+from tunegate.data.sources import read_canonical, write_jsonl
+from tunegate.data.validation import DataError, error_message, save_report
+from tunegate.governance.audit import record
+from tunegate.operations import validation_ahead
 from tunegate.params import Params
 from tunegate.paths import repo_root, tunegate_home
-from tunegate.promotion import record
-from tunegate.sources import read_canonical, write_jsonl
-from tunegate.validation import DataError, error_message, save_report
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
@@ -24,13 +26,10 @@ from tunegate.validation import DataError, error_message, save_report
 def prepare_data(params: Params, ctx: RunContext) -> DataRef:
     """``dvc repro`` the data stage (a no-op when nothing changed), convert the sources, log md5s."""
     logger = get_run_logger()
-    root = repo_root()
     stage_md5 = None
     if params.data.dvc_stage:
         logger.info("dvc repro %s", params.data.dvc_stage)
-        dvc_adapter.reproduce(root, params.data.dvc_stage, tunegate_home())
-        outs = dvc_adapter.stage_outputs(root / "dvc.lock", params.data.dvc_stage)
-        stage_md5 = outs[0].md5 if len(outs) == 1 else "+".join(o.md5 for o in outs)
+        stage_md5 = dvc_adapter.reproduce_md5(repo_root(), params.data.dvc_stage, tunegate_home())
     dataset = build_dataset(params)
     data_dir = Path(ctx.work_dir) / "data"
     train_path, eval_path = data_dir / "train.jsonl", data_dir / "eval.jsonl"
@@ -39,25 +38,16 @@ def prepare_data(params: Params, ctx: RunContext) -> DataRef:
     canonical_md5, eval_md5 = dvc_adapter.file_md5(train_path), dvc_adapter.file_md5(eval_path)
     data_md5 = stage_md5 or canonical_md5
     source_md5s = dataset.source_md5s()
-    tracking.set_tags(
-        ctx.run_id,
-        {
-            "tunegate.data_md5": data_md5,
-            "tunegate.canonical_train_md5": canonical_md5,
-            "tunegate.canonical_eval_md5": eval_md5,
-            **{f"tunegate.source_md5.{name}": md5 for name, md5 in source_md5s.items()},
-        },
-    )
+    tracking.set_tags(ctx.run_id, {"tunegate.data_md5": data_md5, "tunegate.canonical_train_md5": canonical_md5,
+                                   "tunegate.canonical_eval_md5": eval_md5,
+                                   **{f"tunegate.source_md5.{name}": md5 for name, md5 in source_md5s.items()}})
     tracking.log_dict(ctx.run_id, {"data_md5": data_md5, "sources": dataset.source_summary()}, "data/sources.json")
     for source in dataset.train_sources + dataset.eval_sources:
         context = "evaluation" if source in dataset.eval_sources else "training"
         tracking.log_dataset(ctx.run_id, source.records, source.name, source.path, source.md5, context)
     tracking.log_dataset(ctx.run_id, dataset.train, "canonical_train", str(train_path), data_md5, "training")
-    record(
-        "data_versioned",
-        {"run_id": ctx.run_id, "data_md5": data_md5, "canonical_train_md5": canonical_md5, "sources": source_md5s},
-        model_name=params.model.registered_name, commit=ctx.commit,
-    )
+    record("data_versioned", {"run_id": ctx.run_id, "data_md5": data_md5, "canonical_train_md5": canonical_md5, "sources": source_md5s},
+           model_name=params.model.registered_name, commit=ctx.commit)
     logger.info("data md5 %s: %d train, %d eval records from %d source(s)", data_md5, len(dataset.train), len(dataset.eval), len(source_md5s))
     return DataRef(
         str(train_path), str(eval_path), data_md5, len(dataset.train), len(dataset.eval),

@@ -11,15 +11,18 @@ from prefect.cache_policies import NONE
 
 from tasks.common import RETRY_TRANSIENT, BaselineRef, DataRef, RunContext, timed
 from tasks.queue import compute_slot
-from tunegate import eval_cache, timings, tracking
-from tunegate.promotion import record
-from tunegate.eval_cache import EvaluationOutcome
-from tunegate.eval_suites import ModelEvaluation, compare, load_items_md5, worst_regressions
+from tunegate.adapters import mlflow as tracking
+from tunegate.evaluation import cache as eval_cache
+from tunegate.evaluation.cache import EvaluationOutcome
+from tunegate.evaluation.comparison import Evaluated, compare_all, delta_metrics
+from tunegate.evaluation.report import baseline_label, plots, render_html, render_markdown
+from tunegate.evaluation.stats import Delta
+from tunegate.evaluation.suites import load_items_md5
+from tunegate.governance.audit import record
+from tunegate.governance.gate import verdict_cell
+from tunegate.operations import timings
 from tunegate.params import Params
 from tunegate.paths import tunegate_home
-from tunegate.report import plots, render_html, render_markdown
-from tunegate.stats import Delta
-from tunegate.summary import baseline_label
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
@@ -63,38 +66,24 @@ def evaluate(
     ``version`` downloaded to ``model_dir``; "base": the base model beside a champion baseline (the
     gate's over-base rule). A baseline or base that an earlier finished run evaluated with
     the same model, eval data, suites and evaluation code is read back from that run instead
-    (:mod:`tunegate.eval_cache`; ``eval.reuse_baseline: false`` turns it off); anything wrong with the
+    (:mod:`tunegate.evaluation.cache`; ``eval.reuse_baseline: false`` turns it off); anything wrong with the
     stored one and it is evaluated here. Either way the run logs the same metrics and
     ``evaluation/<role>.json``, tagged with the evaluation's key for later runs.
     """
     logger = get_run_logger()
-    key, earlier, reason = None, None, ""
-    try:
-        if role == "candidate":
-            trained_by = ctx.run_id
-        else:
-            trained_by = tracking.get_version(params.model.registered_name, version).run_id if version else None
-        key = eval_cache.make_key(params, data.eval_md5, model_dir, trained_by)
-    except Exception as error:  # no key: evaluate, and leave nothing for later runs to reuse
-        reason = f"no evaluation key ({type(error).__name__}: {error})"
+    trained_by = ctx.run_id if role == "candidate" else (
+        tracking.get_version(params.model.registered_name, version).run_id if version else None)
+    key, reason = eval_cache.key_or_reason(params, data.eval_md5, model_dir, trained_by)
+    if reason:
         logger.warning("%s: %s", role, reason)
+    earlier = None
     if key is not None and role != "candidate":
-        if not params.eval.reuse_baseline:
-            reason = "reuse turned off (eval.reuse_baseline: false)"
-        else:
-            try:
-                earlier, problems = eval_cache.find_earlier(params.project.name, key, exclude_run=ctx.run_id)
-            except Exception as error:
-                problems = [f"searching the runs failed: {type(error).__name__}: {error}"]
-            for problem in problems:
-                logger.warning("%s: cannot reuse %s", role, problem)
-            reason = "earlier evaluations unusable: " + "; ".join(problems) if problems else "no earlier evaluation with this key"
+        earlier, reason, problems = eval_cache.look_up(tracking.client(), params, key, exclude_run=ctx.run_id)
+        for problem in problems:
+            logger.warning("%s: cannot reuse %s", role, problem)
     if earlier is not None:
         outcome = EvaluationOutcome(earlier.evaluation, key, earlier.run_id, earlier.computed_in)
-        logger.info(
-            "%s: evaluation reused from run %s (same model, eval data, suites, code; key %s)",
-            role, earlier.run_id, key.digest[:16],
-        )
+        logger.info("%s: evaluation reused from run %s (same model, eval data, suites, code; key %s)", role, earlier.run_id, key.digest[:16])
     else:
         if role != "candidate":
             logger.info("%s: evaluating (%s)", role, reason)
@@ -102,98 +91,41 @@ def evaluate(
             timings.waited(f"evaluation_{role}", waited)
             result = eval_cache.compute(params, data.eval_path, model_dir, progress=lambda suite: logger.info("%s: %s", role, suite))
         outcome = EvaluationOutcome(result, key, None, ctx.run_id, reason)
-    result = outcome.evaluation
-    summary = result.summary()
-    flat = {f"{role}_{k}": v for k, v in summary.items() if isinstance(v, (int, float))}
-    flat.update({f"{role}_exact_match.{family}": value for family, value in summary["per_family"].items()})
-    tracking.log_metrics(ctx.run_id, flat)
-    tracking.log_dict(ctx.run_id, eval_cache.artifact(result, key, outcome.computed_in), f"evaluation/{role}.json")
+    tracking.log_metrics(ctx.run_id, eval_cache.metrics(role, outcome.evaluation))
+    tracking.log_dict(ctx.run_id, eval_cache.artifact(outcome.evaluation, key, outcome.computed_in), f"evaluation/{role}.json")
     tracking.set_tags(ctx.run_id, eval_cache.tags(role, key, outcome.reused_from))  # after the artifact it names
-    logger.info(
-        "%s: exact match %.3f, response loss %.3f", role, summary.get("exact_match", 0.0), summary.get("response_loss", 0.0)
-    )
+    summary = outcome.evaluation.summary()
+    logger.info("%s: exact match %.3f, response loss %.3f", role, summary.get("exact_match", 0.0), summary.get("response_loss", 0.0))
     return outcome
-
-
-def _evaluation(value: EvaluationOutcome | ModelEvaluation) -> ModelEvaluation:
-    return value.evaluation if isinstance(value, EvaluationOutcome) else value
-
-
-def _provenance(value: EvaluationOutcome | ModelEvaluation) -> dict[str, Any]:
-    if isinstance(value, EvaluationOutcome):
-        return value.provenance()
-    return {"reused": False, "key": None, "reason": "evaluated in this run"}
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
 @timed("compare")
 def compare_models(
     params: Params, ctx: RunContext, data: DataRef, baseline: BaselineRef,
-    baseline_eval: EvaluationOutcome | ModelEvaluation, candidate_eval: EvaluationOutcome | ModelEvaluation,
-    base_eval: EvaluationOutcome | ModelEvaluation | None = None,
-    waiting: BaselineRef | None = None, waiting_eval: EvaluationOutcome | ModelEvaluation | None = None,
+    baseline_eval: Evaluated, candidate_eval: Evaluated, base_eval: Evaluated | None = None,
+    waiting: BaselineRef | None = None, waiting_eval: Evaluated | None = None,
 ) -> dict[str, Any]:
-    """Deltas with bootstrap intervals (the report is written after the gate: :func:`write_report`).
-
-    The evaluations are what :func:`evaluate` returned (or plain :class:`ModelEvaluation` s); where the
-    baseline's came from goes to the report and, as ``baseline_evaluation``, to the run summary.
-    ``base_eval``: the base model's, when the baseline is a champion; the candidate is compared with it
-    too (``base_deltas``, for the gate's over-base rule). With the base model as baseline, the
-    baseline's deltas are the over-base ones."""
-    logger = get_run_logger()
-    provenance = _provenance(baseline_eval)
-    base_provenance = _provenance(base_eval) if base_eval is not None else provenance
-    baseline_eval, candidate_eval = _evaluation(baseline_eval), _evaluation(candidate_eval)
-    deltas = compare(baseline_eval, candidate_eval, params.eval)
-    if base_eval is not None:
-        base_deltas = compare(_evaluation(base_eval), candidate_eval, params.eval)
-    elif baseline.source == "base_model":
-        base_deltas = deltas
-    else:
-        base_deltas = []
-    over_base = next((d for d in base_deltas if d.metric == params.gate.primary_metric and d.category == "all"), None)
-    waiting_deltas = compare(_evaluation(waiting_eval), candidate_eval, params.eval) if waiting is not None and waiting_eval is not None else []
-    vs_waiting = {"version": waiting.version, "deltas": [d.to_dict() for d in waiting_deltas],
-                  "evaluation": _provenance(waiting_eval)} if waiting_deltas else None
-    worst = worst_regressions(baseline_eval, candidate_eval)
-    eval_md5s = load_items_md5(params.eval)
-    tracking.set_tags(ctx.run_id, {f"tunegate.eval_md5.{k}": v for k, v in eval_md5s.items()})
-    tracking.log_metrics(
-        ctx.run_id,
-        {f"delta_{d.metric}{'' if d.category == 'all' else '.' + d.category}": d.delta for d in deltas}
-        | {f"delta_{d.metric}_low": d.low for d in deltas if d.category == "all"}
-        | {f"delta_{d.metric}_high": d.high for d in deltas if d.category == "all"}
-        | ({f"over_base_{over_base.metric}": over_base.delta, f"over_base_{over_base.metric}_low": over_base.low,
-            f"over_base_{over_base.metric}_high": over_base.high} if over_base else {}),
-    )
-    regressions = [d.to_dict() for d in deltas if d.regression]
-    record(
-        "evaluation",
-        {"run_id": ctx.run_id, "baseline": {"source": baseline.source, "version": baseline.version},
-         "regressions": [(r["metric"], r["category"]) for r in regressions]},
-        model_name=params.model.registered_name, commit=ctx.commit,
-    )
-    logger.info("compared: %d significant loss(es) flagged", len(regressions))
-    return {
-        "baseline": {"source": baseline.source, "version": baseline.version},
-        "baseline_metrics": baseline_eval.summary(),
-        "baseline_evaluation": provenance,
-        "candidate_metrics": candidate_eval.summary(),
-        "deltas": [d.to_dict() for d in deltas],
-        "base_deltas": [d.to_dict() for d in base_deltas],
-        "base_evaluation": base_provenance,
-        "over_base": over_base.to_dict() if over_base else None,  # the primary metric's delta over the base model: the gate's and the summary's
-        "waiting": vs_waiting,
-        "worst": worst,
-        "truncated_prompts": {"baseline": baseline_eval.truncated_prompts, "candidate": candidate_eval.truncated_prompts},
-    }
+    """:func:`tunegate.evaluation.comparison.compare_all`, logged: deltas with bootstrap intervals against
+    the baseline, the base model and the waiting candidate (the report is written after the gate:
+    :func:`write_report`). The evaluations are what :func:`evaluate` returned (or plain ``ModelEvaluation`` s)."""
+    ref = {"source": baseline.source, "version": baseline.version}
+    comparison = compare_all(params, ref, baseline_eval, candidate_eval, base_eval,
+                             waiting.version if waiting is not None else None, waiting_eval)
+    tracking.set_tags(ctx.run_id, {f"tunegate.eval_md5.{k}": v for k, v in load_items_md5(params.eval).items()})
+    tracking.log_metrics(ctx.run_id, delta_metrics(comparison))
+    regressions = [(d["metric"], d["category"]) for d in comparison["deltas"] if d["regression"]]
+    record("evaluation", {"run_id": ctx.run_id, "baseline": ref, "regressions": regressions},
+           model_name=params.model.registered_name, commit=ctx.commit)
+    get_run_logger().info("compared: %d significant loss(es) flagged", len(regressions))
+    return comparison
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
 @timed("report")
 def write_report(params: Params, ctx: RunContext, data: DataRef, comparison: dict[str, Any], decision: dict[str, Any]) -> str:
     """The evaluation report (markdown + HTML with plots), after the gate: its figures are the comparison's
-    and its verdicts the gate's own (:func:`tunegate.gate.verdict_cell`). Written under
+    and its verdicts the gate's own (:func:`tunegate.governance.gate.verdict_cell`). Written under
     ``$TUNEGATE_HOME/reports/<run>``, logged to MLflow under ``report/`` and attached to the Prefect run."""
     deltas = [Delta.from_dict(d) for d in comparison["deltas"]]
     waiting = comparison.get("waiting")
@@ -207,7 +139,7 @@ def write_report(params: Params, ctx: RunContext, data: DataRef, comparison: dic
     }
     # The loss curve: the steps training logged (the trainer's closing mean is train_mean_loss).
     history = [(m.step, m.value) for m in tracking.client().get_metric_history(ctx.run_id, "train_loss")]
-    markdown = render_markdown(context, deltas, comparison["worst"], truncated_prompts=comparison["truncated_prompts"])
+    markdown = render_markdown(context, deltas, comparison["worst"], truncated_prompts=comparison["truncated_prompts"], verdict_cell=verdict_cell)
     page = render_html(markdown, plots(deltas, sorted(history)), f"tunegate evaluation {ctx.run_id[:8]}")
     out_dir = tunegate_home() / "reports" / ctx.run_id
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -10,11 +10,12 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 from tasks.common import RETRY_TRANSIENT, DataRef, RunContext, timed
-from tunegate import timings, tracking
-from tunegate.freshness import Reference, RunInputs, check
+from tunegate.adapters import mlflow as tracking
+from tunegate.governance.audit import record
+from tunegate.governance.summary import render_markdown
+from tunegate.operations import timings
+from tunegate.operations.freshness import Reference, RunInputs, check
 from tunegate.params import Params
-from tunegate.promotion import record
-from tunegate.summary import render_markdown
 
 
 def _reference(role: str, ref: tracking.VersionRef | None) -> Reference | None:

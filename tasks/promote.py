@@ -10,16 +10,17 @@ from prefect.input import RunInput
 from prefect.cache_policies import NONE
 
 from tasks.common import RETRY_TRANSIENT, BaselineRef, DataRef, RunContext, timed
-from tunegate import promotion, tracking
-from tunegate.promotion import record
-from tunegate.gate import decide_promotion, waiting_checks
+from tunegate.adapters import mlflow as tracking
+from tunegate.governance import promotion
+from tunegate.governance.audit import record
+from tunegate.governance.gate import decide_promotion, waiting_checks
 from tunegate.params import Params
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
 def check_champion(params: Params, ctx: RunContext, accept_unaudited: bool = False) -> None:
     """Before anything is prepared or trained: a champion alias moved outside tunegate is no baseline
-    (:func:`tunegate.promotion.check_champion_audited`) unless accepted, which is audited."""
+    (:func:`tunegate.governance.promotion.check_champion_audited`) unless accepted, which is audited."""
     drift = promotion.check_champion_audited(params.model.registered_name, ctx.run_id, accept_unaudited, ctx.commit)
     if drift is not None:
         get_run_logger().warning("%s; accepted as the baseline (--accept-unaudited-champion)", drift.message())

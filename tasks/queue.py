@@ -1,6 +1,6 @@
 """The slots a run holds: its project's run slot (one queue per registered model) and a machine compute slot.
 
-Context managers the flow and the tasks wrap their work in; the logic is ``tunegate.runqueue``.
+Context managers the flow and the tasks wrap their work in; the logic is ``tunegate.operations.runqueue``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from tasks.common import RunContext
-from tunegate import runqueue, tracking
+from tunegate.adapters import mlflow as tracking
+from tunegate.operations import runqueue
 from tunegate.params import Params
 from tunegate.paths import tunegate_home
 

@@ -12,27 +12,30 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 from tasks.common import RETRY_TRANSIENT, BaselineRef, DataRef, RunContext, timed
-from tunegate import audit, failures, timings, tracking
-from tunegate.gitinfo import code_fingerprint, git_commit
+from tunegate.adapters import mlflow as tracking
+from tunegate.adapters.git import code_fingerprint, git_commit
+from tunegate.governance import audit
+from tunegate.governance.audit import record
+from tunegate.governance.identity import actor_identity
+from tunegate.governance.promotion import detach_candidate
+from tunegate.governance.summary import build_summary, complete_summary, render_markdown
+from tunegate.operations import failures, timings
+from tunegate.operations.status import process_tags
 from tunegate.params import Params, dump_params, load_params
 from tunegate.paths import repo_root, tunegate_home
-from tunegate.identity import actor_identity
-from tunegate.operations import process_tags
-from tunegate.promotion import detach_candidate, record
-from tunegate.summary import build_summary, render_markdown
 
 
 @task(cache_policy=NONE)
 @timed("params")
 def load_run_params(params_file: str, overrides: list[str]) -> Params:
     """Load the params and run the preflight, so a scheduled or served run with a mistake fails
-    here, before an MLflow run opens (raises :class:`tunegate.preflight.PreflightError`)."""
-    from tunegate.preflight import check_preflight
+    here, before an MLflow run opens (raises :class:`tunegate.operations.preflight.PreflightError`)."""
+    from tunegate.operations.preflight import check_preflight
 
     timings.reset()  # before @timed adds this task's seconds
     params = load_params(Path(params_file), overrides)
     check_preflight(params, params_file=params_file, command="retrain flow")
-    from tunegate import runqueue
+    from tunegate.operations import runqueue
 
     budget = runqueue.apply_thread_budget(runqueue.machine_slots(params.runs.machine_slots))  # served runs too
     get_run_logger().info("%s", budget.describe())
@@ -84,15 +87,8 @@ def start_run(params: Params, params_file: str, resume_run_id: str | None = None
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
 def finish_run(
-    params: Params,
-    ctx: RunContext,
-    data: DataRef,
-    baseline: BaselineRef,
-    comparison: dict[str, Any],
-    tuned: Any,
-    decision: dict[str, Any],
-    registered_version: str | None,
-    report: str | None = None,
+    params: Params, ctx: RunContext, data: DataRef, baseline: BaselineRef, comparison: dict[str, Any], tuned: Any,
+    decision: dict[str, Any], registered_version: str | None, report: str | None = None,
 ) -> dict[str, Any]:
     """Build the run summary, attach it to MLflow and Prefect, close the run successfully. ``report``: the
     evaluation report's path (:func:`tasks.evaluate.write_report`)."""
@@ -111,41 +107,21 @@ def finish_run(
         registered_version=registered_version,
         baseline_evaluation=comparison.get("baseline_evaluation"),
     )
-    summary["evaluation"] = {"deltas": comparison["deltas"], "report": report}
-    # The candidate against the base model on the primary metric (the gate's over-base rule), on every run.
-    summary["over_base"] = {
-        "delta": comparison.get("over_base"),
-        "evaluation": comparison.get("base_evaluation"),
-        "required_low_above": params.gate.min_improvement_over_base,
-    }
-    waiting = decision.get("waiting")
-    if waiting:  # the comparison with the candidate waiting for review, always in the summary
-        summary["waiting"] = {**waiting, "deltas": (comparison.get("waiting") or {}).get("deltas", []),
-                              "evaluation": (comparison.get("waiting") or {}).get("evaluation")}
-    if registered_version:
-        summary["outcome"] = "registered"
-    elif decision["passed"] and waiting and not waiting["replace"]:
-        summary["outcome"] = "waiting_better"  # passed the gate, but version N waiting for review is better
-    else:
-        summary["outcome"] = "gate_failed"
-    summary["trigger"] = ctx.trigger
-    summary["timings"] = timings.snapshot()
+    summary = complete_summary(summary, comparison, decision, report=report, trigger=ctx.trigger, timings=timings.snapshot(),
+                               required_low_above=params.gate.min_improvement_over_base)
     tracking.log_metrics(ctx.run_id, timings.as_metrics(summary["timings"]))
     markdown = render_markdown(summary)
     tracking.log_dict(ctx.run_id, summary, "summary/summary.json")
     tracking.log_text(ctx.run_id, markdown, "summary/summary.md")
     create_markdown_artifact(key="run-summary", markdown=markdown, description="tunegate run summary")
     if registered_version:
-        from tunegate.lineage import publish_model_card
+        from tunegate.governance.lineage import publish_model_card
 
         publish_model_card(params.model.registered_name, registered_version)
     tracking.set_tags(ctx.run_id, {"tunegate.outcome": summary["outcome"]})
     tracking.end_run(ctx.run_id, "FINISHED")
-    record(
-        "run_finished",
-        {"run_id": ctx.run_id, "gate_passed": summary["gate"]["passed"], "registered_version": summary["registered_version"]},
-        model_name=params.model.registered_name, commit=ctx.commit,
-    )
+    record("run_finished", {"run_id": ctx.run_id, "gate_passed": summary["gate"]["passed"], "registered_version": registered_version},
+           model_name=params.model.registered_name, commit=ctx.commit)
     return summary
 
 

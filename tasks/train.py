@@ -10,12 +10,13 @@ from prefect.cache_policies import NONE
 
 from tasks.common import RETRY_TRANSIENT, DataRef, RunContext, timed
 from tasks.queue import compute_slot
-from tunegate import timings, tracking
-from tunegate.promotion import record
-from tunegate.modeling import read_model_info
+from tunegate.adapters import mlflow as tracking
+from tunegate.data.sources import read_canonical
+from tunegate.governance.audit import record
+from tunegate.operations import timings
 from tunegate.params import Params
-from tunegate.sources import read_canonical
-from tunegate.training import latest_checkpoint, train_model
+from tunegate.tuning.modeling import read_model_info
+from tunegate.tuning.training import TrainResult, latest_checkpoint, step_metrics, train_model
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,16 @@ class TunedModel:
     train_runtime_s: float
     tokens_per_second: float
     resumed_from: str | None = None
-    chat_template: str = ""  # the template the data was rendered with (tunegate.templates.template_id)
+    chat_template: str = ""  # the template the data was rendered with (tunegate.data.templates.template_id)
     num_tokens: int = 0
     started_at: float = 0.0  # epoch seconds: when this run's (last attempt's) training began and ended
     finished_at: float = 0.0
+
+    @classmethod
+    def of(cls, result: TrainResult, model_uri: str, chat_template: str) -> TunedModel:
+        return cls(str(result.model_dir), model_uri, result.final_loss, result.global_step, result.train_runtime_s,
+                   result.tokens_per_second, result.resumed_from, chat_template, result.num_tokens,
+                   round(result.started_at, 3), round(result.finished_at, 3))
 
 
 @task(cache_policy=NONE, timeout_seconds=6 * 3600, **RETRY_TRANSIENT)
@@ -39,14 +46,6 @@ def tune(params: Params, data: DataRef, ctx: RunContext) -> TunedModel:
     logger = get_run_logger()
     records = read_canonical(Path(data.train_path))
     logger.info("tuning %s (%s) on %d records", params.model.base_model, params.train.method, len(records))
-
-    def log_step(step: int, values: dict[str, float]) -> None:
-        renamed = {("train_" + k if not k.startswith("train") else k): v for k, v in values.items()}
-        if "train_runtime" in values and "train_loss" in values:
-            # The trainer's closing summary: its train_loss is the mean over the whole run, not a step's
-            # loss; under its own name it does not end the loss curve with a jump.
-            renamed["train_mean_loss"] = renamed.pop("train_loss")
-        tracking.log_metrics(ctx.run_id, renamed, step=step)
 
     def log_checkpoint(path: Path) -> None:
         tracking.log_artifacts(ctx.run_id, path, "checkpoints/latest")
@@ -57,24 +56,13 @@ def tune(params: Params, data: DataRef, ctx: RunContext) -> TunedModel:
         logger.info("resuming training from step %s (checkpoint %s)", earlier.name.split("-")[-1], earlier)
     with compute_slot(params, ctx, "training") as waited:
         timings.waited("tuning", waited)
-        result = train_model(params, records, Path(ctx.work_dir), log_step=log_step, log_checkpoint=log_checkpoint,
-                             log_line=logger.info)
+        result = train_model(params, records, Path(ctx.work_dir), log_checkpoint=log_checkpoint, log_line=logger.info,
+                             log_step=lambda step, values: tracking.log_metrics(ctx.run_id, step_metrics(values), step=step))
     if result.resumed_from:
         logger.info("resumed from %s", result.resumed_from)
     tracking.log_params(ctx.run_id, {f"trainer.{k}": v for k, v in result.trainer_args.items()})
     tracking.log_dict(ctx.run_id, result.trainer_args, "params/trainer_args.json")
-    tracking.log_metrics(
-        ctx.run_id,
-        {
-            "train_final_loss": result.final_loss,
-            "train_runtime_s": result.train_runtime_s,
-            "train_tokens": result.num_tokens,
-            "train_tokens_per_second_overall": result.tokens_per_second,
-            "trainable_params": result.trainable_params,
-            "total_params": result.total_params,
-        },
-        step=result.global_step,
-    )
+    tracking.log_metrics(ctx.run_id, result.metrics(), step=result.global_step)
     info = read_model_info(result.model_dir)
     tracking.set_tags(ctx.run_id, {
         "tunegate.chat_template": info.chat_template,  # what rendered the data, not what params asked
@@ -84,18 +72,9 @@ def tune(params: Params, data: DataRef, ctx: RunContext) -> TunedModel:
     if result.merged_dir:
         tracking.log_artifacts(ctx.run_id, result.merged_dir, "merged_model")
     model_uri = tracking.log_transformers_model(ctx.run_id, result.model_dir)
-    record(
-        "training_finished",
-        {"run_id": ctx.run_id, "final_loss": result.final_loss, "steps": result.global_step,
-         "resumed_from": result.resumed_from, "model_uri": model_uri},
-        model_name=params.model.registered_name, commit=ctx.commit,
-    )
-    logger.info(
-        "trained %d steps in %.1fs (%.0f tokens/s), final loss %.4f",
-        result.global_step, result.train_runtime_s, result.tokens_per_second, result.final_loss,
-    )
-    return TunedModel(
-        str(result.model_dir), model_uri, result.final_loss, result.global_step,
-        result.train_runtime_s, result.tokens_per_second, result.resumed_from, info.chat_template,
-        result.num_tokens, round(result.started_at, 3), round(result.finished_at, 3),
-    )
+    record("training_finished", {"run_id": ctx.run_id, "final_loss": result.final_loss, "steps": result.global_step,
+                                 "resumed_from": result.resumed_from, "model_uri": model_uri},
+           model_name=params.model.registered_name, commit=ctx.commit)
+    logger.info("trained %d steps in %.1fs (%.0f tokens/s), final loss %.4f",
+                result.global_step, result.train_runtime_s, result.tokens_per_second, result.final_loss)
+    return TunedModel.of(result, model_uri, info.chat_template)

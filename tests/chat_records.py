@@ -75,7 +75,7 @@ TOKENIZERS = ["demo", "stories-chatml", "tiny_chatml", "tiny_gpt2"]
 def family_tokenizer(request, base_model_path):
     """The tokenizer named by a ``TOKENIZERS`` fixture param: the demo's (stories260K with alpaca, as
     params/demo.yaml), the same with chatml, or another family's with its own template or the default."""
-    from tunegate.modeling import load_tokenizer
+    from tunegate.tuning.modeling import load_tokenizer
 
     if request.param == "demo":
         return load_tokenizer(base_model_path, "alpaca")
@@ -90,7 +90,7 @@ def real_records(limit: int) -> list[dict]:
 
     import pytest
 
-    from tunegate.formats import convert_record
+    from tunegate.data.formats import convert_record
 
     shared = Path(__file__).resolve().parents[2] / "shared"
     out = []

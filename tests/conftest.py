@@ -42,7 +42,7 @@ def base_model_path() -> Path:
 @pytest.fixture(scope="session")
 def demo_data() -> Path:
     """``data/demo`` as ``dvc repro demo_data`` makes it (a no-op when it is there already)."""
-    from tunegate import dvc_adapter
+    from tunegate.adapters import dvc as dvc_adapter
 
     demo = REPO / "data" / "demo"
     if not (demo / "train.jsonl").is_file() or not (demo / "eval.jsonl").is_file():

@@ -85,8 +85,8 @@ def run_command(
 
 def main() -> None:
     """The ``tunegate`` command: the app, then :func:`_exit_fast` with its exit code. Libraries' Python
-    warnings go to ``$TUNEGATE_HOME/logs/warnings.log``, not the terminal (:mod:`tunegate.quiet`)."""
-    from tunegate.quiet import warnings_to_log
+    warnings go to ``$TUNEGATE_HOME/logs/warnings.log``, not the terminal (:mod:`tunegate.operations.quiet`)."""
+    from tunegate.operations.quiet import warnings_to_log
 
     warnings_to_log()
     try:
@@ -147,7 +147,7 @@ def run(
     overrides = list(set_ or [])
     loaded = _load(params, overrides, json_out=json_out)
     configure_environment()
-    from tunegate import runqueue
+    from tunegate.operations import runqueue
 
     try:  # threads = cores / machine slots, set before torch is imported (OpenMP reads them once)
         runqueue.apply_thread_budget(runqueue.machine_slots(loaded.runs.machine_slots))
@@ -165,13 +165,13 @@ def run(
     slot_request = _RunSlotRequest(loaded, _console(stderr=json_out)).start()
     try:  # a command that ends before its flow lets the next run in at once
         server_start = _start_prefect_in_background() if own else None
-        from tunegate import preflight
+        from tunegate.operations import preflight
 
         child = _preflight_child(params, overrides) if own else None
         if child is None:
             _check_preflight_here(loaded, params, json_out)
-        from tunegate import timings
-        from tunegate.validation import DataError
+        from tunegate.data.validation import DataError
+        from tunegate.operations import timings
 
         from flows.retrain import retrain  # imports the pipeline (torch, transformers, peft, trl, ...)
 
@@ -207,7 +207,7 @@ def run(
     _add_wall_time(summary, time.time())
     from rich.markdown import Markdown
 
-    from tunegate.summary import render_markdown
+    from tunegate.governance.summary import render_markdown
 
     console.print(Markdown(render_markdown(summary)))
     if json_out:
@@ -241,12 +241,12 @@ class _RunSlotRequest:
     def _take(self) -> None:
         import time
 
-        from tunegate import runqueue
+        from tunegate.operations import runqueue
         from tunegate.paths import tunegate_home
 
         model = self.loaded.model.registered_name
         try:
-            from tunegate.identity import actor_identity
+            from tunegate.governance.identity import actor_identity
 
             initiator = actor_identity().name
         except Exception:  # named by the flow's own start_run
@@ -285,7 +285,7 @@ class _RunSlotRequest:
 
     def result(self, json_out: bool):
         """The slot (a context manager releasing it), once taken; exit 1 on the queue's timeout."""
-        from tunegate import runqueue
+        from tunegate.operations import runqueue
 
         if self.thread.ident is not None:
             self.thread.join()
@@ -311,20 +311,20 @@ def _start_prefect_in_background():
 
     if os.environ.get("PREFECT_API_URL"):
         return _NoServer()
-    from tunegate.ephemeral import TemporaryPrefectServer
+    from tunegate.adapters.prefect import TemporaryPrefectServer
 
     return TemporaryPrefectServer().start_in_background()
 
 
 def _start_alias_webhook(config, say):
-    """Receive the MLflow server's alias webhooks (tunegate.alias_webhook) on loopback and register the
+    """Receive the MLflow server's alias webhooks (tunegate.operations.alias_webhook) on loopback and register the
     webhook; the audit database is the one clients use. A failure is said, not fatal: drift is still
     found by `tunegate audit verify`, `status` and every run."""
     import os
 
-    from tunegate import alias_webhook
+    from tunegate.operations import alias_webhook
+    from tunegate.operations.server import AUDIT_DB_ENV, AUTH_ADMIN_USERNAME, admin_password
     from tunegate.paths import environment
-    from tunegate.server import AUDIT_DB_ENV, AUTH_ADMIN_USERNAME, admin_password
 
     receiver = None
     try:
@@ -378,7 +378,7 @@ def _warm_imports(between=None) -> None:
 
 
 def _check_preflight_here(loaded, params: str, json_out: bool) -> None:
-    from tunegate.preflight import format_problems, run_preflight
+    from tunegate.operations.preflight import format_problems, run_preflight
 
     problems = run_preflight(loaded, params_file=params)
     if problems:
@@ -386,8 +386,8 @@ def _check_preflight_here(loaded, params: str, json_out: bool) -> None:
 
 
 def _preflight_child(params: str, overrides: list[str]):
-    """``python -m tunegate.preflight`` on the params, started now, read by :func:`_preflight_verdict`;
-    once passed it validates the data ahead (:mod:`tunegate.validation_ahead`)."""
+    """``python -m tunegate.operations.preflight`` on the params, started now, read by :func:`_preflight_verdict`;
+    once passed it validates the data ahead (:mod:`tunegate.operations.validation_ahead`)."""
     return _PreflightChild(params, overrides)
 
 
@@ -403,7 +403,7 @@ class _PreflightChild:
         import threading
 
         self.directory = Path(tempfile.mkdtemp(prefix="tunegate-ahead-"))
-        args = [sys.executable, "-m", "tunegate.preflight", str(_params_path(params)), "--as", params,
+        args = [sys.executable, "-m", "tunegate.operations.preflight", str(_params_path(params)), "--as", params,
                 "--validate-into", str(self.directory)]
         for item in overrides:
             args += ["--set", item]
@@ -451,18 +451,18 @@ def _preflight_verdict(child, loaded, params: str, json_out: bool, wait: bool) -
         _check_preflight_here(loaded, params, json_out)
         return
     if found:
-        from tunegate.preflight import Problem, format_problems
+        from tunegate.operations.preflight import Problem, format_problems
 
         _fail(format_problems([Problem(p["check"], p["message"]) for p in found], "tunegate run"), code=2, json_out=json_out)
-    from tunegate import validation_ahead
+    from tunegate.operations import validation_ahead
 
     validation_ahead.register(loaded, child.process, child.directory)
 
 
 def _refuse_live_resume(run_id: str, json_out: bool) -> None:
     """``--resume`` of a run whose process still runs on this host would train twice into one directory."""
-    from tunegate import tracking
-    from tunegate.operations import process_gone
+    from tunegate.adapters import mlflow as tracking
+    from tunegate.operations.status import process_gone
 
     try:
         run = tracking.get_run(run_id)
@@ -477,7 +477,8 @@ def _add_wall_time(summary: dict, now: float) -> None:
     """The process's wall time (interpreter start to now) joins the run's timings, in MLflow too."""
     import psutil
 
-    from tunegate import timings, tracking
+    from tunegate.adapters import mlflow as tracking
+    from tunegate.operations import timings
 
     run_timings = dict(summary.get("timings") or {})
     run_timings["total_wall"] = round(now - psutil.Process().create_time(), 2)
@@ -495,7 +496,7 @@ def _add_wall_time(summary: dict, now: float) -> None:
 
 def _flow_error_message(error: BaseException) -> str:
     """What to tell a person about an exception out of the flow; Prefect's ephemeral-server time-out explained."""
-    from tunegate.preflight import PreflightError
+    from tunegate.operations.preflight import PreflightError
 
     if isinstance(error, PreflightError):
         return str(error)
@@ -509,8 +510,8 @@ def _flow_error_message(error: BaseException) -> str:
         return f"{type(error).__name__}: {error}"
     import os
 
+    from tunegate.operations.preflight import write_log
     from tunegate.paths import PREFECT_EPHEMERAL_TIMEOUT, tunegate_home
-    from tunegate.preflight import write_log
 
     log = write_log("Prefect ephemeral server start", timeout, prefix="prefect-ephemeral")
     seconds = os.environ.get(PREFECT_EPHEMERAL_TIMEOUT, "20")
@@ -525,7 +526,7 @@ def _flow_error_message(error: BaseException) -> str:
 
 def _check_format(fmt: str) -> None:
     """Exit 2 naming the allowed values when ``--format`` is not one of them."""
-    from tunegate.formats import FORMATS
+    from tunegate.data.formats import FORMATS
 
     allowed = ("auto", *FORMATS)
     if fmt not in allowed:
@@ -556,11 +557,11 @@ def validate(
         loaded = loaded.model_copy(update={"validation": loaded.validation.model_copy(update={"max_length": max_length})})
     _console(stderr=True).print(_validate_settings(loaded, params, max_length), highlight=False, soft_wrap=True, markup=False)
     configure_environment()
-    from tunegate.dataset import load_sources, validate_splits
-    from tunegate.modeling import load_tokenizer
+    from tunegate.data.dataset import load_sources, validate_splits
+    from tunegate.data.sources import DataError
+    from tunegate.data.validation import error_message, save_report
     from tunegate.params import ParamsError, SourceParams
-    from tunegate.sources import DataError
-    from tunegate.validation import error_message, save_report
+    from tunegate.tuning.modeling import load_tokenizer
 
     console = _console(stderr=json_out)
     train_specs = [SourceParams(path=str(p.resolve()), format=fmt) for p in paths]
@@ -628,7 +629,7 @@ def data_add(
     from tunegate.paths import configure_environment, repo_root, tunegate_home
 
     configure_environment()
-    from tunegate.dvc_adapter import add_files
+    from tunegate.adapters.dvc import add_files
 
     root = (repo or repo_root()).resolve()
     if not (root / ".dvc").is_dir():
@@ -641,7 +642,7 @@ def data_add(
     for item in added:
         console.print(f"{item.path}: md5 {item.md5} -> {item.path}.dvc", highlight=False)
     if event:
-        from tunegate import scheduling
+        from tunegate.operations import scheduling
 
         if not scheduling.server_configured():
             console.print("no Prefect server configured (PREFECT_API_URL): no event sent", highlight=False)
@@ -681,8 +682,8 @@ def schedule(
     _need_server("schedule")
     from prefect import serve
 
-    from tunegate import scheduling
-    from tunegate.gitinfo import git_commit
+    from tunegate.adapters.git import git_commit
+    from tunegate.operations import scheduling
     from tunegate.paths import repo_root
 
     params_file = str(_params_path(params).resolve())
@@ -691,7 +692,9 @@ def schedule(
         _fail(f"{params_file}: schedule has no cron, no interval_seconds and on_new_data is false: nothing would start a run", code=2)
     commit, _ = git_commit(repo_root())
     run_overrides = [o for o in overrides if not o.startswith("schedule.")]  # the rest shaped `loaded` above
-    deployment = scheduling.build_deployment(params_file, loaded, version=commit[:12], overrides=run_overrides)
+    from flows.retrain import retrain
+
+    deployment = scheduling.build_deployment(retrain, params_file, loaded, version=commit[:12], overrides=run_overrides)
     console = _console()
     console.print(f"serving [bold]{scheduling.FLOW_NAME}/{s.deployment}[/bold] for {loaded.model.registered_name}: {scheduling.describe(loaded)}", highlight=False)
     for when in scheduling.next_times(loaded):
@@ -720,7 +723,7 @@ def deploy(
 
     configure_environment()
     _need_server("deploy")
-    from tunegate.scheduling import deploy_prefect_yaml
+    from tunegate.operations.scheduling import deploy_prefect_yaml
 
     code = deploy_prefect_yaml(name or ["tunegate-retrain"], repo_root())
     if code:
@@ -741,8 +744,8 @@ def trigger(
     _need_server("trigger")
     from prefect.deployments import run_deployment
 
-    from tunegate import scheduling
-    from tunegate.promotion import environment_user
+    from tunegate.governance.identity import environment_user
+    from tunegate.operations import scheduling
 
     name = f"{scheduling.FLOW_NAME}/{loaded.schedule.deployment}"
     try:
@@ -781,7 +784,7 @@ def server(
     import time
 
     from tunegate.paths import configure_environment
-    from tunegate.server import (
+    from tunegate.operations.server import (
         AUTH_ADMIN_USERNAME, AUTH_PERMISSIONS, ServerConfig, ServerError, admin_password_source, client_env, redact,
         start_all, state_file, stop, supervise,
     )
@@ -857,8 +860,8 @@ def status(
 
     loaded = _load(params, [])
     configure_environment()
-    from tunegate.operations import collect_status, render_status
-    from tunegate.tracking import tracking_uri
+    from tunegate.adapters.mlflow import tracking_uri
+    from tunegate.operations.status import collect_status, render_status
 
     try:
         result = collect_status(loaded, last=last)
@@ -871,7 +874,7 @@ def status(
 
 
 def _promotion(params: str):
-    from tunegate import audit
+    from tunegate.governance import audit
     from tunegate.paths import configure_environment
 
     loaded = _load(params, [])
@@ -881,8 +884,8 @@ def _promotion(params: str):
 
 
 def _run_promotion(action) -> None:
-    from tunegate.audit import AuditError
-    from tunegate.promotion import PromotionError
+    from tunegate.governance.audit import AuditError
+    from tunegate.governance.promotion import PromotionError
 
     try:
         outcome = action()
@@ -907,7 +910,7 @@ def approve(
 ) -> None:
     """Approve the candidate VERSION; when the policy's roles are covered, it becomes ``champion``."""
     loaded = _promotion(params)
-    from tunegate import promotion
+    from tunegate.governance import promotion
 
     _run_promotion(lambda: promotion.approve(loaded.model.registered_name, version, reviewer, reason, loaded.gate.approvals, signing_key=key))
 
@@ -921,7 +924,7 @@ def reject(
 ) -> None:
     """Reject a candidate: it loses alias ``candidate`` and can never become champion."""
     loaded = _promotion(params)
-    from tunegate import promotion
+    from tunegate.governance import promotion
 
     _run_promotion(lambda: promotion.reject(loaded.model.registered_name, version, reviewer, reason, loaded.gate.approvals))
 
@@ -934,7 +937,7 @@ def rollback(
 ) -> None:
     """Move ``champion`` back to the ``previous`` version."""
     loaded = _promotion(params)
-    from tunegate import promotion
+    from tunegate.governance import promotion
 
     _run_promotion(lambda: promotion.rollback(loaded.model.registered_name, reviewer, reason, loaded.gate.approvals))
 
@@ -950,8 +953,8 @@ def audit_verify(
     """Check every row's hash, link and place, the trail's length against the registry's heads, approval
     signatures, and that the registry's aliases are where the trail's last moves put them."""
     loaded = _promotion(params)
-    from tunegate import promotion
-    from tunegate.audit import AuditError
+    from tunegate.governance import promotion
+    from tunegate.governance.audit import AuditError
 
     try:
         ok, message = promotion.verify(loaded.model.registered_name, loaded.gate.approvals)
@@ -964,7 +967,7 @@ def audit_verify(
 
 def _audit_entries(params: str) -> list[dict]:
     _promotion(params)
-    from tunegate import audit
+    from tunegate.governance import audit
 
     try:
         return audit.store().entries()
@@ -1002,7 +1005,7 @@ def audit_import(
 ) -> None:
     """Bring an earlier JSONL trail in once: as-is into an empty table, else attached by one entry (its head and sha256)."""
     _promotion(params)
-    from tunegate import audit
+    from tunegate.governance import audit
 
     if not path.is_file():
         _fail(f"{path}: no such file")
@@ -1022,7 +1025,7 @@ def audit_export(
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """Write the trail as JSONL, one entry per line exactly as hashed (for an archive or an auditor)."""
-    from tunegate.audit import canonical, verify_chain
+    from tunegate.governance.audit import canonical, verify_chain
 
     entries = _audit_entries(params)
     text = "".join(canonical(e) + "\n" for e in entries)
@@ -1042,9 +1045,8 @@ def history(
 ) -> None:
     """Every alias move of the params' model: version, from -> to, who (authenticated or not), when, why."""
     loaded = _promotion(params)
-    from tunegate.audit import AuditError
-    from tunegate.lineage import render_history
-    from tunegate.promotion import alias_history
+    from tunegate.governance.audit import AuditError
+    from tunegate.governance.lineage import alias_history, render_history
 
     try:
         rows = alias_history(loaded.model.registered_name, alias)
@@ -1062,7 +1064,7 @@ def keygen(
     reviewer: Annotated[str | None, typer.Option("--reviewer", help="your reviewer name, for the params line printed")] = None,
 ) -> None:
     """Make an ed25519 key for signing approvals; prints the public key line for gate.approvals.public_keys."""
-    from tunegate.signing import SigningError, generate
+    from tunegate.governance.signing import SigningError, generate
 
     try:
         public = generate(out)
@@ -1080,7 +1082,7 @@ def lineage(
 ) -> None:
     """Data md5s -> validation -> run, params and commit -> evaluation vs baseline -> gate -> approvals -> aliases."""
     loaded = _promotion(params)
-    from tunegate.lineage import build_lineage, render_lineage
+    from tunegate.governance.lineage import build_lineage, render_lineage
 
     try:
         chain = build_lineage(loaded.model.registered_name, version)

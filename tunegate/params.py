@@ -13,8 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tunegate.paths import repo_root
-from tunegate.refusals import DEFAULT_REFUSAL_LANGUAGES, config_problems
+from tunegate.data.refusals import DEFAULT_REFUSAL_LANGUAGES, config_problems
+from tunegate.paths import model_source
 
 
 class ParamsError(ValueError):
@@ -123,7 +123,7 @@ class CoverageRule(_Section):
 
 class _RefusalSettings(_Section):
     """Which answers count as refusals: built-in patterns per language plus the user's own (one set,
-    ``tunegate.refusals``, for the data check and for the safety suite's pattern classifier)."""
+    ``tunegate.data.refusals``, for the data check and for the safety suite's pattern classifier)."""
 
     refusal_languages: list[str] = Field(
         default_factory=lambda: list(DEFAULT_REFUSAL_LANGUAGES),
@@ -144,7 +144,7 @@ class _RefusalSettings(_Section):
 
     def all_refusal_patterns(self) -> list[str]:
         """The refusal patterns of ``refusal_languages`` followed by ``refusal_patterns``."""
-        from tunegate.refusals import refusal_patterns
+        from tunegate.data.refusals import refusal_patterns
 
         return refusal_patterns(self.refusal_languages, self.refusal_patterns)
 
@@ -343,7 +343,7 @@ class EvalParams(_Section):
     reuse_baseline: bool = Field(
         True,
         description="read the baseline's scores back from an earlier run that evaluated the same model on the same "
-        "eval data, suites and evaluation code (tunegate.eval_cache) instead of evaluating it again",
+        "eval data, suites and evaluation code (tunegate.evaluation.cache) instead of evaluating it again",
     )
 
 
@@ -398,7 +398,7 @@ class ApprovalPolicy(_Section):
 
     @model_validator(mode="after")
     def _keys(self) -> ApprovalPolicy:
-        from tunegate.signing import SigningError, parse_public
+        from tunegate.governance.signing import SigningError, parse_public
 
         for reviewer, key in self.public_keys.items():
             try:
@@ -524,9 +524,7 @@ class Params(_Section):
         return self
 
     def base_model_path(self) -> str:
-        """Local directory of the base model, or its hub id (see ``tunegate.modeling.model_source``)."""
-        from tunegate.modeling import model_source
-
+        """Local directory of the base model, or its hub id (see :func:`tunegate.paths.model_source`)."""
         return model_source(self.model.base_model)
 
     def fingerprint(self) -> str:
@@ -544,11 +542,6 @@ class Params(_Section):
     def flat(self) -> dict[str, Any]:
         """Dotted keys to scalar values, the form MLflow params take."""
         return flatten(self.model_dump(mode="json"))
-
-
-def resolve_path(value: str) -> Path:
-    path = Path(value)
-    return path if path.is_absolute() else (repo_root() / path).resolve()
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

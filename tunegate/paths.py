@@ -1,4 +1,5 @@
-"""Where things live: the repo root, ``$TUNEGATE_HOME`` and the environment every tool sees.
+"""Where things live: the repo root, ``$TUNEGATE_HOME``, the environment every tool sees, free ports and
+URLs safe to print.
 
 Everything the pipeline writes goes under one directory, ``$TUNEGATE_HOME``
 (default ``.tunegate/`` at the repo root). ``MLFLOW_TRACKING_URI`` and
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 TELEMETRY_OFF = {
     "DO_NOT_TRACK": "1",
@@ -41,6 +44,25 @@ PREFECT_EPHEMERAL_TIMEOUT_DEFAULT = "180"
 def repo_root() -> Path:
     """The project checkout: the parent of the ``tunegate`` package (editable install)."""
     return Path(__file__).resolve().parent.parent
+
+
+def resolve_path(value: str) -> Path:
+    """A path from params: absolute as given, relative to the repo root otherwise."""
+    path = Path(value)
+    return path if path.is_absolute() else (repo_root() / path).resolve()
+
+
+def model_source(name: str) -> str:
+    """A local model directory (absolute, resolved against the repo root) or, when no such
+    directory exists and the name looks like ``org/model``, the Hugging Face hub id as given.
+
+    Hub ids load only where the hub is reachable and ``HF_HUB_OFFLINE=0`` (a GPU machine), or
+    from the local HF cache.
+    """
+    local = resolve_path(name)
+    if local.is_dir() or Path(name).is_absolute() or name.startswith("."):
+        return str(local)
+    return name
 
 
 def tunegate_home() -> Path:
@@ -90,3 +112,43 @@ def environment(set_: dict[str, str] | None = None, unset: tuple[str, ...] = ())
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+# --- ports and URLs ----------------------------------------------------------------------------
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def has_password(url: str) -> bool:
+    """Whether a database URL carries a password, in its netloc or as a ``password=`` query."""
+    parts = urlsplit(url)
+    try:
+        in_netloc = parts.password is not None
+    except ValueError:  # a netloc urlsplit cannot parse: assume the worst
+        return True
+    return in_netloc or any(key.lower() == "password" for key in parse_qs(parts.query))
+
+
+def redact(url: str) -> str:
+    """A database URL with its password hidden (printed and logged URLs never carry secrets)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

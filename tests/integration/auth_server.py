@@ -1,4 +1,4 @@
-"""A real MLflow server with basic authentication, started through ``tunegate.server`` (as
+"""A real MLflow server with basic authentication, started through ``tunegate.operations.server`` (as
 ``tunegate server --auth`` starts it), for tests that act as different users.
 
     from auth_server import auth_mlflow_server
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunegate.paths import environment
-from tunegate.server import (
+from tunegate.operations.server import (
     AUTH_ADMIN_USERNAME, Running, ServerConfig, admin_password, free_port, start_mlflow, stop, wait_healthy,
 )
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from auth_server import auth_mlflow_server
-from tunegate import audit, promotion, tracking
+from tunegate.adapters import mlflow as tracking
+from tunegate.governance import audit, lineage, promotion
 from tunegate.params import ApprovalPolicy
 
 pytestmark = pytest.mark.integration
@@ -110,7 +111,7 @@ def test_the_allow_list_applies_on_top_of_the_permission(server, model):
 
 
 def test_an_allowed_user_promotes_and_the_record_says_authenticated(server, model):
-    from tunegate.lineage import history_lines
+    from tunegate.governance.lineage import history_lines
 
     name, version = model
     with _as(server, "alice"):
@@ -119,7 +120,7 @@ def test_an_allowed_user_promotes_and_the_record_says_authenticated(server, mode
         approval = _last(name, "approval")
         assert approval["actor"] == "alice" and approval["authenticated"] is True
         assert approval["data"]["identity_source"] == "mlflow-auth"
-        [row] = promotion.alias_history(name, "champion")
+        [row] = lineage.alias_history(name, "champion")
         assert row["actor"] == "alice" and row["authenticated"] is True
         assert "by alice (authenticated)" in history_lines([row])[0]
         ok, message = promotion.verify(name)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunegate import dvc_adapter
+from tunegate.adapters import dvc as dvc_adapter
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from tunegate.demo_data import generate_demo_records
-from tunegate.eval_suites import compare, evaluate_suites
-from tunegate.modeling import load_saved_model
+from tunegate.data.demo import generate_demo_records
+from tunegate.evaluation.suites import compare, evaluate_suites
 from tunegate.params import load_params
-from tunegate.training import train_model
+from tunegate.tuning.modeling import load_saved_model
+from tunegate.tuning.training import train_model
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

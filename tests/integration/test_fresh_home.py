@@ -16,9 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 OPEN = """
 from tunegate.paths import configure_environment
 configure_environment()
-from tunegate import promotion, tracking
+from tunegate.adapters import mlflow as tracking
+from tunegate.governance import audit
 run_id = tracking.start_run("fresh", "r", {})
-promotion.record("opened", {"run_id": run_id})
+audit.record("opened", {"run_id": run_id})
 print(run_id)
 """
 
@@ -41,7 +42,7 @@ def test_a_new_home_starts_its_prefect_server_from_the_migrated_template(tmp_pat
     import sqlite3
     import urllib.request
 
-    from tunegate import ephemeral
+    from tunegate.adapters import prefect as ephemeral
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("PREFECT_API_DATABASE_CONNECTION_URL", raising=False)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunegate import tracking
+from tunegate.adapters import mlflow as tracking
 
 pytestmark = pytest.mark.integration
 
@@ -148,8 +148,8 @@ def test_chatml_lora_flow_registers(chatml_run):
 
 
 def test_chatml_records_its_own_template(chatml_run, tiny_chatml):
-    from tunegate.modeling import load_tokenizer
-    from tunegate.templates import template_id
+    from tunegate.data.templates import template_id
+    from tunegate.tuning.modeling import load_tokenizer
 
     info = model_info(chatml_run)
     own = template_id(load_tokenizer(tiny_chatml, None).chat_template)
@@ -177,9 +177,9 @@ def test_chatml_stop_tokens_saved_with_the_model(chatml_run):
 
 def test_chatml_training_text_has_the_tools(chatml_run):
     """Records with tools, as trained, render their schemas inside <tools> and their calls natively."""
-    from tunegate.modeling import load_tokenizer
-    from tunegate.sources import read_canonical
-    from tunegate.tokenize import record_tools, render_record
+    from tunegate.data.sources import read_canonical
+    from tunegate.data.tokenize import record_tools, render_record
+    from tunegate.tuning.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(Path(chatml_run["train"]["model_dir"]), None)
     records = read_canonical(Path(chatml_run["data"]["train_path"]))
@@ -231,8 +231,8 @@ def test_gpt2_lora_flow_registers_with_conv1d_targets(gpt2_run):
 
 
 def test_gpt2_gets_the_default_template_recorded(gpt2_run):
-    from tunegate.modeling import load_tokenizer
-    from tunegate.templates import DEFAULT_TEMPLATE, template_id
+    from tunegate.data.templates import DEFAULT_TEMPLATE, template_id
+    from tunegate.tuning.modeling import load_tokenizer
 
     info = model_info(gpt2_run)
     assert info["chat_template"] == DEFAULT_TEMPLATE == "alpaca"
@@ -311,7 +311,7 @@ def ok_prompt(tokenizer, text: str) -> str:
 def ok_model(tiny_chatml, tmp_path_factory):
     """The tiny ChatML model fully fine-tuned through tunegate's own training to answer "ok<|im_end|>"."""
     from tunegate.params import parse_params
-    from tunegate.training import train_model
+    from tunegate.tuning.training import train_model
 
     params = parse_params(
         {
@@ -330,7 +330,7 @@ def ok_model(tiny_chatml, tmp_path_factory):
 
 @pytest.fixture()
 def ok_loaded(ok_model):
-    from tunegate.modeling import load_saved_model
+    from tunegate.tuning.modeling import load_saved_model
 
     model, tokenizer = load_saved_model(ok_model.model_dir)
     ids = {"ok": tokenizer("ok", add_special_tokens=False)["input_ids"], "im_end": tokenizer.convert_tokens_to_ids(IM_END)}
@@ -373,7 +373,7 @@ def test_generation_stopping_on_eos_alone_runs_past_the_end_of_turn(ok_loaded):
 
 def test_evaluation_generation_stops_at_im_end(ok_loaded):
     """tunegate's evaluation generation stops right after "ok<|im_end|>"."""
-    from tunegate.evaluation import generate
+    from tunegate.evaluation.suites import generate
 
     model, tokenizer, ok, im_end = ok_loaded
     generated = []

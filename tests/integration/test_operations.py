@@ -109,7 +109,7 @@ def _write_params(ops: Ops, eval_path: Path) -> None:
 @pytest.fixture(scope="module")
 def ops(tmp_path_factory, base_model_path, demo_data):
     """`tunegate server` on free loopback ports with its own $TUNEGATE_HOME; stopped with Ctrl-C at the end."""
-    from tunegate.server import free_port
+    from tunegate.paths import free_port
 
     work = tmp_path_factory.mktemp("ops")
     ops = Ops(work / "home", free_port(), free_port(), work)

@@ -131,7 +131,7 @@ def make_host(label: str, tmp_path: Path, base_env: dict[str, str], clients: dic
 def test_two_hosts_run_and_race_approvals_on_postgres(databases, base_model_path, demo_data, tmp_path):
     from mlflow import MlflowClient
 
-    from tunegate.server import free_port
+    from tunegate.paths import free_port
 
     server_home = tmp_path / "server-home"
     prefect_port, mlflow_port = free_port(), free_port()

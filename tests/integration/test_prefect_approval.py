@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tunegate import audit, promotion, tracking
+from tunegate.adapters import mlflow as tracking
+from tunegate.governance import audit, promotion
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tunegate import audit, promotion, tracking
+from tunegate.adapters import mlflow as tracking
+from tunegate.governance import audit, identity, lineage, promotion
 from tunegate.params import ApprovalPolicy
 
 pytestmark = pytest.mark.integration
@@ -266,16 +267,16 @@ def test_history_lists_every_alias_move_with_actor_time_and_reason(tmp_path, mon
 
     name, v1, v2 = _two_champions(tmp_path, monkeypatch, (("alice", "first release"), ("bob", "second release")))
     promotion.rollback(name, "carol", "incident 42")
-    rows = promotion.alias_history(name)
+    rows = lineage.alias_history(name)
     assert [(r["event"], r["version"], r["actor"], r["reason"]) for r in rows] == [
-        ("registered", v1, audit.environment_user(), "passed the gate"),
+        ("registered", v1, identity.environment_user(), "passed the gate"),
         ("alias_moved", v1, "alice", "first release"),
-        ("registered", v2, audit.environment_user(), "passed the gate"),
+        ("registered", v2, identity.environment_user(), "passed the gate"),
         ("alias_moved", v2, "bob", "second release"),
         ("rollback", v1, "carol", "incident 42"),
     ]
     assert all(r["time"] and r["authenticated"] is False for r in rows)
-    champion = promotion.alias_history(name, "champion")
+    champion = lineage.alias_history(name, "champion")
     assert [(m["from"], m["to"]) for r in champion for m in r["moves"]] == [(None, v1), (v1, v2), (v2, v1)]
 
     params = _params_for(tmp_path, name)
@@ -309,7 +310,7 @@ def test_jsonl_trail_of_an_earlier_version_is_imported_on_first_use(tmp_path, mo
 
 
 def _keys(tmp_path, *names):
-    from tunegate import signing
+    from tunegate.governance import signing
 
     return {who: (tmp_path / f"{who}.pem", signing.generate(tmp_path / f"{who}.pem")) for who in names}
 
@@ -380,9 +381,10 @@ def test_require_authentication_refuses_the_embedded_store(tmp_path, monkeypatch
 
 RECORDER = """
 import sys
-from tunegate import promotion
+from tunegate.governance import promotion  # publishes each head to the registry's tag
+from tunegate.governance import audit
 for i in range(int(sys.argv[2])):
-    promotion.record("event", {"writer": sys.argv[3], "i": i}, model_name=sys.argv[1])
+    audit.record("event", {"writer": sys.argv[3], "i": i}, model_name=sys.argv[1])
 """
 
 
@@ -415,14 +417,14 @@ def drifted(tmp_path):
     v1 = candidate(name)
     promotion.approve(name, v1, "alice", "first release", ANYONE)
     v2 = candidate(name, baseline_version=v1)
-    assert promotion.verify(name)[0] and promotion.alias_drift(name) == []
+    assert promotion.verify(name)[0] and lineage.alias_drift(name) == []
     tracking.client().set_registered_model_alias(name, "champion", v2)
     return name, v1, v2, _params_for(tmp_path, name)
 
 
 def test_an_alias_set_with_the_mlflow_client_breaks_audit_verify(drifted, tunegate_home):
     name, v1, v2, params = drifted
-    [drift] = promotion.alias_drift(name)
+    [drift] = lineage.alias_drift(name)
     assert (drift.alias, drift.registry, drift.audited) == ("champion", v2, v1)
     said = f"alias champion -> version {v2} was not set by tunegate (last audited move: champion -> version {v1}, alias_moved by alice at "
     assert drift.message().startswith(said)
@@ -434,15 +436,15 @@ def test_an_alias_set_with_the_mlflow_client_breaks_audit_verify(drifted, tunega
     # Removing tunegate's candidate alias behind its back is drift too; moving champion back heals that part.
     tracking.client().set_registered_model_alias(name, "champion", v1)
     tracking.client().delete_registered_model_alias(name, "candidate")
-    [gone] = promotion.alias_drift(name)
+    [gone] = lineage.alias_drift(name)
     assert gone.message().startswith(f"alias candidate -> no version (removed) was not set by tunegate (last audited move: candidate -> version {v2}, registered by ")
     tracking.client().set_registered_model_alias(name, "candidate", v2)
-    assert promotion.alias_drift(name) == [] and promotion.verify(name)[0]
+    assert lineage.alias_drift(name) == [] and promotion.verify(name)[0]
 
 
 def test_status_and_lineage_warn_about_the_outside_move(drifted, tunegate_home):
-    from tunegate.lineage import build_lineage, render_lineage
-    from tunegate.operations import collect_status
+    from tunegate.governance.lineage import build_lineage, render_lineage
+    from tunegate.operations.status import collect_status
     from tunegate.params import load_params
 
     name, v1, v2, params = drifted

@@ -5,9 +5,10 @@ import subprocess
 
 import pytest
 
-from tunegate.eval_suites import ModelEvaluation, Score, compare
+from tunegate.evaluation.report import plots, render_html, render_markdown
+from tunegate.evaluation.suites import ModelEvaluation, Score, compare
+from tunegate.governance.gate import verdict_cell
 from tunegate.params import EvalParams
-from tunegate.report import plots, render_html, render_markdown
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -19,7 +20,7 @@ def test_report_renders_with_plots_in_chromium(tmp_path, tunegate_home):
     base.scores["exact_match"] = [Score(f"k{i}", f"f{i % 3}", 1.0) for i in range(30)]
     cand.scores["exact_match"] = [Score(f"k{i}", f"f{i % 3}", float(i % 3 != 0)) for i in range(30)]
     deltas = compare(base, cand, EvalParams(bootstrap_resamples=200))
-    markdown = render_markdown({"run_id": "r", "model_name": "m", "baseline": {"source": "base_model"}}, deltas, [])
+    markdown = render_markdown({"run_id": "r", "model_name": "m", "baseline": {"source": "base_model"}}, deltas, [], verdict_cell=verdict_cell)
     page = tmp_path / "evaluation.html"
     page.write_text(render_html(markdown, plots(deltas, [(1, 3.0), (2, 2.0), (3, 1.5)]), "report"))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

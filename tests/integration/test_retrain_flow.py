@@ -20,10 +20,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tunegate import audit, eval_cache, promotion, tracking
+from tunegate.adapters import mlflow as tracking
 from tunegate.cli import app
-from tunegate.eval_suites import ModelEvaluation, compare
-from tunegate.gate import decide_promotion
+from tunegate.evaluation import cache as eval_cache
+from tunegate.evaluation.suites import ModelEvaluation, compare
+from tunegate.governance import audit, promotion
+from tunegate.governance.gate import decide_promotion
 from tunegate.params import load_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -131,9 +133,9 @@ def test_tuned_model_stops_by_itself(first_run):
     """Greedy generation ends with EOS well before the token limit: the model learned to stop."""
     import torch
 
-    from tunegate.evaluation import render_prompts
-    from tunegate.modeling import load_saved_model
-    from tunegate.sources import read_canonical
+    from tunegate.data.sources import read_canonical
+    from tunegate.evaluation.suites import render_prompts
+    from tunegate.tuning.modeling import load_saved_model
 
     model, tokenizer = load_saved_model(Path(first_run["train"]["model_dir"]))
     records = read_canonical(Path(first_run["data"]["eval_path"]))[:64]
@@ -179,7 +181,7 @@ def test_an_over_refusing_candidate_is_refused_for_its_over_refusal(prefect_harn
     Every other rule of the demo policy opened, the gate refuses it for the over-refusal rule alone."""
     from flows.retrain import retrain
 
-    from tunegate.demo_data import REFUSAL_SENTENCE, dumps_jsonl, generate_demo_records
+    from tunegate.data.demo import REFUSAL_SENTENCE, dumps_jsonl, generate_demo_records
 
     params = load_params(DEMO)
     cfg = params.demo_data
@@ -291,7 +293,7 @@ def test_the_base_model_evaluation_is_found_by_its_key(first_run):
     params = load_params(DEMO)
     key = eval_cache.make_key(params, first_run["data"]["eval_md5"], None, None)
     assert key.digest == first_run["baseline_evaluation"]["key"] == tracking.get_run(first_run["run_id"]).data.tags["tunegate.eval_key.baseline"]
-    found, problems = eval_cache.find_earlier(params.project.name, key)
+    found, problems = eval_cache.find_earlier(tracking.client(), params.project.name, key)
     assert found is not None and problems == []
     assert json.loads(json.dumps(found.evaluation.summary())) == first_run["baseline"]["metrics"]
 
@@ -300,7 +302,7 @@ def test_the_base_model_evaluation_is_found_by_its_key(first_run):
 def test_bad_data_stops_before_tuning_and_registers_nothing(kind, prefect_harness, tmp_path, first_run, tunegate_home):
     from flows.retrain import retrain
 
-    from tunegate.validation import DataError
+    from tunegate.data.validation import DataError
 
     train, evaluation, index, rule = BAD_INPUTS[kind](tmp_path)
     if evaluation is None:
@@ -401,7 +403,7 @@ def assert_one_set_of_figures(proc: subprocess.CompletedProcess, summary: dict, 
         assert f"- {reason}\n" in report_md and f"- {reason}\n" in card, reason
         assert f"<li>{html_lib.escape(reason, quote=False)}</li>" in page, reason
     # ... and beside each figure a rule judges, the gate's own outcome with its bound, nothing else.
-    from tunegate.gate import verdict_cell
+    from tunegate.governance.gate import verdict_cell
 
     gated = {c["metric"] for c in decision["checks"] if c["category"] == "all"}
     assert {"exact_match", "response_loss", "ifeval_instruction_loose", "over_refusal_rate"} <= gated

@@ -26,8 +26,11 @@ import pytest
 import yaml
 from polling import request_json, wait_for
 
-from tunegate import audit, failures, server as server_module
-from tunegate.server import ServerConfig, free_port, start_mlflow, stop, wait_healthy
+from tunegate.governance import audit
+from tunegate.operations import failures
+from tunegate.operations import server as server_module
+from tunegate.operations.server import ServerConfig, start_mlflow, stop, wait_healthy
+from tunegate.paths import free_port
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

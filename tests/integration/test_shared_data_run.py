@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tunegate import tracking
-from tunegate.dvc_adapter import file_md5
+from tunegate.adapters import mlflow as tracking
+from tunegate.data.digest import file_md5
 from tunegate.params import load_params
 
 pytestmark = pytest.mark.integration

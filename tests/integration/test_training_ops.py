@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tunegate.demo_data import generate_demo_records
-from tunegate.sources import write_jsonl
+from tunegate.data.demo import generate_demo_records
+from tunegate.data.sources import write_jsonl
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ def data_file(tmp_path_factory):
 
 
 def _command(data: Path, out: Path, settings: list[str] = SETTINGS) -> list[str]:
-    cmd = [sys.executable, "-m", "tunegate.training", "--params", str(REPO / "params" / "demo.yaml"), "--data", str(data), "--out", str(out)]
+    cmd = [sys.executable, "-m", "tunegate.tuning.training", "--params", str(REPO / "params" / "demo.yaml"), "--data", str(data), "--out", str(out)]
     for item in settings:
         cmd += ["--set", item]
     return cmd

@@ -1,4 +1,4 @@
-"""A real `tunegate run` process validates its data ahead, beside its start-up (tunegate.validation_ahead):
+"""A real `tunegate run` process validates its data ahead, beside its start-up (tunegate.operations.validation_ahead):
 bad data still stops the run with the file, the record and the rule, exit 1, nothing trained or registered."""
 
 from __future__ import annotations

@@ -1,0 +1,182 @@
+"""The package's import rules, read from the source (imports inside functions count too):
+
+- no import circle between modules;
+- the stages in pipeline order (data -> tuning -> evaluation -> governance -> operations): a stage never
+  imports a later one;
+- nothing under tunegate/ but the CLI imports ``tasks``, ``flows`` or ``tunegate.cli``;
+- the adapters (MLflow, DVC, git, Prefect) are imported only by the CLI, tasks, flows, operations and the
+  parts of governance that move registry state; data, tuning, evaluation, governance.gate,
+  governance.audit, params and paths take and return values;
+- the adapters never import evaluation, governance or operations (they sit below what uses them).
+
+A rule broken names the importing file, its line and the import.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("data", "tuning", "evaluation", "governance", "operations")
+ROOTS = ("tunegate", "tasks", "flows")
+TOP = ("tunegate.cli", "tasks", "flows")
+ADAPTERS = "tunegate.adapters"
+MAY_USE_ADAPTERS = ("tunegate.cli", "tasks", "flows", "tunegate.operations", "tunegate.adapters", "tunegate.governance")
+PURE_IN_GOVERNANCE = ("tunegate.governance.gate", "tunegate.governance.audit")
+
+
+@dataclass(frozen=True)
+class Import:
+    source: str  # importing module
+    target: str  # imported module (the longest known one)
+    file: Path
+    line: int
+
+
+def _within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def _stage(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "tunegate" and parts[1] in STAGES else None
+
+
+def read_imports(root: Path) -> tuple[set[str], list[Import]]:
+    """Every module under ``root``'s tunegate/, tasks/ and flows/ and every import between them."""
+    files = {}
+    for top in ROOTS:
+        for path in sorted((root / top).rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            files[".".join(parts)] = path
+    imports = []
+    for module, path in files.items():
+        package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else [])) if node.level \
+                    else node.module or ""
+                names = [f"{base}.{alias.name}" for alias in node.names] + [base]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                while name and name not in files:
+                    name = name.rpartition(".")[0]
+                if name and name != module:
+                    imports.append(Import(module, name, path, node.lineno))
+                    break
+    return set(files), imports
+
+
+def cycles(modules: set[str], imports: list[Import]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    for i in imports:
+        edges[i.source].add(i.target)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for module in sorted(modules):
+        if module not in index:
+            visit(module)
+    return found
+
+
+def violations(root: Path) -> list[str]:
+    modules, imports = read_imports(root)
+    out = [f"import circle: {' <-> '.join(c)}" for c in cycles(modules, imports)]
+    for i in imports:
+        where = f"{i.file.relative_to(root)}:{i.line} imports {i.target}"
+        src, dst = _stage(i.source), _stage(i.target)
+        if src and dst and STAGES.index(dst) > STAGES.index(src):
+            out.append(f"{where}: stage {src} imports the later stage {dst}")
+        if _within(i.source, "tunegate") and not _within(i.source, "tunegate.cli") and any(_within(i.target, t) for t in TOP):
+            out.append(f"{where}: the package imports the CLI, a task or a flow")
+        if _within(i.target, ADAPTERS) and (
+            not any(_within(i.source, m) for m in MAY_USE_ADAPTERS) or any(_within(i.source, m) for m in PURE_IN_GOVERNANCE)
+        ):
+            out.append(f"{where}: a module that takes and returns values imports an adapter")
+        if _within(i.source, ADAPTERS) and _stage(i.target) in ("evaluation", "governance", "operations"):
+            out.append(f"{where}: an adapter imports {_stage(i.target)}")
+    return out
+
+
+def test_the_package_keeps_its_import_rules():
+    assert violations(REPO) == []
+
+
+def test_the_layout_is_the_stage_folders():
+    top = sorted(p.name for p in (REPO / "tunegate").iterdir() if p.suffix == ".py")
+    assert top == ["__init__.py", "cli.py", "params.py", "paths.py"]
+    folders = sorted(p.name for p in (REPO / "tunegate").iterdir() if p.is_dir() and not p.name.startswith("__"))
+    assert folders == sorted([*STAGES, "adapters"])
+    assert not (REPO / "tunegate" / "metrics.py").exists() and not (REPO / "tunegate" / "evaluation.py").exists()
+
+
+def _copy(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    for top in ROOTS:
+        shutil.copytree(REPO / top, root / top, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def _plant(root: Path, relative: str, line: str) -> None:
+    path = root / relative
+    path.write_text(path.read_text(encoding="utf-8") + f"\n\ndef _planted():\n    {line}\n", encoding="utf-8")
+
+
+def test_a_planted_upward_import_is_caught(tmp_path):
+    root = _copy(tmp_path)
+    _plant(root, "tunegate/data/formats.py", "from tunegate.governance.gate import decide_promotion  # noqa")
+    [found] = violations(root)
+    assert found.startswith("tunegate/data/formats.py:") and "stage data imports the later stage governance" in found
+
+
+def test_a_planted_adapter_import_in_a_pure_module_is_caught(tmp_path):
+    root = _copy(tmp_path)
+    _plant(root, "tunegate/evaluation/stats.py", "from tunegate.adapters import mlflow  # noqa")
+    _plant(root, "tunegate/governance/gate.py", "import tunegate.adapters.dvc  # noqa")
+    found = violations(root)
+    assert len(found) == 2 and all("takes and returns values imports an adapter" in f for f in found)
+    assert {f.split(":")[0] for f in found} == {"tunegate/evaluation/stats.py", "tunegate/governance/gate.py"}
+
+
+def test_a_planted_circle_and_a_flow_import_are_caught(tmp_path):
+    root = _copy(tmp_path)
+    _plant(root, "tunegate/governance/lineage.py", "from tunegate.governance.promotion import approve  # noqa")
+    _plant(root, "tunegate/operations/scheduling.py", "from flows.retrain import retrain  # noqa")
+    found = violations(root)
+    assert any(f.startswith("import circle:") and "tunegate.governance.lineage" in f and "tunegate.governance.promotion" in f
+               for f in found), found
+    assert any(f.startswith("tunegate/operations/scheduling.py:") and "imports the CLI, a task or a flow" in f for f in found)

@@ -1,0 +1,285 @@
+"""Lineage of a registered version, from the registry, its training run and the audit trail."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from tunegate.adapters import mlflow as tracking
+from tunegate.governance import audit
+from tunegate.governance.gate import verdict_cell
+
+
+def _artifact_json(run_id: str, path: str) -> Any:
+    import mlflow
+
+    try:
+        return json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/{path}"))
+    except Exception:
+        return None
+
+
+def build_lineage(name: str, version: str) -> dict[str, Any]:
+    return _lineage(name, version)[0]
+
+
+def _lineage(name: str, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The lineage chain and the training run's summary it was built from."""
+    try:
+        ref = tracking.get_version(name, version)
+    except Exception:
+        raise LookupError(f"{name} has no version {version}") from None
+    run = tracking.get_run(ref.run_id)
+    tags, params = run.data.tags, run.data.params
+    summary = _artifact_json(ref.run_id, "summary/summary.json") or {}
+    gate = _artifact_json(ref.run_id, "gate/decision.json") or {}
+    validation = _artifact_json(ref.run_id, "validation/report.json") or []
+    approvals = {
+        key.removeprefix("tunegate.approval."): json.loads(value)
+        for key, value in ref.tags.items()
+        if key.startswith("tunegate.approval.")
+    }
+    entries = audit.store().entries()  # read once: the alias history and the run's events come from it
+    history = [
+        h for h in alias_moves([e for e in entries if audit.model_of(e) == name])
+        if h["version"] == version or any(version in (m["from"], m["to"]) for m in h["moves"])
+    ]
+    run_events = [e for e in entries if e["data"].get("run_id") == ref.run_id]
+    aliases = sorted(a for a, v in (tracking.client().get_registered_model(name).aliases or {}).items() if str(v) == str(version))
+    chain = {
+        "model": name,
+        "version": version,
+        "aliases": aliases,
+        "data": {
+            "data_md5": tags.get("tunegate.data_md5"),
+            "sources": {k.removeprefix("tunegate.source_md5."): v for k, v in tags.items() if k.startswith("tunegate.source_md5.")},
+            "canonical_train_md5": tags.get("tunegate.canonical_train_md5"),
+            "canonical_eval_md5": tags.get("tunegate.canonical_eval_md5"),
+        },
+        "validation": {
+            "status": tags.get("tunegate.validation"),
+            "report": f"runs:/{ref.run_id}/validation/report.md",
+            "failed_rules": [r["rule"] for rep in validation for r in rep.get("rules", []) if not r["passed"]],
+        },
+        "training": {
+            "run_id": ref.run_id,
+            "commit": tags.get("mlflow.source.git.commit"),
+            "git_dirty": tags.get("tunegate.git_dirty"),
+            "initiator": tags.get("tunegate.initiator"),
+            "initiator_authenticated": tags.get("tunegate.initiator_authenticated") == "true",
+            "params_file": tags.get("tunegate.params_file"),
+            "method": params.get("train.method"),
+            "base_model": params.get("model.base_model"),
+            "final_loss": run.data.metrics.get("train_final_loss"),
+        },
+        "evaluation": {
+            "baseline": {"source": tags.get("tunegate.baseline_source"), "version": tags.get("tunegate.baseline_version") or None},
+            "deltas": [d for d in (summary.get("evaluation") or {}).get("deltas", []) if d["category"] == "all"],
+            "report": f"runs:/{ref.run_id}/report/evaluation.html",
+        },
+        "gate": {"passed": gate.get("passed"), "reasons": gate.get("reasons", []), "checks": gate.get("checks", [])},
+        "approvals": approvals,
+        "history": history,
+        "run_events": [{"seq": e["seq"], "event": e["event"], "time": e["time"]} for e in run_events],
+        # aliases moved outside tunegate: this version's approvals and history do not explain them
+        "alias_drift": [d.message() for d in alias_drift(name, [e for e in entries if audit.model_of(e) == name])
+                        if version in (d.registry, d.audited)],
+    }
+    return chain, summary
+
+
+def render_lineage(chain: dict[str, Any]) -> str:
+    d, v, t, e, g = chain["data"], chain["validation"], chain["training"], chain["evaluation"], chain["gate"]
+    lines = [
+        f"{chain['model']} version {chain['version']}  aliases: {', '.join(chain['aliases']) or '-'}",
+        *[f"WARNING: {message}" for message in chain.get("alias_drift", [])],
+        "",
+        "1. data",
+        f"   dataset md5 {d['data_md5']}  (canonical train {d['canonical_train_md5']}, eval {d['canonical_eval_md5']})",
+        *[f"   source {name}: {md5}" for name, md5 in d["sources"].items()],
+        "2. validation",
+        f"   {v['status']}  report {v['report']}" + (f"  warnings/drops: {', '.join(v['failed_rules'])}" if v["failed_rules"] else ""),
+        "3. training",
+        f"   run {t['run_id']}  commit {t['commit']}{' (dirty)' if t['git_dirty'] == 'true' else ''}  by {t['initiator']}{'' if t.get('initiator_authenticated') else ' (not authenticated)'}",
+        f"   params {t['params_file']}  method {t['method']}  base {t['base_model']}  final loss {t['final_loss']}",
+        "4. evaluation vs " + (f"champion version {e['baseline']['version']}" if e["baseline"]["source"] == "champion" else "the base model"),
+        *[f"   {x['metric']}: {x['baseline']:.3f} -> {x['candidate']:.3f} ({x['delta']:+.3f}, [{x['low']:+.3f}, {x['high']:+.3f}])" for x in e["deltas"]],
+        f"   report {e['report']}",
+        "5. gate: " + ("passed" if g["passed"] else "FAILED"),
+        *[f"   {r}" for r in g["reasons"]],
+        "6. approvals",
+        *([f"   {who}: roles {', '.join(a['roles'])}; {a['reason']!r} ({_authenticity(a)})" for who, a in chain["approvals"].items()] or ["   none"]),
+        "7. alias history",
+        *([f"   {line}" for line in history_lines(chain["history"])] or ["   none"]),
+    ]
+    return "\n".join(lines)
+
+
+def _authenticity(approval: dict[str, Any]) -> str:
+    said = "authenticated by the MLflow server" if approval.get("authenticated") else f"not authenticated: environment user {approval.get('env_user')}"
+    return said + (", signed" if approval.get("signed") else "")
+
+
+def _moves_text(moves: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{m['alias']} {m['from'] or '-'} -> {m['to'] or '-'}" for m in moves)
+
+
+def history_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per alias move: when, what moved, who (authenticated or not), why."""
+    return [
+        f"#{h['seq']} {h['time'][:19]} {h['event']}: {_moves_text(h['moves'])}; by {h['actor']}"
+        f" ({'authenticated' if h['authenticated'] else 'not authenticated'}); why: {h['reason'] or '-'}"
+        for h in rows
+    ]
+
+
+def render_history(name: str, rows: list[dict[str, Any]], alias: str | None = None) -> str:
+    head = f"alias history of {name}" + (f" (alias {alias})" if alias else "") + f": {len(rows)} move(s)"
+    return "\n".join([head, *(f"  {line}" for line in history_lines(rows))])
+
+
+def render_model_card(chain: dict[str, Any], summary: dict[str, Any] | None = None) -> str:
+    """A markdown model card for one registered version."""
+    d, t, e, g = chain["data"], chain["training"], chain["evaluation"], chain["gate"]
+    data = (summary or {}).get("data", {})
+    regressions = [x for x in e["deltas"] if x.get("regression")]
+    lines = [
+        f"# Model card: {chain['model']} version {chain['version']}",
+        "",
+        *[f"> **Warning:** {message}\n" for message in chain.get("alias_drift", [])],
+        "## Intended use",
+        "An instruction-following assistant tuned by tunegate. Use within the scope of its training data; "
+        "it is not evaluated for uses outside the suites below.",
+        "",
+        "## Base model and training",
+        f"- base model: `{t['base_model']}`, method `{t['method']}`, final training loss {t['final_loss']}",
+        f"- training run `{t['run_id']}`, commit `{t['commit']}`, params `{t['params_file']}`, started by {t['initiator']}{'' if t.get('initiator_authenticated') else ' (not authenticated)'}",
+        "",
+        "## Data",
+        f"- dataset md5 `{d['data_md5']}`; {data.get('n_train', '?')} train / {data.get('n_eval', '?')} eval records",
+        *[f"- source `{name}`: md5 `{md5}`" for name, md5 in d["sources"].items()],
+        "",
+        "## Evaluation vs " + (f"champion version {e['baseline']['version']}" if e["baseline"]["source"] == "champion" else "the base model"),
+        "",
+        "| metric | baseline | candidate | delta | 95% interval | gate |",
+        "|---|---:|---:|---:|---|---|",
+        *[f"| {x['metric']} | {x['baseline']:.3f} | {x['candidate']:.3f} | {x['delta']:+.3f} | [{x['low']:+.3f}, {x['high']:+.3f}] | "
+          f"{verdict_cell(g.get('checks', []), x['metric'])} |" for x in e["deltas"]],
+        "",
+        "## Gate decision: " + ("passed" if g["passed"] else "failed"),
+        *[f"- {r}" for r in g["reasons"]],
+        "",
+        "## Approvals",
+        *([f"- {who} ({', '.join(a['roles'])}; {_authenticity(a)}): {a['reason']}" for who, a in chain["approvals"].items()] or ["- none yet"]),
+        "",
+        "## Alias history",
+        "",
+        "| # | time (UTC) | event | moves | by | authenticated | why |",
+        "|---:|---|---|---|---|---|---|",
+        *[f"| {h['seq']} | {h['time'][:19]} | {h['event']} | {_moves_text(h['moves'])} | {h['actor']} | {'yes' if h['authenticated'] else 'no'} | {h['reason'] or '-'} |" for h in chain["history"]],
+        "",
+        "## Known regressions",
+        *([f"- {x['metric']}: {x['delta']:+.3f} [{x['low']:+.3f}, {x['high']:+.3f}]" for x in regressions] or ["- none flagged (no interval excludes zero on the wrong side)"]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def publish_model_card(name: str, version: str) -> str:
+    """(Re)write the card from the current lineage: run artifact and the version's description."""
+    chain, summary = _lineage(name, version)
+    card = render_model_card(chain, summary)
+    tracking.log_text(chain["training"]["run_id"], card, f"model_card/version_{version}.md")
+    tracking.client().update_model_version(name, version, description=card)
+    return card
+
+
+# --- reading the trail -----------------------------------------------------------------------------
+
+
+def alias_history(name: str, alias: str | None = None) -> list[dict[str, Any]]:
+    """Every alias move of model ``name`` (one row per action), oldest first, from the audit table."""
+    return alias_moves(audit.store().entries(model=name), alias)
+
+
+def alias_moves(entries: list[dict[str, Any]], alias: str | None = None) -> list[dict[str, Any]]:
+    """The alias-moving entries among ``entries`` (of one model), one row per action, in their order."""
+    rows = []
+    for entry in entries:
+        moves = entry["data"].get("moves")
+        if not moves:
+            continue
+        if alias is not None:
+            moves = [m for m in moves if m["alias"] == alias]
+            if not moves:
+                continue
+        rows.append({
+            "seq": entry["seq"], "time": entry["time"], "event": entry["event"], "version": entry["data"].get("version"),
+            "moves": moves, "actor": entry["actor"], "authenticated": bool(entry.get("authenticated")),
+            "reason": entry["data"].get("reason"), "approvers": entry["data"].get("approvers"),
+        })
+    return rows
+
+
+# --- aliases moved outside tunegate ----------------------------------------------------------------
+
+MANAGED_ALIASES = (tracking.CHAMPION, tracking.CANDIDATE, tracking.PREVIOUS)  # the aliases only tunegate moves
+
+
+@dataclass(frozen=True)
+class AliasDrift:
+    """An alias whose version in the registry is not where the last audited move of it put it
+    (the MLflow UI's alias pencil, a script with the MLflow client, a deleted alias)."""
+
+    model: str
+    alias: str
+    registry: str | None  # the version the registry's alias points at now; None: the alias is gone
+    audited: str | None  # where the audit trail's last move of it put it; None: never set, or removed
+    last_move: dict[str, Any] | None  # that move: seq, time, event, actor
+    seen_outside: dict[str, Any] | None = None  # the webhook's record of the outside move (seq, time), if any
+
+    def message(self) -> str:
+        now = f"version {self.registry}" if self.registry else "no version (removed)"
+        if self.last_move:
+            m = self.last_move
+            to = f"version {self.audited}" if self.audited else "removed"
+            last = f"{self.alias} -> {to}, {m['event']} by {m['actor']} at {m['time']}, audit entry {m['seq']}"
+        else:
+            last = "none"
+        seen = (f"; the MLflow server reported the outside move at {self.seen_outside['time']}, audit entry {self.seen_outside['seq']}"
+                if self.seen_outside else "")
+        return f"alias {self.alias} -> {now} was not set by tunegate (last audited move: {last}{seen})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "alias": self.alias, "registry": self.registry, "audited": self.audited,
+                "last_move": self.last_move, "seen_outside": self.seen_outside, "message": self.message()}
+
+
+def audited_aliases(entries: list[dict[str, Any]]) -> dict[str, tuple[str | None, dict[str, Any]]]:
+    """alias -> (version, move) as the alias-moving entries among ``entries`` (one model's) leave it."""
+    state: dict[str, tuple[str | None, dict[str, Any]]] = {}
+    for row in alias_moves(entries):
+        for move in row["moves"]:
+            to = str(move["to"]) if move.get("to") is not None else None
+            state[move["alias"]] = (to, {k: row[k] for k in ("seq", "time", "event", "actor")})
+    return state
+
+
+def alias_drift(name: str, entries: list[dict[str, Any]] | None = None) -> list[AliasDrift]:
+    """tunegate's aliases of model ``name`` whose registry version differs from the audit trail's record
+    (``entries``: the model's audit entries, read when not given). A model the registry does not know: none."""
+    try:
+        registry = tracking.aliases(name)
+    except Exception:
+        return []
+    entries = entries if entries is not None else audit.store().entries(model=name)
+    audited = audited_aliases(entries)
+    drifts = []
+    for alias in MANAGED_ALIASES:
+        version, move = audited.get(alias, (None, None))
+        if registry.get(alias) != version:
+            seen = [e for e in entries if e["event"] == "alias_moved_outside" and e["data"].get("alias") == alias
+                    and e["data"].get("version") == registry.get(alias) and (move is None or e["seq"] > move["seq"])]
+            drifts.append(AliasDrift(name, alias, registry.get(alias), version, move,
+                                     {"seq": seen[-1]["seq"], "time": seen[-1]["time"]} if seen else None))
+    return drifts

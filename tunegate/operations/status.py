@@ -1,0 +1,309 @@
+"""`tunegate status`: the operational view of one registered model.
+
+Reads the registry and runs from MLflow and, when a Prefect server is configured,
+the served deployment's schedule and flow runs from Prefect.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from typing import Any
+
+from tunegate.adapters import mlflow as tracking
+from tunegate.params import Params
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(max(0, seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def _iso(ms: int | None) -> str | None:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="seconds") if ms else None
+
+
+def process_tags() -> dict[str, str]:
+    """This process, so that ``tunegate status`` can tell a running run from one whose process died."""
+    import socket
+
+    import psutil
+
+    return {
+        "tunegate.host": socket.gethostname(),
+        "tunegate.pid": str(os.getpid()),
+        "tunegate.pid_started": f"{psutil.Process().create_time():.2f}",
+    }
+
+
+def process_gone(tags: dict[str, str]) -> bool | None:
+    """True when the run's process is gone from this host (or the pid now belongs to another process);
+    None when the run ran on another host or recorded no process."""
+    import socket
+
+    import psutil
+
+    pid, host = tags.get("tunegate.pid"), tags.get("tunegate.host")
+    if not pid or host != socket.gethostname():
+        return None
+    try:
+        process = psutil.Process(int(pid))
+        started = tags.get("tunegate.pid_started")
+        return bool(started) and abs(process.create_time() - float(started)) > 1.0
+    except (psutil.NoSuchProcess, ValueError):
+        return True
+    except psutil.AccessDenied:
+        return False
+
+
+def resume_command(run: Any) -> str:
+    params_file = run.data.tags.get("tunegate.params_file") or "params/demo.yaml"
+    return f"tunegate run --params {params_file} --resume {run.info.run_id}"
+
+
+def _outcome(run: Any) -> str:
+    tags = run.data.tags
+    if tags.get("tunegate.outcome"):
+        return tags["tunegate.outcome"]
+    if run.info.status == "RUNNING":
+        if process_gone(tags):
+            return "crashed"
+        if tags.get("tunegate.queue") == "waiting":
+            return "queued"
+        return "running"
+    if run.info.status == "FAILED":
+        return "failed"
+    return run.info.status.lower()
+
+
+def run_rows(params: Params, last: int) -> list[dict[str, Any]]:
+    rows = []
+    for r in tracking.recent_runs(params.project.name, limit=last):
+        end = r.info.end_time
+        rows.append({
+            "run_id": r.info.run_id,
+            "status": r.info.status,
+            "outcome": _outcome(r),
+            "trigger": r.data.tags.get("tunegate.trigger", "manual"),
+            "start_time": r.info.start_time,
+            "started": _iso(r.info.start_time),
+            "duration_s": round((end - r.info.start_time) / 1000, 1) if end and r.info.start_time else None,
+            "gate": r.data.tags.get("tunegate.gate"),
+            "registered_version": r.data.tags.get("tunegate.registered_version"),
+            "baseline": r.data.tags.get("tunegate.baseline_source"),
+            "candidate_exact_match": r.data.metrics.get("candidate_exact_match"),
+            "failure": r.data.tags.get("tunegate.failure"),
+            "reason": r.data.tags.get("tunegate.freshness"),
+            "host": r.data.tags.get("tunegate.host"),
+        })
+        if rows[-1]["outcome"] in ("crashed", "failed"):
+            rows[-1]["resume_command"] = resume_command(r)
+    return rows
+
+
+def pending_candidates(params: Params, now_ms: int | None = None) -> list[dict[str, Any]]:
+    """The candidate waiting for approval, its approvals so far, the roles still missing and its wait."""
+    from tunegate.governance.promotion import approvals_of, missing_roles
+
+    now_ms = now_ms or int(time.time() * 1000)
+    ref = tracking.alias_version(params.model.registered_name, tracking.CANDIDATE)
+    if ref is None or ref.tags.get("tunegate.state") in ("rejected", "champion", "failed_run"):
+        return []
+    approvals = approvals_of(ref)
+    waited = (now_ms - ref.created_ms) / 1000 if ref.created_ms else None
+    return [{
+        "version": ref.version,
+        "run_id": ref.run_id,
+        "registered": _iso(ref.created_ms),
+        "waiting_s": round(waited, 1) if waited is not None else None,
+        "waiting": human_duration(waited),
+        "approvals": sorted(approvals),
+        "missing_roles": missing_roles(params.gate.approvals, approvals),
+        "baseline_version": ref.tags.get("tunegate.baseline_version") or None,
+    }]
+
+
+def schedule_view(params: Params) -> dict[str, Any]:
+    from tunegate.operations import scheduling
+
+    s = params.schedule
+    view: dict[str, Any] = {
+        "deployment": f"{scheduling.FLOW_NAME}/{s.deployment}",
+        "description": scheduling.describe(params),
+        "cron": s.cron,
+        "timezone": s.timezone,
+        "interval_seconds": s.interval_seconds,
+        "on_new_data": s.on_new_data,
+        "next": [t.isoformat() for t in scheduling.next_times(params)],
+        "prefect": None,
+    }
+    if os.environ.get("PREFECT_API_URL"):
+        view["prefect"] = _prefect_view(view["deployment"])
+    return view
+
+
+def _prefect_view(name: str) -> dict[str, Any]:
+    """The served deployment as the Prefect server sees it: paused or not, upcoming and recent runs."""
+    try:
+        from prefect import get_client
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+        from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort
+        from prefect.exceptions import ObjectNotFound
+
+        with get_client(sync_client=True) as client:
+            try:
+                deployment = client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                return {"served": False, "message": f"no deployment {name} on {os.environ['PREFECT_API_URL']}: run `tunegate schedule`"}
+            by_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+            upcoming = client.read_flow_runs(
+                deployment_filter=by_deployment,
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=3,
+            )
+            recent = client.read_flow_runs(
+                deployment_filter=by_deployment,
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED]))),
+                sort=FlowRunSort.START_TIME_DESC, limit=5,
+            )
+        return {
+            "served": True,
+            "paused": bool(deployment.paused),
+            "status": str(getattr(deployment, "status", "") or ""),
+            "upcoming": [{"name": r.name, "expected_start": r.expected_start_time.isoformat() if r.expected_start_time else None} for r in upcoming],
+            "recent": [
+                {"name": r.name, "state": r.state.name if r.state else None, "start": r.start_time.isoformat() if r.start_time else None,
+                 "trigger": (r.parameters or {}).get("trigger")}
+                for r in recent
+            ],
+        }
+    except Exception as error:  # the server not answering is a status worth showing, not a crash
+        return {"served": None, "message": f"Prefect server not answering: {type(error).__name__}: {error}"}
+
+
+def collect_status(params: Params, last: int = 10) -> dict[str, Any]:
+    name = params.model.registered_name
+    champion = tracking.alias_version(name, tracking.CHAMPION)
+    candidate = tracking.alias_version(name, tracking.CANDIDATE)
+
+    def version(ref: tracking.VersionRef | None) -> dict[str, Any] | None:
+        if ref is None:
+            return None
+        return {"version": ref.version, "run_id": ref.run_id, "tags": ref.tags, "registered": _iso(ref.created_ms)}
+
+    return {
+        "model_name": name,
+        "tracking_uri": tracking.tracking_uri(),
+        "schedule": schedule_view(params),
+        "champion": version(champion),
+        "candidate": version(candidate),
+        "pending": pending_candidates(params),
+        "runs": run_rows(params, last),
+        "server": server_view(),
+        "alias_drift": _alias_drift(name),
+    }
+
+
+def _alias_drift(name: str) -> list[dict[str, Any]]:
+    """tunegate's aliases that the registry holds elsewhere than the audit trail's last move put them."""
+    from tunegate.governance.lineage import alias_drift
+
+    try:
+        return [d.to_dict() for d in alias_drift(name)]
+    except Exception as error:  # a status line, never a crash
+        return [{"alias": "?", "message": f"could not compare the aliases with the audit trail: {type(error).__name__}: {error}"}]
+
+
+def server_view() -> dict[str, Any] | None:
+    """The `tunegate server` of this $TUNEGATE_HOME as its supervisor records it in server.json: per server
+    pid, state, restarts, last restart and last exit code. None when no server runs from this home."""
+    try:
+        from tunegate.operations.server import supervisor_view
+        from tunegate.paths import tunegate_home
+
+        return supervisor_view(tunegate_home())
+    except Exception as error:  # a status line, never a crash
+        return {"error": f"{type(error).__name__}: {error}", "components": {}}
+
+
+def _render_server(server: dict[str, Any] | None, console: Any) -> None:
+    if not server:
+        return
+    if server.get("error"):
+        console.print(f"server: cannot read server.json: {server['error']}", highlight=False)
+        return
+    alive = " [bold red](supervisor not running: stale server.json)[/bold red]" if server.get("supervisor_alive") is False else ""
+    console.print(f"server: supervisor pid {server.get('supervisor_pid') or '?'} since {server.get('started') or '?'}{alive}", highlight=False)
+    for name, c in (server.get("components") or {}).items():
+        last = f", last at {c['last_restart']}" if c.get("last_restart") else ""
+        exited = f", last exit code {c['last_exit_code']}" if c.get("last_exit_code") is not None else ""
+        console.print(f"  {name}: {c.get('state') or '?'}, pid {c.get('pid') or '-'}, restarts {c.get('restarts', 0)}{last}{exited}"
+                      f"{'  ' + c['url'] if c.get('url') else ''}", highlight=False, soft_wrap=True)
+
+
+OUTCOME_STYLE = {"registered": "green", "nothing_to_do": "cyan", "gate_failed": "yellow", "waiting_better": "yellow", "failed": "red", "crashed": "red",
+                 "running": "blue", "queued": "blue"}
+
+
+def render_status(result: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    console.print(f"model [bold]{result['model_name']}[/bold] at {result['tracking_uri']}", highlight=False)
+    _render_server(result.get("server"), console)
+    sched = result["schedule"]
+    console.print(f"schedule: {sched['deployment']}: {sched['description']}", highlight=False)
+    if sched["next"]:
+        console.print(f"  next (from params): {', '.join(sched['next'][:3])}", highlight=False)
+    prefect = sched.get("prefect")
+    if prefect:
+        if prefect.get("served"):
+            console.print(f"  served: {'PAUSED' if prefect['paused'] else 'active'}; upcoming: "
+                          + (", ".join((u["expected_start"] or "?")[:19] for u in prefect["upcoming"]) or "none"), highlight=False)
+        else:
+            console.print(f"  {prefect.get('message')}", highlight=False)
+    for drift in result.get("alias_drift") or []:
+        console.print(f"[bold red]warning:[/bold red] {drift['message']}", highlight=False, soft_wrap=True)
+    champion = result["champion"]
+    console.print(f"champion: {champion['version'] + ' (registered ' + (champion['registered'] or '?') + ')' if champion else '-'}", highlight=False)
+    if result["pending"]:
+        for p in result["pending"]:
+            missing = ", ".join(p["missing_roles"]) or "none"
+            console.print(
+                f"[bold yellow]waiting for approval:[/bold yellow] version {p['version']} for {p['waiting']} "
+                f"(approvals: {', '.join(p['approvals']) or 'none'}; still needed: {missing}) -> "
+                f"tunegate approve {p['version']} --reviewer NAME --reason TEXT",
+                highlight=False, soft_wrap=True,
+            )
+    else:
+        console.print("waiting for approval: none", highlight=False)
+    table = Table(title="last runs", title_justify="left")
+    for header in ("run", "started UTC", "took", "trigger", "outcome", "ver", "baseline", "EM"):
+        table.add_column(header, no_wrap=True)
+    table.add_column("why", no_wrap=True, overflow="ellipsis", max_width=40)
+    for r in result["runs"]:
+        em = r["candidate_exact_match"]
+        style = OUTCOME_STYLE.get(r["outcome"], "")
+        why = r["failure"] if r["outcome"] == "failed" else (r["reason"] if r["outcome"] == "nothing_to_do" else "")
+        table.add_row(
+            r["run_id"][:8], (r["started"] or "-")[5:16].replace("T", " "), human_duration(r["duration_s"]), (r["trigger"] or "-")[:24],
+            f"[{style}]{r['outcome']}[/{style}]" if style else r["outcome"], r["registered_version"] or "-",
+            r["baseline"] or "-", f"{em:.3f}" if em is not None else "-", why or "",
+        )
+    console.print(table)
+    for r in result["runs"]:
+        if r["outcome"] == "crashed":
+            console.print(f"[bold red]crashed:[/bold red] run {r['run_id']} (its process on {r['host']} is gone); continue it from "
+                          f"its last checkpoint: {r['resume_command']}", highlight=False, soft_wrap=True)

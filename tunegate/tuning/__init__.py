@@ -1,0 +1,1 @@
+"""Stage 2, tuning: TRL SFTTrainer with peft (LoRA, DoRA, QLoRA) or full fine-tuning; loading and saving models."""

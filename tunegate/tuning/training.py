@@ -1,0 +1,404 @@
+"""Instruction tuning with TRL's SFTTrainer and peft: LoRA, DoRA, QLoRA or full fine-tuning.
+
+Records are canonical chat records. ``tunegate.data.tokenize`` turns each into
+``input_ids`` and ``labels`` (loss on every assistant turn and its EOS), which
+SFTTrainer takes as an already-processed dataset; packing, padding-free batches,
+length grouping, checkpoints and DDP are TRL's and transformers'.
+
+``python -m tunegate.tuning.training`` runs the same code as a script, e.g. under
+``torchrun --nproc_per_node 2`` for DDP.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunegate.params import Params, dump_params
+from tunegate.tuning.modeling import ModelInfo, load_tokenizer, save_model
+
+StepLogger = Callable[[int, dict[str, float]], None]
+CheckpointLogger = Callable[[Path], None]
+LineLogger = Callable[[str], None]
+
+
+class TrainingSetupError(RuntimeError):
+    """Params that cannot run on this machine (e.g. QLoRA without CUDA), caught before anything loads."""
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    final_loss: float
+    global_step: int
+    train_runtime_s: float
+    num_examples: int
+    trainable_params: int
+    total_params: int
+    num_tokens: int = 0
+    tokens_per_second: float = 0.0
+    resumed_from: str | None = None
+    started_at: float = 0.0  # epoch seconds around this process's training (wall clock, for throughput across runs)
+    finished_at: float = 0.0
+    merged_dir: Path | None = None
+    trainer_args: dict[str, Any] = field(default_factory=dict)
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        """The closing figures a run logs (MLflow names), at step ``global_step``."""
+        return {
+            "train_final_loss": self.final_loss,
+            "train_runtime_s": self.train_runtime_s,
+            "train_tokens": self.num_tokens,
+            "train_tokens_per_second_overall": self.tokens_per_second,
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+        }
+
+
+def step_metrics(values: dict[str, float]) -> dict[str, float]:
+    """A trainer log entry under the names a run logs: ``train_<key>``. The trainer's closing summary's
+    ``train_loss`` is the mean over the whole run, not a step's loss: it becomes ``train_mean_loss``, so the
+    loss curve does not end with a jump."""
+    renamed = {("train_" + k if not k.startswith("train") else k): v for k, v in values.items()}
+    if "train_runtime" in values and "train_loss" in values:
+        renamed["train_mean_loss"] = renamed.pop("train_loss")
+    return renamed
+
+
+def check_environment(params: Params) -> None:
+    """Fail fast, before loading a model, on settings this machine cannot run (the preflight's hardware checks)."""
+    from tunegate.tuning.hardware import hardware_problems
+
+    problems = hardware_problems(params)
+    if problems:
+        raise TrainingSetupError("; ".join(problems))
+
+
+def peft_config(params: Params):
+    from peft import LoraConfig
+
+    t = params.train
+    return LoraConfig(
+        r=t.lora_r,
+        lora_alpha=t.lora_alpha,
+        lora_dropout=t.lora_dropout,
+        target_modules=t.target_modules,
+        modules_to_save=list(t.modules_to_save) or None,
+        use_dora=t.method == "dora",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_model_for_training(params: Params):
+    """The base model in the dtype (and, for QLoRA, the 4-bit quantisation) the method needs."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    t = params.train
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
+    kwargs: dict[str, Any] = {"trust_remote_code": False, "use_safetensors": True, "dtype": dtype}
+    if t.attn_implementation:
+        kwargs["attn_implementation"] = t.attn_implementation
+    if t.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if t.precision == "bf16" else torch.float16,
+        )
+    from tunegate.paths import model_source
+
+    model = AutoModelForCausalLM.from_pretrained(model_source(params.model.base_model), **kwargs)
+    if t.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
+    return model
+
+
+def sft_config(params: Params, output_dir: Path):
+    from trl import SFTConfig
+
+    import os
+
+    t = params.train
+    extra: dict[str, Any] = {}
+    if t.gradient_checkpointing:
+        extra["activation_checkpointing"] = True
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and t.device == "cpu":
+        extra["ddp_backend"] = "gloo"  # DDP across CPU processes (torchrun --nproc_per_node N)
+    return SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        max_length=t.max_length,
+        packing=t.packing,
+        # Best-fit packing is padding-free and keeps examples apart only with flash attention.
+        packing_strategy="bfd" if t.attn_implementation == "flash_attention_2" else "wrapped",
+        padding_free=t.padding_free,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        # By steps here, by time in TunegateCallback (checkpoint_minutes); both keep save_total_limit.
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        report_to="none",
+        seed=params.project.seed,
+        data_seed=params.project.seed,
+        use_cpu=t.device == "cpu",
+        bf16=t.precision == "bf16",
+        fp16=t.precision == "fp16",
+        dataloader_num_workers=0,
+        **extra,
+    )
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest complete ``checkpoint-N`` directory, or None."""
+    candidates = []
+    for path in checkpoint_dir.glob("checkpoint-*"):
+        suffix = path.name.split("-")[-1]
+        if suffix.isdigit() and (path / "trainer_state.json").is_file():
+            candidates.append((int(suffix), path))
+    return max(candidates)[1] if candidates else None
+
+
+def step_line(step: int, max_steps: int, values: dict[str, float]) -> str:
+    """tunegate's own training line: ``step 40/400: loss 1.234, lr 4.5e-03, 3,950 tokens/s``."""
+    parts = [f"loss {values['loss']:.4f}"] if "loss" in values else []
+    if "learning_rate" in values:
+        parts.append(f"lr {values['learning_rate']:.2e}")
+    if "tokens_per_second" in values:
+        parts.append(f"{values['tokens_per_second']:,.0f} tokens/s")
+    return f"step {step}/{max_steps}: " + ", ".join(parts)
+
+
+def quiet_progress():
+    """transformers' progress bar without its ``on_log``, which writes each log dict
+    (``{'loss': '0.183', ...}``) between the bars: the bar shows the loss, tunegate logs its own lines."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+                self.training_bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
+
+    return QuietProgress()
+
+
+def _callback(log_step: StepLogger | None, log_checkpoint: CheckpointLogger | None, output_dir: Path,
+              checkpoint_minutes: float | None = None, log_line: LineLogger | None = None):
+    from transformers import TrainerCallback
+
+    class TunegateCallback(TrainerCallback):
+        """Per-step metrics (with tokens/s) to ``log_step``; each saved checkpoint to ``log_checkpoint``;
+        a checkpoint when ``checkpoint_minutes`` passed since the last one; a :func:`step_line` to
+        ``log_line`` about every tenth of training (and at its last logged step)."""
+
+        def __init__(self):
+            self._last = (time.perf_counter(), 0.0)
+            self._last_save = time.monotonic()
+            self._last_line = -1
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if checkpoint_minutes and time.monotonic() - self._last_save >= checkpoint_minutes * 60:
+                control.should_save = True
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not (log_step or log_line):
+                return
+            values = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
+            if "num_tokens" in values:
+                now, tokens = time.perf_counter(), values["num_tokens"]
+                last_time, last_tokens = self._last
+                if tokens > last_tokens and now > last_time:
+                    values["tokens_per_second"] = (tokens - last_tokens) / (now - last_time)
+                self._last = (now, tokens)
+            if values and log_step:
+                log_step(state.global_step, values)
+            if log_line and "loss" in values:
+                tenth = max(1, state.max_steps // 10)
+                if self._last_line < 0 or state.global_step - self._last_line >= tenth or state.global_step + args.logging_steps > state.max_steps:
+                    self._last_line = state.global_step
+                    log_line(step_line(state.global_step, state.max_steps, values))
+
+        def on_save(self, args, state, control, **kwargs):
+            self._last_save = time.monotonic()
+            if state.is_world_process_zero and log_checkpoint:
+                path = output_dir / f"checkpoint-{state.global_step}"
+                if path.is_dir():
+                    log_checkpoint(path)
+
+    return TunegateCallback()
+
+
+def train_model(
+    params: Params,
+    records: list[dict[str, Any]],
+    work_dir: Path,
+    log_step: StepLogger | None = None,
+    log_checkpoint: CheckpointLogger | None = None,
+    log_line: LineLogger | None = None,
+) -> TrainResult:
+    """Tune the base model on ``records``; save under ``work_dir/model``.
+
+    When ``work_dir/checkpoints`` holds a checkpoint (an earlier attempt of the same
+    run that died), training resumes from it instead of starting over.
+    """
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from tunegate.data.tokenize import tokenize_records
+    from tunegate.paths import model_source
+    from tunegate.tuning.seeding import seed_everything
+
+    check_environment(params)
+    seed_everything(params.project.seed)
+    tokenizer = load_tokenizer(model_source(params.model.base_model), params.model.chat_template)
+    examples = tokenize_records(
+        tokenizer, records, params.train.max_length, last_turn_only=params.train.loss_on == "last_assistant_turn"
+    )
+    dataset = Dataset.from_dict(
+        {"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]}
+    )
+    model = load_model_for_training(params)
+    checkpoint_dir = work_dir / "checkpoints"
+    resume = latest_checkpoint(checkpoint_dir)
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(params, checkpoint_dir),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(params) if params.train.method != "full" else None,
+        callbacks=[_callback(log_step, log_checkpoint, checkpoint_dir, params.train.checkpoint_minutes, log_line)],
+    )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.pop_callback(PrinterCallback)  # with the bar switched off (disable_tqdm) it prints the same dicts
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(quiet_progress())
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    state = json.loads((resume / "trainer_state.json").read_text()) if resume else {}
+    started_at = time.time()
+    if resume and state.get("global_step", 0) >= state.get("max_steps", 1 << 62):
+        # The last checkpoint is the end of training (the crash came after it): take its weights.
+        # Resuming a finished state would make transformers run one step too many.
+        _load_checkpoint_weights(trainer, resume)
+        trainer.state.global_step = int(state["global_step"])
+        trainer.state.log_history = list(state.get("log_history", []))
+        runtime = sum(float(h.get("train_runtime", 0.0)) for h in trainer.state.log_history)
+        training_loss = float("nan")
+    else:
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        runtime = float(output.metrics.get("train_runtime", 0.0))
+        training_loss = float(output.training_loss)
+    finished_at = time.time()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    tokens = max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0)
+    result = TrainResult(
+        model_dir=work_dir / "model",
+        final_loss=float(losses[-1]) if losses else training_loss,
+        global_step=int(trainer.state.global_step),
+        train_runtime_s=runtime,
+        num_examples=len(records),
+        trainable_params=int(trainable),
+        total_params=int(total),
+        num_tokens=int(tokens),
+        tokens_per_second=float(tokens / runtime) if runtime else 0.0,
+        resumed_from=str(resume) if resume else None,
+        started_at=started_at,
+        finished_at=finished_at,
+        trainer_args=json.loads(trainer.args.to_json_string()),
+        log_history=list(trainer.state.log_history),
+    )
+    if trainer.is_world_process_zero():
+        from tunegate.data.templates import template_id
+
+        info = ModelInfo(
+            method=params.train.method,
+            base_model=str(model_source(params.model.base_model)),
+            chat_template=template_id(tokenizer.chat_template),
+        )
+        save_model(trainer.model, tokenizer, result.model_dir, info, dump_params(params))
+        if params.train.merge_adapter and params.train.method != "full":
+            result.merged_dir = save_merged(result.model_dir, work_dir / "merged")
+    return result
+
+
+def _load_checkpoint_weights(trainer, checkpoint: Path) -> None:
+    """Load a checkpoint's trainable weights (adapter or full model) into the trainer's model."""
+    from safetensors.torch import load_file
+
+    adapter = checkpoint / "adapter_model.safetensors"
+    if adapter.is_file():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(trainer.model, load_file(str(adapter)))
+        return
+    state = load_file(str(checkpoint / "model.safetensors"))
+    trainer.model.load_state_dict(state, strict=False)
+
+
+def save_merged(adapter_dir: Path, out_dir: Path) -> Path:
+    """The adapter merged into a fresh copy of its base weights, saved as a full model."""
+    from tunegate.tuning.modeling import load_saved_model, read_model_info
+
+    model, tokenizer = load_saved_model(adapter_dir)
+    merged = model.merge_and_unload()
+    info = read_model_info(adapter_dir)
+    resolved = (adapter_dir / "resolved_params.yaml").read_text(encoding="utf-8")
+    save_model(merged, tokenizer, out_dir, ModelInfo("full", info.base_model, info.chat_template), resolved)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train from the command line (also under torchrun/accelerate for DDP).
+
+    python -m tunegate.tuning.training --params params/demo.yaml --data train.jsonl --out DIR [--set k=v ...]
+    """
+    import argparse
+    import os
+
+    from tunegate.data.sources import read_canonical
+    from tunegate.params import load_params
+
+    parser = argparse.ArgumentParser(description="tunegate training step")
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--data", required=True, help="canonical JSONL records")
+    parser.add_argument("--out", required=True, help="work directory (checkpoints/, model/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+    params = load_params(Path(args.params), args.overrides)
+    steps_run_here: list[int] = []
+    result = train_model(
+        params,
+        read_canonical(Path(args.data)),
+        Path(args.out),
+        log_step=lambda step, values: steps_run_here.append(step) if "loss" in values else None,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        summary = {k: v for k, v in asdict(result).items() if k not in ("log_history", "trainer_args")}
+        summary["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
+        summary["losses"] = [h["loss"] for h in result.log_history if "loss" in h]
+        summary["steps_run_here"] = steps_run_here
+        print(json.dumps(summary, default=str))
+
+
+if __name__ == "__main__":
+    main()
