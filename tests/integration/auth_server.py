@@ -21,10 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunegate.paths import environment
 from tunegate.operations.server import (
-    AUTH_ADMIN_USERNAME, Running, ServerConfig, admin_password, free_port, start_mlflow, stop, wait_healthy,
+    AUTH_ADMIN_USERNAME, Running, ServerConfig, admin_password, start_mlflow, stop, wait_healthy,
 )
+from tunegate.paths import environment, free_port
 
 REGISTERED_MODEL = "registered_model"  # the basic-auth resource_type of a registered model (its id: the name)
 CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
