@@ -13,6 +13,7 @@ from tasks.common import RETRY_TRANSIENT, DataRef, RunContext, timed
 from tunegate.adapters import dvc as dvc_adapter
 from tunegate.adapters import mlflow as tracking
 from tunegate.data.dataset import build_dataset, validate_canonical, without
+from tunegate.data.digest import file_md5
 from tunegate.data.sources import read_canonical, write_jsonl
 from tunegate.data.validation import DataError, error_message, save_report
 from tunegate.governance.audit import record
@@ -35,7 +36,7 @@ def prepare_data(params: Params, ctx: RunContext) -> DataRef:
     train_path, eval_path = data_dir / "train.jsonl", data_dir / "eval.jsonl"
     write_jsonl(train_path, dataset.train)
     write_jsonl(eval_path, dataset.eval)
-    canonical_md5, eval_md5 = dvc_adapter.file_md5(train_path), dvc_adapter.file_md5(eval_path)
+    canonical_md5, eval_md5 = file_md5(train_path), file_md5(eval_path)
     data_md5 = stage_md5 or canonical_md5
     source_md5s = dataset.source_md5s()
     tracking.set_tags(ctx.run_id, {"tunegate.data_md5": data_md5, "tunegate.canonical_train_md5": canonical_md5,
@@ -90,7 +91,7 @@ def validate_data(params: Params, data: DataRef, ctx: RunContext) -> DataRef:
         train, evaluation = without(train, train_report.dropped_ids), without(evaluation, eval_dropped)
         write_jsonl(Path(data.train_path), train)
         write_jsonl(Path(data.eval_path), evaluation)
-        eval_md5 = dvc_adapter.file_md5(Path(data.eval_path))
+        eval_md5 = file_md5(Path(data.eval_path))
         logger.info("dropped %d train and %d eval records by policy", len(train_report.dropped_ids), len(eval_dropped))
     logger.info("validation passed: %d train, %d eval records", len(train), len(evaluation))
     return replace(data, n_train=len(train), n_eval=len(evaluation), eval_md5=eval_md5)

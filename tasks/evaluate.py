@@ -91,11 +91,11 @@ def evaluate(
             timings.waited(f"evaluation_{role}", waited)
             result = eval_cache.compute(params, data.eval_path, model_dir, progress=lambda suite: logger.info("%s: %s", role, suite))
         outcome = EvaluationOutcome(result, key, None, ctx.run_id, reason)
-    tracking.log_metrics(ctx.run_id, eval_cache.metrics(role, outcome.evaluation))
+    flat = eval_cache.metrics(role, outcome.evaluation)
+    tracking.log_metrics(ctx.run_id, flat)
     tracking.log_dict(ctx.run_id, eval_cache.artifact(outcome.evaluation, key, outcome.computed_in), f"evaluation/{role}.json")
     tracking.set_tags(ctx.run_id, eval_cache.tags(role, key, outcome.reused_from))  # after the artifact it names
-    summary = outcome.evaluation.summary()
-    logger.info("%s: exact match %.3f, response loss %.3f", role, summary.get("exact_match", 0.0), summary.get("response_loss", 0.0))
+    logger.info("%s: exact match %.3f, response loss %.3f", role, flat.get(f"{role}_exact_match", 0.0), flat.get(f"{role}_response_loss", 0.0))
     return outcome
 
 

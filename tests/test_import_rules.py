@@ -61,17 +61,18 @@ def read_imports(root: Path) -> tuple[set[str], list[Import]]:
             if isinstance(node, ast.ImportFrom):
                 base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else [])) if node.level \
                     else node.module or ""
-                names = [f"{base}.{alias.name}" for alias in node.names] + [base]
+                names = [f"{base}.{alias.name}" for alias in node.names]  # a submodule, else resolved to its package
             elif isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             else:
                 continue
+            targets = set()
             for name in names:
                 while name and name not in files:
                     name = name.rpartition(".")[0]
                 if name and name != module:
-                    imports.append(Import(module, name, path, node.lineno))
-                    break
+                    targets.add(name)
+            imports += [Import(module, target, path, node.lineno) for target in sorted(targets)]
     return set(files), imports
 
 
@@ -180,3 +181,11 @@ def test_a_planted_circle_and_a_flow_import_are_caught(tmp_path):
     assert any(f.startswith("import circle:") and "tunegate.governance.lineage" in f and "tunegate.governance.promotion" in f
                for f in found), found
     assert any(f.startswith("tunegate/operations/scheduling.py:") and "imports the CLI, a task or a flow" in f for f in found)
+
+
+def test_every_name_of_one_import_statement_counts(tmp_path):
+    root = _copy(tmp_path)
+    _plant(root, "tunegate/data/formats.py", "from tunegate.governance import gate, audit  # noqa")
+    found = violations(root)
+    assert len(found) == 2 and all("stage data imports the later stage governance" in f for f in found)
+    assert {f.split(" imports ")[1].split(":")[0] for f in found} == {"tunegate.governance.gate", "tunegate.governance.audit"}

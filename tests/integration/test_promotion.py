@@ -362,7 +362,7 @@ def test_a_forged_signature_fails_verification(tmp_path, monkeypatch):
         _sql(db, "UPDATE tunegate_audit_events SET hash = ?, prev = ?, body = ? WHERE seq = ?",
              entry["hash"] + "~", entry["prev"] + "~", audit.canonical(entry), entry["seq"])
     _sql(db, "UPDATE tunegate_audit_events SET hash = substr(hash, 1, 64), prev = substr(prev, 1, 64)")
-    tracking.client().set_registered_model_tag(name, promotion.HEAD_TAG, f"{entries[-1]['seq']}:{entries[-1]['hash']}")
+    tracking.client().set_registered_model_tag(name, tracking.AUDIT_HEAD_TAG, f"{entries[-1]['seq']}:{entries[-1]['hash']}")
     assert audit.store().verify()[0]
     ok, message = promotion.verify(name, policy)
     assert not ok and f"entry {approval['seq']}:" in message and "does not verify" in message, message
@@ -397,7 +397,7 @@ def test_concurrent_writers_leave_the_registry_head_on_the_last_entry(tunegate_h
     procs = [subprocess.Popen([sys.executable, "-c", RECORDER, name, "8", w], cwd=REPO, env=env) for w in "abc"]
     assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
     last = audit.store().entries(model=name)[-1]
-    head = tracking.client().get_registered_model(name).tags[promotion.HEAD_TAG]
+    head = tracking.client().get_registered_model(name).tags[tracking.AUDIT_HEAD_TAG]
     assert head == f"{last['seq']}:{last['hash']}"
     assert sum(1 for e in audit.store().entries(model=name) if e["event"] == "event") == 24
     assert promotion.verify(name)[0]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from tunegate.evaluation.cache import EvaluationOutcome
-from tunegate.evaluation.stats import Delta
 from tunegate.evaluation.suites import ModelEvaluation, compare, worst_regressions
 from tunegate.params import Params
 
@@ -62,12 +61,12 @@ def compare_all(
 def delta_metrics(comparison: dict[str, Any]) -> dict[str, float]:
     """The comparison's MLflow metrics: ``delta_<metric>[.<category>]``, the primary intervals' bounds
     (``delta_<metric>_low`` / ``_high``) and ``over_base_<metric>[_low|_high]``."""
-    deltas = [Delta.from_dict(d) for d in comparison["deltas"]]
-    over_base = comparison.get("over_base")
+    deltas, over_base = comparison["deltas"], comparison.get("over_base")
+    overall = [d for d in deltas if d["category"] == "all"]
     return (
-        {f"delta_{d.metric}{'' if d.category == 'all' else '.' + d.category}": d.delta for d in deltas}
-        | {f"delta_{d.metric}_low": d.low for d in deltas if d.category == "all"}
-        | {f"delta_{d.metric}_high": d.high for d in deltas if d.category == "all"}
+        {f"delta_{d['metric']}{'' if d['category'] == 'all' else '.' + d['category']}": d["delta"] for d in deltas}
+        | {f"delta_{d['metric']}_low": d["low"] for d in overall}
+        | {f"delta_{d['metric']}_high": d["high"] for d in overall}
         | ({f"over_base_{over_base['metric']}": over_base["delta"], f"over_base_{over_base['metric']}_low": over_base["low"],
             f"over_base_{over_base['metric']}_high": over_base["high"]} if over_base else {})
     )

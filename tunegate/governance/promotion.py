@@ -30,8 +30,6 @@ from tunegate.governance.lineage import AliasDrift, alias_drift
 from tunegate.params import ApprovalPolicy
 from tunegate.paths import redact
 
-PREVIOUS = tracking.PREVIOUS
-HEAD_TAG = tracking.AUDIT_HEAD_TAG
 # Every entry recorded for a registered model moves its head tag (verify compares the two).
 audit.HEAD_PUBLISHERS["mlflow registry tag"] = tracking.publish_audit_head
 
@@ -193,7 +191,7 @@ def approve(name: str, version: str, reviewer: str | None, reason: str, policy: 
         previous = current or None
         tracking.set_alias(name, tracking.CHAMPION, version)
         if previous:
-            tracking.set_alias(name, PREVIOUS, previous)
+            tracking.set_alias(name, tracking.PREVIOUS, previous)
         tracking.remove_alias(name, tracking.CANDIDATE)
         tracking.set_version_tag(name, version, "tunegate.state", "champion")
         if previous:
@@ -201,7 +199,7 @@ def approve(name: str, version: str, reviewer: str | None, reason: str, policy: 
         entry = record("alias_moved", {"model": name, "version": version, "champion": version, "previous": previous,
                                        "approvers": sorted(approvals), "reason": reason, "moves": _moves(before, tracking.aliases(name))},
                        actor=reviewer, model_name=name, authenticated=who.authenticated)
-        tracking.set_version_tag(name, version, HEAD_TAG, f"{entry['seq']}:{entry['hash']}")
+        tracking.set_version_tag(name, version, tracking.AUDIT_HEAD_TAG, f"{entry['seq']}:{entry['hash']}")
         from tunegate.governance.lineage import publish_model_card
 
         with contextlib.suppress(Exception):  # the card is a view; the promotion itself is done
@@ -289,13 +287,13 @@ def rollback(name: str, reviewer: str | None, reason: str, policy: ApprovalPolic
         raise PromotionError("a reason is required")
     who, reviewer = _acting(name, reviewer, policy, "rollback")
     with registry_lock(name):
-        previous = tracking.alias_version(name, PREVIOUS)
+        previous = tracking.alias_version(name, tracking.PREVIOUS)
         current = _champion_version(name)
         if previous is None:
             raise PromotionError(f"{name} has no previous champion to roll back to")
         before = tracking.aliases(name)
         tracking.set_alias(name, tracking.CHAMPION, previous.version)
-        tracking.client().delete_registered_model_alias(name, PREVIOUS)
+        tracking.client().delete_registered_model_alias(name, tracking.PREVIOUS)
         tracking.set_version_tag(name, previous.version, "tunegate.state", "champion")
         if current:
             tracking.set_version_tag(name, current, "tunegate.state", "rolled_back")
@@ -338,7 +336,7 @@ def _heads(entries: list[dict[str, Any]], name: str | None) -> list[tuple[str, s
     heads = []
     for model in sorted(names):
         try:
-            head = tracking.client().get_registered_model(model).tags.get(HEAD_TAG)
+            head = tracking.client().get_registered_model(model).tags.get(tracking.AUDIT_HEAD_TAG)
         except Exception:
             head = None
         if head:

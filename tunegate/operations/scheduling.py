@@ -6,7 +6,7 @@ event: ``tunegate data add`` emits ``tunegate.data.added`` and the watcher insid
 ``tunegate schedule`` emits ``tunegate.data.new-version`` when a ``.dvc`` file or the
 ``dvc.lock`` entry of the configured data changes (a ``git pull`` of a new data version).
 The deployment's trigger starts a run on either; the run itself then decides whether
-anything changed (``tunegate.freshness``).
+anything changed (``tunegate.operations.freshness``).
 """
 
 from __future__ import annotations
