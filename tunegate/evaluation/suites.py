@@ -413,7 +413,9 @@ def evaluate_suites(model, tokenizer, records: list[dict[str, Any]], params: Eva
 
 
 def compare(baseline: ModelEvaluation, candidate: ModelEvaluation, params: EvalParams) -> list[Delta]:
-    """Candidate - baseline for every metric, overall and per category, with paired bootstrap intervals."""
+    """Candidate - baseline for every metric, overall and per category, with paired bootstrap intervals;
+    each of a metric's k categories also with its simultaneous interval over the k (Bonferroni), which the
+    gate's family rule judges."""
     deltas = []
     for metric, values in candidate.scores.items():
         base_by_key = {s.key: s for s in baseline.scores.get(metric, [])}
@@ -436,6 +438,7 @@ def compare(baseline: ModelEvaluation, candidate: ModelEvaluation, params: EvalP
                     confidence=params.confidence,
                     seed=params.seed,
                     higher_is_better=higher,
+                    adjusted_over=None if category == "all" else len(groups),
                 )
             )
     return deltas
