@@ -44,6 +44,31 @@ def test_a_weighted_metric_is_compared_per_token():
         paired_bootstrap([1.0, 0.0, 1.0], [0.0, 0.0, 1.0], metric="m", weights=[1.0, 2.0])
 
 
+def test_each_category_has_its_simultaneous_interval_over_the_metrics_categories():
+    """Issue #24: nine families, each also at 1 - 0.05/9, expanded for its 40 items: wider than its own 95%
+    interval, from the same resamples; the overall figure has none."""
+    from tunegate.evaluation.stats import expanded_tail
+
+    import random
+
+    rng = random.Random(5)
+    base, cand = ModelEvaluation(), ModelEvaluation()
+    base.scores["exact_match"] = [Score(f"k{i}", f"f{i % 9}", float(rng.random() < 0.9)) for i in range(360)]
+    cand.scores["exact_match"] = [Score(f"k{i}", f"f{i % 9}", float(rng.random() < 0.9)) for i in range(360)]
+    deltas = compare(base, cand, EvalParams())
+    overall, families = deltas[0], deltas[1:]
+    assert overall.category == "all" and overall.adjusted_low is None and overall.adjusted_regression is None
+    assert len(families) == 9
+    for d in families:
+        assert d.adjusted_over == 9 and d.adjusted_confidence == pytest.approx(1 - 0.05 / 9) and d.confidence == 0.95
+        assert d.adjusted_low <= d.low <= d.delta <= d.high <= d.adjusted_high
+        assert d.adjusted_regression is (d.adjusted_high < 0)
+    assert any(d.adjusted_low < d.low for d in families)
+    assert compare(base, cand, EvalParams()) == deltas  # seeded
+    # The expansion: a smaller tail than the nominal one, approaching it as the sample grows.
+    assert expanded_tail(0.05 / 9, 40) < 0.05 / 18 < expanded_tail(0.05 / 9, 100_000) * 1.01
+
+
 def test_a_metric_no_rule_judges_is_not_gated():
     checks = [{"rule": "r", "passed": True, "detail": "", "metric": "refusal_rate", "category": "all", "threshold": "no significant drop"}]
     assert verdict_cell(checks, "refusal_rate") == "PASS (no significant drop)"
@@ -87,9 +112,9 @@ def test_compare_pairs_by_key_and_reports():
     for line in markdown.splitlines():  # the first table a figure is in
         if line.startswith("| "):
             rows.setdefault(tuple(cell.strip() for cell in line.strip("|").split("|")[:2]), line)
-    assert rows[("reference", "exact_match")].endswith("| significantly worse | FAIL (delta >= +0.000) |")
-    assert rows[("exact_match", "fam1")].endswith("| significantly worse | FAIL (drop <= 0.050) |")
-    assert rows[("exact_match", "fam0")].endswith("| no significant change | PASS (drop <= 0.050) |")
+    assert rows[("reference", "exact_match")].endswith("| significantly worse | FAIL (lower bound >= -0.100) |")
+    assert rows[("exact_match", "fam1")].endswith("| significantly worse | FAIL (significant drop <= 0.050) |")
+    assert rows[("exact_match", "fam0")].endswith("| no significant change | PASS (significant drop <= 0.050) |")
     assert "## Gate: FAILED" in markdown and all(f"- {reason}" in markdown for reason in decision["reasons"])
     assert "REGRESSION" not in markdown and "improved" not in markdown
     images = plots(deltas, [(1, 2.0), (2, 1.0)])
