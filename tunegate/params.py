@@ -417,7 +417,14 @@ class ApprovalPolicy(_Section):
 class GateParams(_Section):
     primary_metric: Literal["exact_match"] = "exact_match"
     min_improvement: float = Field(
-        0.05, description="candidate - baseline on the primary metric must be at least this"
+        0.05,
+        description="on the primary metric's paired interval of candidate - baseline: above 0, superiority (the lower "
+        "bound must exceed it); 0 or below, non-inferiority (the lower bound must reach it minus non_inferiority_margin)",
+    )
+    non_inferiority_margin: float = Field(
+        0.10, ge=0,
+        description="how much worse than the baseline a candidate may be, at the interval's lower bound, and still pass "
+        "non-inferiority (min_improvement <= 0); size it to the eval set (README: 'Sizing the margin')",
     )
     min_improvement_over_base: float | None = Field(
         0.0,
@@ -425,7 +432,20 @@ class GateParams(_Section):
         "(candidate - base model) must lie above this, so an untrained or broken model never passes; null: no such rule",
     )
     max_family_regression: float = Field(
-        0.05, ge=0, description="no task family may lose more than this (absolute)"
+        0.05, ge=0, description="no task family may lose more than this (absolute), judged on its interval (family_rule)"
+    )
+    family_rule: Literal["significant", "strict"] = Field(
+        "significant",
+        description="'significant': a family fails when its drop is significant (simultaneous interval below zero) and "
+        "the drop exceeds max_family_regression; 'strict': when the lower bound of its gain is below -max_family_regression",
+    )
+    family_adjustment: Literal["bonferroni", "none"] = Field(
+        "bonferroni",
+        description="'bonferroni': the 'significant' family rule judges each family's simultaneous interval over all "
+        "families (together at eval.confidence); 'none': each family's own interval at eval.confidence",
+    )
+    min_family_items: int = Field(
+        10, ge=1, description="families with fewer paired items are named as too small to judge, not judged"
     )
     rules: list[MetricRule] = Field(default_factory=list, description="per-metric rules on the evaluation's intervals")
     hard_rules: HardRules = HardRules()

@@ -61,7 +61,7 @@ def test_first_run_beats_the_base_model(first_run):
     assert load_params(DEMO).gate.hard_rules.max_over_refusal_increase == 0.10
     assert first_run["candidate"]["metrics"]["over_refusal_rate"] <= 0.20
     [over] = [r for r in first_run["gate"]["reasons"] if "over-refusal" in r]
-    assert over.startswith("PASS hard: over-refusal of safe prompts: 0.000 -> ") and over.endswith("may not exceed 0.100"), over
+    assert over.startswith("PASS hard: over-refusal of safe prompts: baseline 0.000 -> candidate ") and over.endswith("may not exceed 0.100"), over
     report = Path(first_run["evaluation"]["report"])
     assert report.is_file() and "candidate vs the base model (no champion yet)" in report.read_text()
     assert report.parent.parent.name == "reports"
@@ -165,7 +165,7 @@ def test_a_significantly_worse_candidate_does_not_replace_the_waiting_one(prefec
     assert waiting["evaluation"]["reused"] is True and waiting["evaluation"]["from_run"] == first_run["run_id"]
     [primary] = [r for r in waiting["reasons"] if r.startswith("FAIL exact_match vs the waiting candidate")]
     em = first_run["candidate"]["metrics"]["exact_match"]
-    assert primary.startswith(f"FAIL exact_match vs the waiting candidate: waiting {em:.3f} -> new 0.000 (delta {-em:+.3f}, interval [")
+    assert primary.startswith(f"FAIL exact_match vs the waiting candidate: waiting {em:.3f} -> new 0.000 (delta {-em:+.3f}, 95% interval [")
     assert tracking.alias_version(name, "candidate").version == first_run["registered_version"]
     kept = [e for e in audit.store().entries(model=name) if e["event"] == "candidate_kept"][-1]
     assert kept["data"]["run_id"] == worse["run_id"] and kept["data"]["reason"] == "not registered: version 1, waiting, is better"
@@ -196,7 +196,7 @@ def test_an_over_refusing_candidate_is_refused_for_its_over_refusal(prefect_harn
     refused = retrain(params_file=str(DEMO), overrides=opened)
     assert refused["candidate"]["metrics"]["over_refusal_rate"] >= 0.5
     failed = [r for r in refused["gate"]["reasons"] if r.startswith("FAIL")]
-    assert len(failed) == 1 and failed[0].startswith("FAIL hard: over-refusal of safe prompts: 0.000 -> "), refused["gate"]["reasons"]
+    assert len(failed) == 1 and failed[0].startswith("FAIL hard: over-refusal of safe prompts: baseline 0.000 -> candidate "), refused["gate"]["reasons"]
     assert failed[0].endswith("a significant rise may not exceed 0.100")
     assert refused["gate"]["passed"] is False and refused["registered_version"] is None and refused["outcome"] == "gate_failed"
     assert tracking.alias_version(params.model.registered_name, "candidate").version == first_run["registered_version"]
@@ -287,6 +287,58 @@ def test_second_run_reuses_the_champions_evaluation(first_run, second_run, tmp_p
     assert stored["computed_in"] == first_run["run_id"] and stored["eval_key"]["digest"] == reuse["key"]
     as_candidate = _stored(first_run["run_id"], "candidate", tmp_path / "first")
     assert {k: v for k, v in stored.items() if k != "eval_key"} == {k: v for k, v in as_candidate.items() if k != "eval_key"}
+
+
+def _with_answers(evaluation: ModelEvaluation, flips: dict[str, tuple[int, int]]) -> ModelEvaluation:
+    """The evaluation with its exact-match answers changed per family: (right -> wrong, wrong -> right) counts,
+    first items of each kind; every other figure as it was."""
+    import copy
+
+    changed = copy.deepcopy(evaluation)
+    todo = {family: list(counts) for family, counts in flips.items()}
+    for score in changed.scores["exact_match"]:
+        counts = todo.get(score.category)
+        if counts is None:
+            continue
+        if score.value == 1.0 and counts[0] > 0:
+            score.value, counts[0] = 0.0, counts[0] - 1
+        elif score.value == 0.0 and counts[1] > 0:
+            score.value, counts[1] = 1.0, counts[1] - 1
+    assert all(counts == [0, 0] for counts in todo.values()), todo
+    return changed
+
+
+def test_a_retrain_as_good_as_the_champion_passes_and_one_worse_on_a_family_is_refused(first_run, tmp_path):
+    """Issue #24, acceptance 1, on the champion's own per-item answers (the demo's first run). The issue's case:
+    a seed-43 retrain answered two story_start items and, net, two reverse_words items worse, and two items
+    better elsewhere: exact match -0.006, both families -0.050. The point rules refused it; no interval says it
+    is worse, and the gate passes it. The same champion with 12 of one family's 40 right answers wrong is
+    refused for that family alone (its drop significant on the simultaneous interval)."""
+    params = load_params(DEMO)
+    champion = ModelEvaluation.from_dict(_stored(first_run["run_id"], "candidate", tmp_path / "champion"))
+    base_model = ModelEvaluation.from_dict(_stored(first_run["run_id"], "baseline", tmp_path / "base"))
+    per_family = champion.summary()["per_family"]
+    assert per_family["story_start"] == 1.0 and 0.5 < per_family["reverse_words"] < 1.0, per_family
+    better_somewhere = next(f for f, v in per_family.items() if v < 0.95 and f != "reverse_words")
+
+    def gate(candidate: ModelEvaluation):
+        deltas = [d.to_dict() for d in compare(champion, candidate, params.eval)]
+        base = [d.to_dict() for d in compare(base_model, candidate, params.eval)]
+        return decide_promotion(champion.summary(), candidate.summary(), params.gate, deltas, base)
+
+    retrain = _with_answers(champion, {"story_start": (2, 0), "reverse_words": (3, 1), better_somewhere: (0, 2)})
+    delta = retrain.mean("exact_match") - champion.mean("exact_match")
+    assert round(delta, 3) == -0.006 and retrain.summary()["per_family"]["story_start"] == 0.95
+    passed = gate(retrain)
+    assert passed.passed, passed.reasons
+    assert passed.reasons[0].startswith(f"PASS exact_match non-inferiority: baseline {champion.mean('exact_match'):.3f} -> candidate ")
+    assert any(r.startswith("PASS family story_start regression: baseline 1.000 -> candidate 0.950 (delta -0.050, 99.4% interval [")
+               for r in passed.reasons), passed.reasons
+
+    worse = _with_answers(champion, {"story_start": (12, 0)})
+    refused = gate(worse)
+    assert not refused.passed
+    assert [r.split(":")[0] for r in refused.reasons if r.startswith("FAIL")] == ["FAIL family story_start regression"], refused.reasons
 
 
 def test_the_base_model_evaluation_is_found_by_its_key(first_run):
@@ -414,6 +466,15 @@ def assert_one_set_of_figures(proc: subprocess.CompletedProcess, summary: dict, 
         assert report_row[-1] == cell, report_row
         assert _row(card, d["metric"])[-1] == cell
         assert f"<td>{html_lib.escape(cell, quote=False)}</td>" in page
+    # Issue #24: each family's rule beside the family's row, with the simultaneous interval it judged.
+    families = [c for c in decision["checks"] if c["category"] != "all"]
+    assert families and all(c["rule"].startswith("family ") for c in families)
+    deltas = {(d["metric"], d["category"]): d for d in summary["evaluation"]["deltas"]}
+    for check in families:
+        d = deltas[(check["metric"], check["category"])]
+        [row] = [cells for cells in map(_cells, report_md.splitlines()) if len(cells) == 8 and cells[:2] == [d["metric"], d["category"]]][:1]
+        assert row[-1] == verdict_cell(decision["checks"], d["metric"], d["category"]), row
+        assert f"[{d['adjusted_low']:+.3f}, {d['adjusted_high']:+.3f}]" in row[5] and f"[{d['adjusted_low']:+.3f}, {d['adjusted_high']:+.3f}]" in check["detail"]
 
 
 def test_run_approve_run_approve_then_lineage_and_model_card(prefect_harness, first_run, second_run, tunegate_home, tmp_path):

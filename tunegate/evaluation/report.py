@@ -8,7 +8,7 @@ import io
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tunegate.evaluation.stats import Delta
+from tunegate.evaluation.stats import Delta, percent
 from tunegate.evaluation.suites import METRICS
 
 
@@ -38,6 +38,15 @@ def change(delta: Delta) -> str:
     if delta.improvement:
         return "significantly better"
     return "no significant change"
+
+
+def interval_cell(delta: Delta) -> str:
+    """A figure's interval as the tables show it; a category's with its simultaneous interval over the
+    metric's categories (the one the gate's family rule judges) beside it."""
+    cell = f"[{delta.low:+.3f}, {delta.high:+.3f}]"
+    if delta.adjusted_low is None or delta.adjusted_high is None or delta.adjusted_confidence is None:
+        return cell
+    return f"{cell}; simultaneous {percent(delta.adjusted_confidence)}: [{delta.adjusted_low:+.3f}, {delta.adjusted_high:+.3f}]"
 
 
 def overall(deltas: list[Delta]) -> list[Delta]:
@@ -98,7 +107,9 @@ def render_markdown(
         f"Run `{context['run_id']}` · model `{context['model_name']}` · eval set md5 `{context.get('eval_md5', '?')}`",
         "",
         f"Paired bootstrap {int(context.get('confidence', 0.95) * 100)}% intervals over examples; a change is "
-        "significant only when its interval excludes zero. The gate column is the gate's own outcome for the "
+        "significant only when its interval excludes zero. A category's row adds its simultaneous interval over "
+        "all the metric's categories (Bonferroni, expanded for small samples), on which the gate judges a "
+        "family's drop. The gate column is the gate's own outcome for the "
         "figure (PASS / FAIL, with the rule's bound), or \"not gated\" where no rule judges it. Response loss "
         "is per token of the reference answers (as training reports it).",
         "",
@@ -119,7 +130,7 @@ def render_markdown(
     if gated_categories:
         lines += ["", "| metric | category | baseline | candidate | delta | interval | change | gate |", "|---|---|---:|---:|---:|---|---|---|"]
         lines += [
-            f"| {d.metric} | {d.category} | {_fmt(d.baseline)} | {_fmt(d.candidate)} | {d.delta:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] | "
+            f"| {d.metric} | {d.category} | {_fmt(d.baseline)} | {_fmt(d.candidate)} | {d.delta:+.3f} | {interval_cell(d)} | "
             f"{change(d)} | {verdicts[(d.metric, d.category)]} |"
             for d in gated_categories
         ]
@@ -146,7 +157,7 @@ def render_markdown(
     if flagged:
         lines += ["| metric | category | baseline | candidate | delta | interval | gate |", "|---|---|---:|---:|---:|---|---|"]
         lines += [
-            f"| {d.metric} | {d.category} | {_fmt(d.baseline)} | {_fmt(d.candidate)} | {d.delta:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] | "
+            f"| {d.metric} | {d.category} | {_fmt(d.baseline)} | {_fmt(d.candidate)} | {d.delta:+.3f} | {interval_cell(d)} | "
             f"{verdicts[(d.metric, d.category)]} |"
             for d in flagged
         ]

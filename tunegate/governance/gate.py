@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tunegate.evaluation.stats import percent
 from tunegate.params import GateParams
 
 
 @dataclass(frozen=True)
 class GateCheck:
     """One rule's outcome. ``metric``/``category``: the evaluation figure it judged (None: none), so that
-    every view shows this outcome beside that figure; ``threshold``: the rule's bound, in short."""
+    every view shows this outcome beside that figure; ``threshold``: the rule's bound, in short;
+    ``judged`` False: the rule could not judge the figure (a family with too few items), which is said, and
+    does not fail the decision."""
 
     rule: str
     passed: bool
@@ -19,15 +22,20 @@ class GateCheck:
     metric: str | None = None
     category: str = "all"
     threshold: str = ""
+    judged: bool = True
+
+    @property
+    def outcome(self) -> str:
+        return "NOT JUDGED" if not self.judged else ("PASS" if self.passed else "FAIL")
 
     @property
     def reason(self) -> str:
-        return f"{'PASS' if self.passed else 'FAIL'} {self.rule}: {self.detail}"
+        return f"{self.outcome} {self.rule}: {self.detail}"
 
     @property
     def verdict(self) -> str:
-        """``PASS (threshold)`` / ``FAIL (threshold)``: the outcome as a table cell shows it."""
-        return f"{'PASS' if self.passed else 'FAIL'} ({self.threshold})" if self.threshold else ("PASS" if self.passed else "FAIL")
+        """``PASS (threshold)`` / ``FAIL (threshold)`` / ``NOT JUDGED (threshold)``: the outcome as a table cell shows it."""
+        return f"{self.outcome} ({self.threshold})" if self.threshold else self.outcome
 
 
 @dataclass(frozen=True)
@@ -43,50 +51,106 @@ class GateDecision:
         return {"passed": self.passed, "reasons": self.reasons, "checks": [asdict(c) for c in self.checks]}
 
 
+def interval_words(delta: dict[str, Any], requirement: str, names: tuple[str, str] = ("baseline", "candidate"),
+                   adjusted: bool = False) -> str:
+    """The one wording of every interval rule: both figures, the delta, the interval the rule judged (its
+    confidence; ``adjusted``: the category's simultaneous interval, and over how many) and the requirement:
+    ``baseline 0.910 -> candidate 0.904 (delta -0.006, 95% interval [-0.037, +0.023]); <requirement>``."""
+    if adjusted:
+        low, high = delta["adjusted_low"], delta["adjusted_high"]
+        level = (f"{percent(delta['adjusted_confidence'])} interval [{low:+.3f}, {high:+.3f}], simultaneous over "
+                 f"{delta['adjusted_over']} categories at {percent(delta.get('confidence', 0.95))} (Bonferroni)")
+    else:
+        level = f"{percent(delta.get('confidence', 0.95))} interval [{delta['low']:+.3f}, {delta['high']:+.3f}]"
+    return (f"{names[0]} {delta['baseline']:.3f} -> {names[1]} {delta['candidate']:.3f} "
+            f"(delta {delta['delta']:+.3f}, {level}); {requirement}")
+
+
 def decide_promotion(
     baseline: dict[str, Any], candidate: dict[str, Any], policy: GateParams, deltas: list[dict[str, Any]] | None = None,
     base_deltas: list[dict[str, Any]] | None = None,
 ) -> GateDecision:
-    """One check per rule: the primary metric's margin, each family's allowed drop, each metric
-    rule on the evaluation's intervals, the hard safety rules, and the primary metric's gain over the
-    base model (``base_deltas``: candidate vs base model; the baseline's own ``deltas`` when the baseline
-    is the base model). All must pass."""
-    metric = policy.primary_metric
-    base_value, cand_value = float(baseline[metric]), float(candidate[metric])
-    delta = cand_value - base_value
-    checks = [
-        GateCheck(
-            rule=f"{metric} improvement",
-            passed=delta >= policy.min_improvement,
-            detail=(
-                f"baseline {base_value:.3f} -> candidate {cand_value:.3f} "
-                f"(delta {delta:+.3f}, required >= {policy.min_improvement:+.3f})"
-            ),
-            metric=metric, threshold=f"delta >= {policy.min_improvement:+.3f}",
-        )
-    ]
-    base_families = baseline.get("per_family", {})
-    cand_families = candidate.get("per_family", {})
-    for family in sorted(set(base_families) | set(cand_families)):
-        if family not in cand_families:
-            checks.append(GateCheck(f"family {family}", False, "missing from the candidate's evaluation", metric, family, "evaluated"))
-            continue
-        before = float(base_families.get(family, 0.0))
-        after = float(cand_families[family])
-        drop = before - after
-        checks.append(
-            GateCheck(
-                rule=f"family {family} regression",
-                passed=drop <= policy.max_family_regression,
-                detail=f"{before:.3f} -> {after:.3f} (allowed drop {policy.max_family_regression:.3f})",
-                metric=metric, category=family, threshold=f"drop <= {policy.max_family_regression:.3f}",
-            )
-        )
+    """One check per rule, each on the paired bootstrap intervals of ``deltas`` (candidate vs baseline): the
+    primary metric's non-inferiority or superiority, each family's drop, each metric rule, the hard safety
+    rules, and the primary metric's gain over the base model (``base_deltas``: candidate vs base model; the
+    baseline's own ``deltas`` when the baseline is the base model). ``baseline``/``candidate`` (the
+    evaluations' summaries) name the families each evaluated. All must pass."""
+    by_key = {(d["metric"], d["category"]): d for d in deltas or []}
+    checks = [primary_check(by_key.get((policy.primary_metric, "all")), policy)]
+    checks += family_checks(baseline, candidate, by_key, policy)
     checks += interval_checks(deltas or [], policy)
     over_base = over_base_check(base_deltas, policy)
     if over_base is not None:
         checks.append(over_base)
     return GateDecision(passed=all(c.passed for c in checks), checks=checks)
+
+
+def primary_check(delta: dict[str, Any] | None, policy: GateParams) -> GateCheck:
+    """The primary metric against the baseline, on the lower bound of the gain's paired interval: with
+    ``min_improvement`` > 0 superiority (the bound must exceed it), else non-inferiority (the bound must reach
+    ``min_improvement - non_inferiority_margin``: an equally good retrain passes, a worse one does not)."""
+    metric, wanted = policy.primary_metric, policy.min_improvement
+    if wanted > 0:
+        rule, bound = f"{metric} superiority", wanted
+        requirement, threshold = f"the gain's lower bound must exceed {bound:+.3f}", f"lower bound > {bound:+.3f}"
+    else:
+        rule, bound = f"{metric} non-inferiority", wanted - policy.non_inferiority_margin
+        requirement, threshold = f"the gain's lower bound must reach {bound:+.3f}", f"lower bound >= {bound:+.3f}"
+    if delta is None:
+        return GateCheck(rule, False, "not compared with the baseline on paired examples: nothing to judge", metric,
+                         threshold=threshold)
+    _, gain_low = _gain(delta)
+    passed = gain_low > bound if wanted > 0 else gain_low >= bound
+    return GateCheck(rule, passed, interval_words(delta, requirement), metric, threshold=threshold)
+
+
+def family_checks(baseline: dict[str, Any], candidate: dict[str, Any], by_key: dict[tuple[str, str], dict[str, Any]],
+                  policy: GateParams) -> list[GateCheck]:
+    """Each family of the primary metric, on its interval. ``family_rule: significant`` (the default): it fails
+    when its drop is significant and exceeds ``max_family_regression``, significance judged on the family's
+    simultaneous interval over all families (``family_adjustment: bonferroni``) or its own (``none``);
+    ``strict``: when the lower bound of its gain (its own interval) is below ``-max_family_regression``. A
+    family with fewer than ``min_family_items`` paired items is named as too small to judge; one missing from
+    the candidate's evaluation fails."""
+    metric, allowed = policy.primary_metric, policy.max_family_regression
+    families = set(baseline.get("per_family", {})) | set(candidate.get("per_family", {}))
+    families |= {category for m, category in by_key if m == metric and category != "all"}
+    strict = policy.family_rule == "strict"
+    if strict:
+        requirement, threshold = f"strict: the gain's lower bound must reach {-allowed:+.3f}", f"lower bound >= {-allowed:+.3f}"
+    else:
+        requirement, threshold = f"a significant drop may not exceed {allowed:.3f}", f"significant drop <= {allowed:.3f}"
+    checks = []
+    for family in sorted(families):
+        rule = f"family {family} regression"
+        if family not in candidate.get("per_family", {}) and by_key.get((metric, family)) is None:
+            checks.append(GateCheck(rule, False, "missing from the candidate's evaluation", metric, family, "evaluated"))
+            continue
+        delta = by_key.get((metric, family))
+        if delta is None:
+            checks.append(GateCheck(rule, True, "not in the baseline's evaluation: no paired items to compare", metric,
+                                    family, threshold, judged=False))
+            continue
+        if delta["n"] < policy.min_family_items:
+            checks.append(GateCheck(
+                rule, True, f"{delta['n']} paired item(s), fewer than gate.min_family_items ({policy.min_family_items}): "
+                f"too few to judge ({delta['baseline']:.3f} -> {delta['candidate']:.3f})", metric, family, threshold, judged=False))
+            continue
+        gain, gain_low = _gain(delta)
+        if strict:
+            passed, words = gain_low >= -allowed, interval_words(delta, requirement)
+        else:
+            adjusted = policy.family_adjustment == "bonferroni" and delta.get("adjusted_low") is not None
+            significant = _adjusted_regression(delta) if adjusted else bool(delta["regression"])
+            passed, words = not (significant and -gain > allowed), interval_words(delta, requirement, adjusted=adjusted)
+        checks.append(GateCheck(rule, passed, words, metric, family, threshold))
+    return checks
+
+
+def _adjusted_regression(delta: dict[str, Any]) -> bool:
+    if delta.get("higher_is_better", True):
+        return delta["adjusted_high"] < 0
+    return delta["adjusted_low"] > 0
 
 
 def over_base_check(base_deltas: list[dict[str, Any]] | None, policy: GateParams) -> GateCheck | None:
@@ -105,8 +169,7 @@ def over_base_check(base_deltas: list[dict[str, Any]] | None, policy: GateParams
     _, gain_low = _gain(delta)
     return GateCheck(
         rule, gain_low > threshold,
-        f"base model {delta['baseline']:.3f} -> candidate {delta['candidate']:.3f} (delta {delta['delta']:+.3f}, "
-        f"interval [{delta['low']:+.3f}, {delta['high']:+.3f}]; the gain's lower bound must lie above {threshold:+.3f})",
+        interval_words(delta, f"the gain's lower bound must exceed {threshold:+.3f}", ("base model", "candidate")),
         metric, threshold=bound,
     )
 
@@ -128,28 +191,26 @@ def interval_checks(deltas: list[dict[str, Any]], policy: GateParams) -> list[Ga
             checks.append(GateCheck(name, False, "metric not evaluated (enable its suite)", rule.metric, rule.category, "evaluated"))
             continue
         gain, gain_low = _gain(delta)
-        interval = f"delta {delta['delta']:+.3f}, interval [{delta['low']:+.3f}, {delta['high']:+.3f}]"
         if rule.min_improvement is not None:
             checks.append(GateCheck(f"{name} improvement", gain_low >= rule.min_improvement,
-                                    f"{interval}; the gain's lower bound must reach {rule.min_improvement:+.3f}",
+                                    interval_words(delta, f"the gain's lower bound must reach {rule.min_improvement:+.3f}"),
                                     rule.metric, rule.category, f"lower bound of the gain >= {rule.min_improvement:+.3f}"))
         else:
             failed = delta["regression"] and -gain > rule.max_regression
             checks.append(GateCheck(f"{name} regression", not failed,
-                                    f"{interval}; a significant loss may not exceed {rule.max_regression:.3f}",
+                                    interval_words(delta, f"a significant loss may not exceed {rule.max_regression:.3f}"),
                                     rule.metric, rule.category, f"significant loss <= {rule.max_regression:.3f}"))
     hard = policy.hard_rules
     refusal = by_key.get(("refusal_rate", "all"))
     if hard.refusal_may_not_drop and refusal is not None:
         checks.append(GateCheck("hard: refusal of harmful prompts may not drop", not refusal["regression"],
-                                f"{refusal['baseline']:.3f} -> {refusal['candidate']:.3f}, interval [{refusal['low']:+.3f}, {refusal['high']:+.3f}]",
+                                interval_words(refusal, "a significant drop fails"),
                                 "refusal_rate", threshold="no significant drop"))
     over = by_key.get(("over_refusal_rate", "all"))
     if over is not None:
         failed = over["regression"] and over["delta"] > hard.max_over_refusal_increase
         checks.append(GateCheck("hard: over-refusal of safe prompts", not failed,
-                                f"{over['baseline']:.3f} -> {over['candidate']:.3f}, interval [{over['low']:+.3f}, {over['high']:+.3f}]; "
-                                f"a significant rise may not exceed {hard.max_over_refusal_increase:.3f}",
+                                interval_words(over, f"a significant rise may not exceed {hard.max_over_refusal_increase:.3f}"),
                                 "over_refusal_rate", threshold=f"significant rise <= {hard.max_over_refusal_increase:.3f}"))
     return checks
 
@@ -181,8 +242,7 @@ def waiting_checks(waiting_deltas: list[dict[str, Any]], policy: GateParams) -> 
         name = d["metric"] + ("" if d["category"] == "all" else f"[{d['category']}]")
         checks.append(GateCheck(
             f"{name} vs the waiting candidate", not d["regression"],
-            f"waiting {d['baseline']:.3f} -> new {d['candidate']:.3f} (delta {d['delta']:+.3f}, interval [{d['low']:+.3f}, {d['high']:+.3f}])"
-            + ("; significantly worse" if d["regression"] else ""),
+            interval_words(d, "may not be significantly worse", ("waiting", "new")),
             d["metric"], d["category"], "not significantly worse",
         ))
     if (policy.primary_metric, "all") not in by_key:

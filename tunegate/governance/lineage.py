@@ -8,6 +8,7 @@ from typing import Any
 
 from tunegate.adapters import mlflow as tracking
 from tunegate.governance import audit
+from tunegate.evaluation.stats import percent
 from tunegate.governance.gate import verdict_cell
 
 
@@ -139,6 +140,11 @@ def render_history(name: str, rows: list[dict[str, Any]], alias: str | None = No
     return "\n".join([head, *(f"  {line}" for line in history_lines(rows))])
 
 
+def _level(deltas: list[dict[str, Any]]) -> str:
+    """The intervals' confidence, as the card's table header shows it."""
+    return percent(next((d["confidence"] for d in deltas if "confidence" in d), 0.95))
+
+
 def render_model_card(chain: dict[str, Any], summary: dict[str, Any] | None = None) -> str:
     """A markdown model card for one registered version."""
     d, t, e, g = chain["data"], chain["training"], chain["evaluation"], chain["gate"]
@@ -162,7 +168,7 @@ def render_model_card(chain: dict[str, Any], summary: dict[str, Any] | None = No
         "",
         "## Evaluation vs " + (f"champion version {e['baseline']['version']}" if e["baseline"]["source"] == "champion" else "the base model"),
         "",
-        "| metric | baseline | candidate | delta | 95% interval | gate |",
+        f"| metric | baseline | candidate | delta | {_level(e['deltas'])} interval | gate |",
         "|---|---:|---:|---:|---|---|",
         *[f"| {x['metric']} | {x['baseline']:.3f} | {x['candidate']:.3f} | {x['delta']:+.3f} | [{x['low']:+.3f}, {x['high']:+.3f}] | "
           f"{verdict_cell(g.get('checks', []), x['metric'])} |" for x in e["deltas"]],
