@@ -293,18 +293,20 @@ def _with_answers(evaluation: ModelEvaluation, flips: dict[str, tuple[int, int]]
     """The evaluation with its exact-match answers changed per family: (right -> wrong, wrong -> right) counts,
     first items of each kind; every other figure as it was."""
     import copy
+    import dataclasses
 
     changed = copy.deepcopy(evaluation)
     todo = {family: list(counts) for family, counts in flips.items()}
+    scores = []
     for score in changed.scores["exact_match"]:
         counts = todo.get(score.category)
-        if counts is None:
-            continue
-        if score.value == 1.0 and counts[0] > 0:
-            score.value, counts[0] = 0.0, counts[0] - 1
-        elif score.value == 0.0 and counts[1] > 0:
-            score.value, counts[1] = 1.0, counts[1] - 1
+        if counts is not None and score.value == 1.0 and counts[0] > 0:
+            score, counts[0] = dataclasses.replace(score, value=0.0), counts[0] - 1
+        elif counts is not None and score.value == 0.0 and counts[1] > 0:
+            score, counts[1] = dataclasses.replace(score, value=1.0), counts[1] - 1
+        scores.append(score)
     assert all(counts == [0, 0] for counts in todo.values()), todo
+    changed.scores["exact_match"] = scores
     return changed
 
 
