@@ -44,7 +44,7 @@ def interval_cell(delta: Delta) -> str:
     """A figure's interval as the tables show it; a category's with its simultaneous interval over the
     metric's categories (the one the gate's family rule judges) beside it."""
     cell = f"[{delta.low:+.3f}, {delta.high:+.3f}]"
-    if delta.adjusted_low is None or delta.adjusted_high is None or delta.adjusted_confidence is None:
+    if delta.adjusted_regression is None or delta.adjusted_confidence is None:
         return cell
     return f"{cell}; simultaneous {percent(delta.adjusted_confidence)}: [{delta.adjusted_low:+.3f}, {delta.adjusted_high:+.3f}]"
 

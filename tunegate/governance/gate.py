@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tunegate.evaluation.stats import percent
+from tunegate.evaluation.stats import Delta, percent
 from tunegate.params import GateParams
 
 
@@ -122,11 +122,10 @@ def family_checks(baseline: dict[str, Any], candidate: dict[str, Any], by_key: d
         requirement, threshold = f"a significant drop may not exceed {allowed:.3f}", f"significant drop <= {allowed:.3f}"
     checks = []
     for family in sorted(families):
-        rule = f"family {family} regression"
-        if family not in candidate.get("per_family", {}) and by_key.get((metric, family)) is None:
+        rule, delta = f"family {family} regression", by_key.get((metric, family))
+        if delta is None and family not in candidate.get("per_family", {}):
             checks.append(GateCheck(rule, False, "missing from the candidate's evaluation", metric, family, "evaluated"))
             continue
-        delta = by_key.get((metric, family))
         if delta is None:
             checks.append(GateCheck(rule, True, "not in the baseline's evaluation: no paired items to compare", metric,
                                     family, threshold, judged=False))
@@ -140,17 +139,12 @@ def family_checks(baseline: dict[str, Any], candidate: dict[str, Any], by_key: d
         if strict:
             passed, words = gain_low >= -allowed, interval_words(delta, requirement)
         else:
-            adjusted = policy.family_adjustment == "bonferroni" and delta.get("adjusted_low") is not None
-            significant = _adjusted_regression(delta) if adjusted else bool(delta["regression"])
+            simultaneous = Delta.from_dict(delta).adjusted_regression if policy.family_adjustment == "bonferroni" else None
+            adjusted = simultaneous is not None
+            significant = simultaneous if adjusted else bool(delta["regression"])
             passed, words = not (significant and -gain > allowed), interval_words(delta, requirement, adjusted=adjusted)
         checks.append(GateCheck(rule, passed, words, metric, family, threshold))
     return checks
-
-
-def _adjusted_regression(delta: dict[str, Any]) -> bool:
-    if delta.get("higher_is_better", True):
-        return delta["adjusted_high"] < 0
-    return delta["adjusted_low"] > 0
 
 
 def over_base_check(base_deltas: list[dict[str, Any]] | None, policy: GateParams) -> GateCheck | None:
