@@ -7,7 +7,11 @@
 - the adapters (MLflow, DVC, git, Prefect) are imported only by the CLI, tasks, flows, operations and the
   parts of governance that move registry state; data, tuning, evaluation, governance.gate,
   governance.audit, params and paths take and return values;
-- the adapters never import evaluation, governance or operations (they sit below what uses them).
+- the adapters never import evaluation, governance or operations (they sit below what uses them);
+- the outside systems with their own state and servers (MLflow, Prefect, DVC) are imported raw — any
+  submodule, at the top or inside a function, by an import statement or ``importlib.import_module`` of a
+  literal name — only by the adapters, the tasks, the flows and the CLI: everything else reaches them
+  through ``tunegate.adapters``.
 
 A rule broken names the importing file, its line and the import.
 """
@@ -26,6 +30,8 @@ TOP = ("tunegate.cli", "tasks", "flows")
 ADAPTERS = "tunegate.adapters"
 MAY_USE_ADAPTERS = ("tunegate.cli", "tasks", "flows", "tunegate.operations", "tunegate.adapters", "tunegate.governance")
 PURE_IN_GOVERNANCE = ("tunegate.governance.gate", "tunegate.governance.audit")
+SYSTEMS = ("mlflow", "prefect", "dvc")
+MAY_IMPORT_SYSTEMS = ("tunegate.adapters", "tunegate.cli", "tasks", "flows")
 
 
 @dataclass(frozen=True)
@@ -45,8 +51,7 @@ def _stage(module: str) -> str | None:
     return parts[1] if len(parts) > 1 and parts[0] == "tunegate" and parts[1] in STAGES else None
 
 
-def read_imports(root: Path) -> tuple[set[str], list[Import]]:
-    """Every module under ``root``'s tunegate/, tasks/ and flows/ and every import between them."""
+def _files(root: Path) -> dict[str, Path]:
     files = {}
     for top in ROOTS:
         for path in sorted((root / top).rglob("*.py")):
@@ -54,26 +59,54 @@ def read_imports(root: Path) -> tuple[set[str], list[Import]]:
             if parts[-1] == "__init__":
                 parts = parts[:-1]
             files[".".join(parts)] = path
+    return files
+
+
+def _imported_names(module: str, path: Path) -> list[tuple[int, bool, list[str]]]:
+    """(line, relative?, dotted names) of every import in ``path``: statements, and ``importlib.import_module``
+    or ``__import__`` of a literal name."""
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.ImportFrom):
+            base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else [])) if node.level \
+                else node.module or ""
+            found.append((node.lineno, bool(node.level), [f"{base}.{alias.name}" for alias in node.names]))  # a submodule, else its package
+        elif isinstance(node, ast.Import):
+            found.append((node.lineno, False, [alias.name for alias in node.names]))
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+            called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            if called in ("import_module", "__import__"):
+                found.append((node.lineno, False, [node.args[0].value]))
+    return found
+
+
+def read_imports(root: Path) -> tuple[set[str], list[Import]]:
+    """Every module under ``root``'s tunegate/, tasks/ and flows/ and every import between them."""
+    files = _files(root)
     imports = []
     for module, path in files.items():
-        package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-            if isinstance(node, ast.ImportFrom):
-                base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else [])) if node.level \
-                    else node.module or ""
-                names = [f"{base}.{alias.name}" for alias in node.names]  # a submodule, else resolved to its package
-            elif isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            else:
-                continue
+        for line, _, names in _imported_names(module, path):
             targets = set()
             for name in names:
                 while name and name not in files:
                     name = name.rpartition(".")[0]
                 if name and name != module:
                     targets.add(name)
-            imports += [Import(module, target, path, node.lineno) for target in sorted(targets)]
+            imports += [Import(module, target, path, line) for target in sorted(targets)]
     return set(files), imports
+
+
+def system_imports(root: Path) -> list[Import]:
+    """Every raw import of an outside system (:data:`SYSTEMS`, any submodule) under ``root``'s tunegate/,
+    tasks/ and flows/; ``target`` is the name imported (``mlflow.utils.rest_utils``)."""
+    imports = []
+    for module, path in _files(root).items():
+        for line, relative, names in _imported_names(module, path):
+            for name in names:
+                if not relative and any(_within(name, system) for system in SYSTEMS):
+                    imports.append(Import(module, name, path, line))
+    return imports
 
 
 def cycles(modules: set[str], imports: list[Import]) -> list[list[str]]:
@@ -130,6 +163,11 @@ def violations(root: Path) -> list[str]:
             out.append(f"{where}: a module that takes and returns values imports an adapter")
         if _within(i.source, ADAPTERS) and _stage(i.target) in ("evaluation", "governance", "operations"):
             out.append(f"{where}: an adapter imports {_stage(i.target)}")
+    for i in system_imports(root):
+        if not any(_within(i.source, m) for m in MAY_IMPORT_SYSTEMS):
+            system = i.target.split(".")[0]
+            out.append(f"{i.file.relative_to(root)}:{i.line} imports {i.target}: a raw {system} import outside the adapters, "
+                       "tasks, flows and the CLI (reach it through tunegate.adapters)")
     return out
 
 
@@ -139,7 +177,7 @@ def test_the_package_keeps_its_import_rules():
 
 def test_the_layout_is_the_stage_folders():
     top = sorted(p.name for p in (REPO / "tunegate").iterdir() if p.suffix == ".py")
-    assert top == ["__init__.py", "cli.py", "params.py", "paths.py"]
+    assert top == ["__init__.py", "cli.py", "params.py", "paths.py", "tags.py"]
     folders = sorted(p.name for p in (REPO / "tunegate").iterdir() if p.is_dir() and not p.name.startswith("__"))
     assert folders == sorted([*STAGES, "adapters"])
     assert not (REPO / "tunegate" / "metrics.py").exists() and not (REPO / "tunegate" / "evaluation.py").exists()
@@ -189,3 +227,26 @@ def test_every_name_of_one_import_statement_counts(tmp_path):
     found = violations(root)
     assert len(found) == 2 and all("stage data imports the later stage governance" in f for f in found)
     assert {f.split(" imports ")[1].split(":")[0] for f in found} == {"tunegate.governance.gate", "tunegate.governance.audit"}
+
+
+def test_a_planted_raw_import_of_an_outside_system_is_caught(tmp_path):
+    root = _copy(tmp_path)
+    _plant(root, "tunegate/governance/promotion.py", "import mlflow  # noqa")
+    found = violations(root)
+    assert len(found) == 1 and found[0].startswith("tunegate/governance/promotion.py:"), found
+    assert "imports mlflow: a raw mlflow import outside the adapters" in found[0]
+
+
+def test_raw_imports_are_caught_in_every_form_and_allowed_only_where_they_belong(tmp_path):
+    root = _copy(tmp_path)
+    _plant(root, "tunegate/operations/status.py", "from prefect.client.schemas.objects import StateType  # noqa")
+    _plant(root, "tunegate/evaluation/stats.py", "import dvc.repo  # noqa")
+    _plant(root, "tunegate/governance/identity.py", "__import__('importlib').import_module('mlflow.utils.rest_utils')")
+    _plant(root, "tunegate/adapters/git.py", "import dvc.api  # noqa")  # the adapters, tasks, flows and the CLI may
+    _plant(root, "tasks/common.py", "import mlflow  # noqa")
+    _plant(root, "tunegate/cli.py", "from prefect import serve  # noqa")
+    found = violations(root)
+    assert {f.split(" imports ")[0].split(":")[0] for f in found} == {
+        "tunegate/operations/status.py", "tunegate/evaluation/stats.py", "tunegate/governance/identity.py"}, found
+    assert {f.split(" imports ")[1].split(":")[0] for f in found} == {
+        "prefect.client.schemas.objects.StateType", "dvc.repo", "mlflow.utils.rest_utils"}

@@ -174,3 +174,57 @@ def test_a_broken_jsonl_trail_is_not_imported(tmp_path):
     with pytest.raises(Exception, match="entry 0"):
         store.import_jsonl(log)
     assert log.exists() and store.entries() == []
+
+
+# --- the writer: a model's head is published where the caller says, whatever the process imported --------
+
+
+def test_a_models_head_goes_to_the_publisher_the_caller_passes(tmp_path, monkeypatch):
+    from tunegate.governance import audit
+
+    monkeypatch.setenv("TUNEGATE_AUDIT_DB", f"sqlite:///{tmp_path / 'audit.db'}")
+    heads = []
+    entry = audit.record("event", {"i": 0}, actor="tester", model_name="m", publish_head=lambda *head: heads.append(head))
+    assert heads == [("m", f"{entry['seq']}:{entry['hash']}")] and entry["model"] == "m"
+    audit.record("event", {"i": 1}, actor="tester", publish_head=lambda *head: heads.append(head))  # no model: no head
+    audit.record("event", {"i": 2}, actor="tester", model_name="m")  # no publisher: the trail only
+    assert len(heads) == 1
+
+    def unreachable(name, head):
+        raise ConnectionError("registry down")
+
+    audit.record("event", {"i": 3}, actor="tester", model_name="m", publish_head=unreachable)  # recorded all the same
+    assert [e["data"]["i"] for e in audit.store().entries(model="m")] == [0, 2, 3]
+
+
+RECORD_FOR_A_MODEL = textwrap.dedent("""
+    import sys
+    from tunegate.paths import configure_environment
+    configure_environment()
+    from tunegate.adapters import mlflow as tracking
+    from tunegate.governance import trail
+    tracking.client().create_registered_model(sys.argv[1])
+    entry = trail.record("event", {"i": 0}, actor="tester", model_name=sys.argv[1])
+    assert "tunegate.governance.promotion" not in sys.modules, "promotion was imported after all"
+    print(f"{entry['seq']}:{entry['hash']}")
+""")
+
+
+def test_recording_for_a_model_publishes_its_head_without_importing_promotion(tmp_path):
+    """A fresh process that never imports tunegate.governance.promotion: the registry's head tag still follows
+    the trail (it once moved only where promotion had been imported)."""
+    import os
+    import uuid
+
+    name = f"head-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "TUNEGATE_HOME": str(tmp_path / "home")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("TUNEGATE_AUDIT_DB", None)
+    done = subprocess.run([sys.executable, "-c", RECORD_FOR_A_MODEL, name], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    head = done.stdout.strip().splitlines()[-1]
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'home' / 'mlflow' / 'mlflow.db'}"
+    tags = MlflowClient(tracking_uri=store, registry_uri=store).get_registered_model(name).tags
+    assert tags["tunegate.audit_head"] == head

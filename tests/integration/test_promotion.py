@@ -381,10 +381,9 @@ def test_require_authentication_refuses_the_embedded_store(tmp_path, monkeypatch
 
 RECORDER = """
 import sys
-from tunegate.governance import promotion  # publishes each head to the registry's tag
-from tunegate.governance import audit
+from tunegate.governance import trail  # publishes each head to the registry's tag
 for i in range(int(sys.argv[2])):
-    audit.record("event", {"writer": sys.argv[3], "i": i}, model_name=sys.argv[1])
+    trail.record("event", {"writer": sys.argv[3], "i": i}, model_name=sys.argv[1])
 """
 
 

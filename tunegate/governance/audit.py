@@ -452,18 +452,19 @@ def store() -> AuditStore:
 
 # --- the audit writer --------------------------------------------------------------------------------
 
-# Where a model's newest head is published besides the trail: name -> fn(model name, "<seq>:<hash>").
-# tunegate.governance.promotion adds the registry's tag (tunegate.adapters.mlflow.AUDIT_HEAD_TAG) when it
-# is imported, and audit verify compares the two.
-HEAD_PUBLISHERS: dict[str, Callable[[str, str], None]] = {}
+# Publishes a model's newest head besides the trail: fn(model name, "<seq>:<hash>").
+HeadPublisher = Callable[[str, str], None]
 
 
 def record(event: str, data: dict[str, Any], actor: str | None = None, model_name: str | None = None,
-           commit: str | None = None, authenticated: bool | None = None) -> dict[str, Any]:
-    """Append an audit event; with ``model_name`` the model's newest head is published (:data:`HEAD_PUBLISHERS`).
+           commit: str | None = None, authenticated: bool | None = None, *,
+           publish_head: HeadPublisher | None = None) -> dict[str, Any]:
+    """Append an audit event; with ``model_name`` the model's newest head goes to ``publish_head``, the one
+    place it is published (what the caller passes, never what the process imported).
 
-    Without ``actor`` the event is recorded for the acting identity (authenticated when the tracking
-    server says who we are).
+    Events for a registered model are recorded through :func:`tunegate.governance.trail.record`, which
+    passes the registry's tag (``audit verify`` compares the two). Without ``actor`` the event is
+    recorded for the acting identity (authenticated when the tracking server says who we are).
     """
     if actor is None:
         from tunegate.governance.identity import actor_identity
@@ -475,7 +476,7 @@ def record(event: str, data: dict[str, Any], actor: str | None = None, model_nam
         return trail.append(event, data, actor=actor, authenticated=bool(authenticated), commit=commit)
     with trail.head_lock(model_name):  # heads are written in seq order, whoever appends at the same time
         entry = trail.append(event, data, actor=actor, authenticated=bool(authenticated), commit=commit, model=model_name)
-        for publish in HEAD_PUBLISHERS.values():
+        if publish_head is not None:
             with contextlib.suppress(Exception):  # before the first registration there is no model to tag
-                publish(model_name, f"{entry['seq']}:{entry['hash']}")
+                publish_head(model_name, f"{entry['seq']}:{entry['hash']}")
     return entry

@@ -46,10 +46,9 @@ def _is_server(uri: str) -> bool:
 
 def _request(uri: str, path: str, params: dict[str, str] | None = None):
     """A GET to the tracking server with the client's own credentials and TLS settings."""
-    from mlflow.utils.credentials import get_default_host_creds
-    from mlflow.utils.rest_utils import http_request
+    from tunegate.adapters.mlflow import server_get
 
-    return http_request(get_default_host_creds(uri), path, "GET", params=params, max_retries=1, backoff_factor=1, timeout=30)
+    return server_get(uri, path, params)
 
 
 @functools.lru_cache(maxsize=16)

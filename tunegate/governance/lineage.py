@@ -6,19 +6,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from tunegate import tags
 from tunegate.adapters import mlflow as tracking
 from tunegate.governance import audit
 from tunegate.evaluation.stats import percent
 from tunegate.governance.gate import verdict_cell
-
-
-def _artifact_json(run_id: str, path: str) -> Any:
-    import mlflow
-
-    try:
-        return json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/{path}"))
-    except Exception:
-        return None
 
 
 def build_lineage(name: str, version: str) -> dict[str, Any]:
@@ -32,14 +24,14 @@ def _lineage(name: str, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
     except Exception:
         raise LookupError(f"{name} has no version {version}") from None
     run = tracking.get_run(ref.run_id)
-    tags, params = run.data.tags, run.data.params
-    summary = _artifact_json(ref.run_id, "summary/summary.json") or {}
-    gate = _artifact_json(ref.run_id, "gate/decision.json") or {}
-    validation = _artifact_json(ref.run_id, "validation/report.json") or []
+    run_tags, params = run.data.tags, run.data.params
+    summary = tracking.load_artifact_json(ref.run_id, "summary/summary.json") or {}
+    gate = tracking.load_artifact_json(ref.run_id, "gate/decision.json") or {}
+    validation = tracking.load_artifact_json(ref.run_id, "validation/report.json") or []
     approvals = {
-        key.removeprefix("tunegate.approval."): json.loads(value)
+        key.removeprefix(tags.APPROVAL_PREFIX): json.loads(value)
         for key, value in ref.tags.items()
-        if key.startswith("tunegate.approval.")
+        if key.startswith(tags.APPROVAL_PREFIX)
     }
     entries = audit.store().entries()  # read once: the alias history and the run's events come from it
     history = [
@@ -53,29 +45,29 @@ def _lineage(name: str, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
         "version": version,
         "aliases": aliases,
         "data": {
-            "data_md5": tags.get("tunegate.data_md5"),
-            "sources": {k.removeprefix("tunegate.source_md5."): v for k, v in tags.items() if k.startswith("tunegate.source_md5.")},
-            "canonical_train_md5": tags.get("tunegate.canonical_train_md5"),
-            "canonical_eval_md5": tags.get("tunegate.canonical_eval_md5"),
+            "data_md5": run_tags.get(tags.DATA_MD5),
+            "sources": {k.removeprefix(tags.SOURCE_MD5_PREFIX): v for k, v in run_tags.items() if k.startswith(tags.SOURCE_MD5_PREFIX)},
+            "canonical_train_md5": run_tags.get(tags.CANONICAL_TRAIN_MD5),
+            "canonical_eval_md5": run_tags.get(tags.CANONICAL_EVAL_MD5),
         },
         "validation": {
-            "status": tags.get("tunegate.validation"),
+            "status": run_tags.get(tags.VALIDATION),
             "report": f"runs:/{ref.run_id}/validation/report.md",
             "failed_rules": [r["rule"] for rep in validation for r in rep.get("rules", []) if not r["passed"]],
         },
         "training": {
             "run_id": ref.run_id,
-            "commit": tags.get("mlflow.source.git.commit"),
-            "git_dirty": tags.get("tunegate.git_dirty"),
-            "initiator": tags.get("tunegate.initiator"),
-            "initiator_authenticated": tags.get("tunegate.initiator_authenticated") == "true",
-            "params_file": tags.get("tunegate.params_file"),
+            "commit": run_tags.get("mlflow.source.git.commit"),
+            "git_dirty": run_tags.get(tags.GIT_DIRTY),
+            "initiator": run_tags.get(tags.INITIATOR),
+            "initiator_authenticated": run_tags.get(tags.INITIATOR_AUTHENTICATED) == "true",
+            "params_file": run_tags.get(tags.PARAMS_FILE),
             "method": params.get("train.method"),
             "base_model": params.get("model.base_model"),
             "final_loss": run.data.metrics.get("train_final_loss"),
         },
         "evaluation": {
-            "baseline": {"source": tags.get("tunegate.baseline_source"), "version": tags.get("tunegate.baseline_version") or None},
+            "baseline": {"source": run_tags.get(tags.BASELINE_SOURCE), "version": run_tags.get(tags.BASELINE_VERSION) or None},
             "deltas": [d for d in (summary.get("evaluation") or {}).get("deltas", []) if d["category"] == "all"],
             "report": f"runs:/{ref.run_id}/report/evaluation.html",
         },

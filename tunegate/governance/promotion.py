@@ -22,16 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunegate import tags
 from tunegate.adapters import mlflow as tracking
 from tunegate.governance import audit, signing
-from tunegate.governance.audit import record
+from tunegate.governance.trail import record
 from tunegate.governance.identity import Identity, IdentityError, current_identity, environment_user, holds, model_permission
 from tunegate.governance.lineage import AliasDrift, alias_drift
 from tunegate.params import ApprovalPolicy
 from tunegate.paths import redact
-
-# Every entry recorded for a registered model moves its head tag (verify compares the two).
-audit.HEAD_PUBLISHERS["mlflow registry tag"] = tracking.publish_audit_head
 
 
 class PromotionError(RuntimeError):
@@ -124,9 +122,9 @@ def missing_roles(policy: ApprovalPolicy, approvals: dict[str, list[str]]) -> li
 
 def approvals_of(ref: tracking.VersionRef) -> dict[str, list[str]]:
     return {
-        key.removeprefix("tunegate.approval."): json.loads(value)["roles"]
+        key.removeprefix(tags.APPROVAL_PREFIX): json.loads(value)["roles"]
         for key, value in ref.tags.items()
-        if key.startswith("tunegate.approval.")
+        if key.startswith(tags.APPROVAL_PREFIX)
     }
 
 
@@ -161,10 +159,10 @@ def approve(name: str, version: str, reviewer: str | None, reason: str, policy: 
         try:
             _check_candidate(name, ref)
             roles = reviewer_roles(policy, reviewer)
-            initiator = ref.tags.get("tunegate.initiator", "")
+            initiator = ref.tags.get(tags.INITIATOR, "")
             if reviewer == initiator and not policy.allow_self_approval:
                 raise PromotionError(f"{reviewer!r} started the run that produced version {version} and may not approve it (separation of duties)")
-            expected = ref.tags.get("tunegate.baseline_version", "")
+            expected = ref.tags.get(tags.BASELINE_VERSION, "")
             current = _champion_version(name) or ""
             if expected != current:
                 raise PromotionError(
@@ -181,7 +179,7 @@ def approve(name: str, version: str, reviewer: str | None, reason: str, policy: 
         if key is not None:
             data["signature"] = signing.sign(key, data)
             approval["signed"] = True
-        tracking.set_version_tag(name, version, f"tunegate.approval.{reviewer}", json.dumps(approval))
+        tracking.set_version_tag(name, version, tags.APPROVAL_PREFIX + reviewer, json.dumps(approval))
         approvals = approvals_of(tracking.get_version(name, version))
         record("approval", data, actor=reviewer, model_name=name, authenticated=who.authenticated)
         missing = missing_roles(policy, approvals)
@@ -193,13 +191,13 @@ def approve(name: str, version: str, reviewer: str | None, reason: str, policy: 
         if previous:
             tracking.set_alias(name, tracking.PREVIOUS, previous)
         tracking.remove_alias(name, tracking.CANDIDATE)
-        tracking.set_version_tag(name, version, "tunegate.state", "champion")
+        tracking.set_version_tag(name, version, tags.STATE, "champion")
         if previous:
-            tracking.set_version_tag(name, previous, "tunegate.state", "previous")
+            tracking.set_version_tag(name, previous, tags.STATE, "previous")
         entry = record("alias_moved", {"model": name, "version": version, "champion": version, "previous": previous,
                                        "approvers": sorted(approvals), "reason": reason, "moves": _moves(before, tracking.aliases(name))},
                        actor=reviewer, model_name=name, authenticated=who.authenticated)
-        tracking.set_version_tag(name, version, tracking.AUDIT_HEAD_TAG, f"{entry['seq']}:{entry['hash']}")
+        tracking.set_version_tag(name, version, tags.AUDIT_HEAD, f"{entry['seq']}:{entry['hash']}")
         from tunegate.governance.lineage import publish_model_card
 
         with contextlib.suppress(Exception):  # the card is a view; the promotion itself is done
@@ -222,7 +220,7 @@ def register_candidate(name: str, version: str, run_id: str, commit: str | None 
     (``replaced``: the waiting version it takes the alias from, and the comparison that allowed it)."""
     with registry_lock(name):
         ref = tracking.get_version(name, version)
-        if ref.tags.get("tunegate.gate") != "passed":
+        if ref.tags.get(tags.GATE) != "passed":
             raise PromotionError(f"version {version} did not pass the gate: not made a candidate")
         before = tracking.aliases(name)
         tracking.set_alias(name, tracking.CANDIDATE, version)
@@ -238,16 +236,16 @@ def detach_candidate(name: str, version: str, reason: str) -> None:
     with registry_lock(name):
         before = tracking.aliases(name)
         tracking.remove_alias(name, tracking.CANDIDATE, only_from=version)
-        tracking.set_version_tag(name, version, "tunegate.state", "failed_run")
+        tracking.set_version_tag(name, version, tags.STATE, "failed_run")
         moves = _moves(before, tracking.aliases(name))
         if moves:
             record("candidate_detached", {"model": name, "version": version, "reason": reason, "moves": moves}, model_name=name)
 
 
 def _check_candidate(name: str, ref: tracking.VersionRef) -> None:
-    if ref.tags.get("tunegate.gate") != "passed":
+    if ref.tags.get(tags.GATE) != "passed":
         raise PromotionError(f"version {ref.version} did not pass the gate")
-    if ref.tags.get("tunegate.state") == "rejected":
+    if ref.tags.get(tags.STATE) == "rejected":
         raise PromotionError(f"version {ref.version} was rejected")
     candidate = tracking.alias_version(name, tracking.CANDIDATE)
     if candidate is None or candidate.version != ref.version:
@@ -269,11 +267,11 @@ def reject(name: str, version: str, reviewer: str | None, reason: str, policy: A
             ref = tracking.get_version(name, version)
         except Exception:
             raise PromotionError(f"{name} has no version {version}") from None
-        if ref.tags.get("tunegate.state") == "champion" or _champion_version(name) == version:
+        if ref.tags.get(tags.STATE) == "champion" or _champion_version(name) == version:
             raise PromotionError(f"version {version} is the champion; use rollback")
         before = tracking.aliases(name)
-        tracking.set_version_tag(name, version, "tunegate.state", "rejected")
-        tracking.set_version_tag(name, version, "tunegate.rejection", json.dumps({"reviewer": reviewer, "reason": reason, "authenticated": who.authenticated}))
+        tracking.set_version_tag(name, version, tags.STATE, "rejected")
+        tracking.set_version_tag(name, version, tags.REJECTION, json.dumps({"reviewer": reviewer, "reason": reason, "authenticated": who.authenticated}))
         tracking.remove_alias(name, tracking.CANDIDATE, only_from=version)
         record("rejected", {"model": name, "version": version, "reviewer": reviewer, "reason": reason, "env_user": environment_user(),
                             "moves": _moves(before, tracking.aliases(name))},
@@ -294,9 +292,9 @@ def rollback(name: str, reviewer: str | None, reason: str, policy: ApprovalPolic
         before = tracking.aliases(name)
         tracking.set_alias(name, tracking.CHAMPION, previous.version)
         tracking.client().delete_registered_model_alias(name, tracking.PREVIOUS)
-        tracking.set_version_tag(name, previous.version, "tunegate.state", "champion")
+        tracking.set_version_tag(name, previous.version, tags.STATE, "champion")
         if current:
-            tracking.set_version_tag(name, current, "tunegate.state", "rolled_back")
+            tracking.set_version_tag(name, current, tags.STATE, "rolled_back")
         record("rollback", {"model": name, "version": previous.version, "from": current, "to": previous.version, "reviewer": reviewer,
                             "reason": reason, "env_user": environment_user(), "moves": _moves(before, tracking.aliases(name))},
                actor=reviewer, model_name=name, authenticated=who.authenticated)
@@ -336,7 +334,7 @@ def _heads(entries: list[dict[str, Any]], name: str | None) -> list[tuple[str, s
     heads = []
     for model in sorted(names):
         try:
-            head = tracking.client().get_registered_model(model).tags.get(tracking.AUDIT_HEAD_TAG)
+            head = tracking.client().get_registered_model(model).tags.get(tags.AUDIT_HEAD)
         except Exception:
             head = None
         if head:

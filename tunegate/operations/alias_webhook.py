@@ -94,7 +94,7 @@ def handle(payload: dict[str, Any], delivery_id: str, received: float | None = N
     returns the audit entry (None: nothing to record). Taken under the model's promotion lock, which
     tunegate's own moves hold until their audit entry is written."""
     from tunegate.governance import audit
-    from tunegate.governance.audit import record
+    from tunegate.governance.trail import record
     from tunegate.governance.promotion import registry_lock
 
     data = payload.get("data") or {}
@@ -174,11 +174,7 @@ class Receiver:
 
 def register(mlflow_url: str, url: str, secret: str) -> str:
     """Create (or point at ``url``, with ``secret``) the MLflow server's webhook on alias events; its id."""
-    from mlflow import MlflowClient
+    from tunegate.adapters.mlflow import ensure_webhook
 
-    client = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
-    for hook in client.list_webhooks():
-        if hook.name == WEBHOOK_NAME:
-            return client.update_webhook(hook.webhook_id, url=url, events=list(EVENTS), secret=secret, status="ACTIVE").webhook_id
-    return client.create_webhook(WEBHOOK_NAME, url, list(EVENTS), description="tunegate: alias moves outside tunegate go to its audit trail",
-                                 secret=secret).webhook_id
+    return ensure_webhook(mlflow_url, WEBHOOK_NAME, url, list(EVENTS), secret,
+                          description="tunegate: alias moves outside tunegate go to its audit trail")

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tunegate import tags
 from tunegate.adapters import mlflow as tracking
 
 
@@ -29,13 +30,13 @@ def remember(experiment: str, flow_run_id: str, reason: str) -> None:
 
 def runs_of(experiment: str, flow_run_id: str) -> list[Any]:
     """The MLflow runs a flow run opened (raises when MLflow is down)."""
-    return tracking.find_runs_by_tag(experiment, "tunegate.prefect_flow_run_id", flow_run_id)
+    return tracking.find_runs_by_tag(experiment, tags.PREFECT_FLOW_RUN_ID, flow_run_id)
 
 
 def mark_failed(runs: list[Any], reason: str) -> list[str]:
     """Mark MLflow runs FAILED with the reason; returns their ids (raises when MLflow is down)."""
     for run in runs:
-        tracking.set_tags(run.info.run_id, {"tunegate.failure": reason[:4000], "tunegate.outcome": "failed"})
+        tracking.set_tags(run.info.run_id, {tags.FAILURE: reason[:4000], tags.OUTCOME: "failed"})
         tracking.end_run(run.info.run_id, "FAILED")
     return [run.info.run_id for run in runs]
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SOURCE_PREFIX = "tunegate.source_md5."
+from tunegate import tags as tag_names
+
+SOURCE_PREFIX = tag_names.SOURCE_MD5_PREFIX
 
 
 def short_code(code: str) -> str:
@@ -31,11 +33,11 @@ class RunInputs:
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> RunInputs | None:
         """The inputs recorded on a run; None for a run that predates the tags."""
-        needed = ("tunegate.data_md5", "tunegate.params_sha256", "tunegate.code_fingerprint")
+        needed = (tag_names.DATA_MD5, tag_names.PARAMS_SHA256, tag_names.CODE_FINGERPRINT)
         if not all(tags.get(key) for key in needed):
             return None
         sources = {k.removeprefix(SOURCE_PREFIX): v for k, v in tags.items() if k.startswith(SOURCE_PREFIX)}
-        return cls(tags["tunegate.data_md5"], tags["tunegate.params_sha256"], tags["tunegate.code_fingerprint"], sources)
+        return cls(tags[tag_names.DATA_MD5], tags[tag_names.PARAMS_SHA256], tags[tag_names.CODE_FINGERPRINT], sources)
 
     def differences(self, other: RunInputs) -> list[str]:
         """What differs, in words; empty when the inputs are the same."""

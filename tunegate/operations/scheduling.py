@@ -11,7 +11,6 @@ anything changed (``tunegate.operations.freshness``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -82,37 +81,30 @@ def build_deployment(flow, params_file: str, params: Params, version: str | None
 
     ``overrides`` (``--set`` outside the schedule section) reach every run it starts.
     """
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-    from prefect.events import DeploymentEventTrigger
-    from prefect.schedules import Cron, Interval
+    from tunegate.adapters import prefect
 
     s = params.schedule
-    schedules = []
-    if s.cron:
-        schedules.append(Cron(s.cron, timezone=s.timezone))
-    elif s.interval_seconds:
-        schedules.append(Interval(dt.timedelta(seconds=s.interval_seconds), timezone=s.timezone))
-    triggers = []
+    trigger = None
     if s.on_new_data:
-        triggers.append(
-            DeploymentEventTrigger(
-                name="new data",
-                description="tunegate data add, or a new DVC version of the configured data",
-                expect={DATA_ADDED, DATA_NEW_VERSION},
-                match={"prefect.resource.id": f"{RESOURCE_PREFIX}*"},
-                parameters=deployment_parameters(params_file, params, DATA_TRIGGER_TEMPLATE, overrides),
-            )
-        )
-    return flow.to_deployment(
+        trigger = {
+            "name": "new data",
+            "description": "tunegate data add, or a new DVC version of the configured data",
+            "expect": {DATA_ADDED, DATA_NEW_VERSION},
+            "match": {"prefect.resource.id": f"{RESOURCE_PREFIX}*"},
+            "parameters": deployment_parameters(params_file, params, DATA_TRIGGER_TEMPLATE, overrides),
+        }
+    return prefect.to_deployment(
+        flow,
         name=s.deployment,
-        schedules=schedules,
-        triggers=triggers,
+        cron=s.cron,
+        interval_seconds=s.interval_seconds,
+        timezone=s.timezone,
+        trigger=trigger,
         parameters=deployment_parameters(params_file, params, overrides=overrides),
-        concurrency_limit=ConcurrencyLimitConfig(limit=s.max_concurrent_runs, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        max_concurrent_runs=s.max_concurrent_runs,
         description=f"tunegate retrain of {params.model.registered_name}: {describe(params)}",
         tags=["tunegate", params.model.registered_name],
         version=version,
-        paused=False,
     )
 
 
@@ -161,23 +153,12 @@ def emit_data_event(event: str, path: str, md5: str, extra: dict[str, Any] | Non
 
 
 def _send(event: str, path: str, md5: str, extra: dict[str, Any]) -> None:
-    from prefect.events import Event
-    from prefect.events.clients import get_events_client
-
+    from tunegate.adapters.prefect import emit_event
     from tunegate.governance.identity import environment_user
 
     payload = {"path": path, "md5": md5, "user": environment_user(), **extra}
-    message = Event(
-        event=event,
-        resource={"prefect.resource.id": resource_id(path), "prefect.resource.name": Path(path).name, "tunegate.md5": md5},
-        payload=payload,
-    )
-
-    async def send() -> None:
-        async with get_events_client() as client:
-            await client.emit(message)
-
-    asyncio.run(send())
+    resource = {"prefect.resource.id": resource_id(path), "prefect.resource.name": Path(path).name, "tunegate.md5": md5}
+    emit_event(event, resource, payload)
 
 
 # --- the watcher for new DVC versions ------------------------------------------------------
@@ -249,37 +230,10 @@ class DataWatcher:
 
 
 def deploy_prefect_yaml(names: list[str], repo: Path) -> int:
-    """``prefect deploy`` of the named deployments in ``repo/prefect.yaml``; returns its exit code.
-
-    Works around a Prefect 3.8.8 client bug under the pinned ``fastapi<0.155``: after creating the
-    deployment, ``prefect deploy`` asks for the pool's workers with ``limit: null``, which the
-    server rejects with 422, so the command exits 1 although the deployment exists. The patch
-    sends the server's own defaults instead; nothing else changes.
-    """
-    from prefect.cli import app as prefect_cli
-    from prefect.client.orchestration._work_pools.client import WorkPoolAsyncClient
-
-    original = WorkPoolAsyncClient.read_workers_for_work_pool
-
-    async def read_workers(self, work_pool_name, worker_filter=None, offset=None, limit=None):
-        return await original(self, work_pool_name, worker_filter, 0 if offset is None else offset, 200 if limit is None else limit)
+    """``prefect deploy`` of the named deployments in ``repo/prefect.yaml``, from ``repo`` (the entrypoints
+    in prefect.yaml are relative to the repo root); returns its exit code
+    (:func:`tunegate.adapters.prefect.deploy`, which works around a Prefect client bug)."""
+    from tunegate.adapters.prefect import deploy
 
     os.environ.setdefault("TUNEGATE_REPO", str(repo))
-    argv = ["--no-prompt", "deploy", "--prefect-file", str(repo / "prefect.yaml")]
-    for name in names:
-        argv += ["--name", name]
-    import sys
-
-    WorkPoolAsyncClient.read_workers_for_work_pool = read_workers
-    cwd, saved_argv = os.getcwd(), sys.argv
-    try:
-        os.chdir(repo)  # entrypoints in prefect.yaml are relative to the repo root
-        sys.argv = ["prefect", *argv]  # Prefect's CLI entry point reads its arguments from sys.argv
-        prefect_cli()
-        return 0
-    except SystemExit as done:
-        return int(done.code or 0) if not isinstance(done.code, str) else 1
-    finally:
-        sys.argv = saved_argv
-        os.chdir(cwd)
-        WorkPoolAsyncClient.read_workers_for_work_pool = original
+    return deploy(repo / "prefect.yaml", names, cwd=repo)

@@ -11,6 +11,7 @@ import os
 import time
 from typing import Any
 
+from tunegate import tags
 from tunegate.adapters import mlflow as tracking
 from tunegate.params import Params
 
@@ -42,25 +43,25 @@ def process_tags() -> dict[str, str]:
     import psutil
 
     return {
-        "tunegate.host": socket.gethostname(),
-        "tunegate.pid": str(os.getpid()),
-        "tunegate.pid_started": f"{psutil.Process().create_time():.2f}",
+        tags.HOST: socket.gethostname(),
+        tags.PID: str(os.getpid()),
+        tags.PID_STARTED: f"{psutil.Process().create_time():.2f}",
     }
 
 
-def process_gone(tags: dict[str, str]) -> bool | None:
+def process_gone(run_tags: dict[str, str]) -> bool | None:
     """True when the run's process is gone from this host (or the pid now belongs to another process);
     None when the run ran on another host or recorded no process."""
     import socket
 
     import psutil
 
-    pid, host = tags.get("tunegate.pid"), tags.get("tunegate.host")
+    pid, host = run_tags.get(tags.PID), run_tags.get(tags.HOST)
     if not pid or host != socket.gethostname():
         return None
     try:
         process = psutil.Process(int(pid))
-        started = tags.get("tunegate.pid_started")
+        started = run_tags.get(tags.PID_STARTED)
         return bool(started) and abs(process.create_time() - float(started)) > 1.0
     except (psutil.NoSuchProcess, ValueError):
         return True
@@ -69,18 +70,18 @@ def process_gone(tags: dict[str, str]) -> bool | None:
 
 
 def resume_command(run: Any) -> str:
-    params_file = run.data.tags.get("tunegate.params_file") or "params/demo.yaml"
+    params_file = run.data.tags.get(tags.PARAMS_FILE) or "params/demo.yaml"
     return f"tunegate run --params {params_file} --resume {run.info.run_id}"
 
 
 def _outcome(run: Any) -> str:
-    tags = run.data.tags
-    if tags.get("tunegate.outcome"):
-        return tags["tunegate.outcome"]
+    run_tags = run.data.tags
+    if run_tags.get(tags.OUTCOME):
+        return run_tags[tags.OUTCOME]
     if run.info.status == "RUNNING":
-        if process_gone(tags):
+        if process_gone(run_tags):
             return "crashed"
-        if tags.get("tunegate.queue") == "waiting":
+        if run_tags.get(tags.QUEUE) == "waiting":
             return "queued"
         return "running"
     if run.info.status == "FAILED":
@@ -96,17 +97,17 @@ def run_rows(params: Params, last: int) -> list[dict[str, Any]]:
             "run_id": r.info.run_id,
             "status": r.info.status,
             "outcome": _outcome(r),
-            "trigger": r.data.tags.get("tunegate.trigger", "manual"),
+            "trigger": r.data.tags.get(tags.TRIGGER, "manual"),
             "start_time": r.info.start_time,
             "started": _iso(r.info.start_time),
             "duration_s": round((end - r.info.start_time) / 1000, 1) if end and r.info.start_time else None,
-            "gate": r.data.tags.get("tunegate.gate"),
-            "registered_version": r.data.tags.get("tunegate.registered_version"),
-            "baseline": r.data.tags.get("tunegate.baseline_source"),
+            "gate": r.data.tags.get(tags.GATE),
+            "registered_version": r.data.tags.get(tags.REGISTERED_VERSION),
+            "baseline": r.data.tags.get(tags.BASELINE_SOURCE),
             "candidate_exact_match": r.data.metrics.get("candidate_exact_match"),
-            "failure": r.data.tags.get("tunegate.failure"),
-            "reason": r.data.tags.get("tunegate.freshness"),
-            "host": r.data.tags.get("tunegate.host"),
+            "failure": r.data.tags.get(tags.FAILURE),
+            "reason": r.data.tags.get(tags.FRESHNESS),
+            "host": r.data.tags.get(tags.HOST),
         })
         if rows[-1]["outcome"] in ("crashed", "failed"):
             rows[-1]["resume_command"] = resume_command(r)
@@ -119,7 +120,7 @@ def pending_candidates(params: Params, now_ms: int | None = None) -> list[dict[s
 
     now_ms = now_ms or int(time.time() * 1000)
     ref = tracking.alias_version(params.model.registered_name, tracking.CANDIDATE)
-    if ref is None or ref.tags.get("tunegate.state") in ("rejected", "champion", "failed_run"):
+    if ref is None or ref.tags.get(tags.STATE) in ("rejected", "champion", "failed_run"):
         return []
     approvals = approvals_of(ref)
     waited = (now_ms - ref.created_ms) / 1000 if ref.created_ms else None
@@ -131,7 +132,7 @@ def pending_candidates(params: Params, now_ms: int | None = None) -> list[dict[s
         "waiting": human_duration(waited),
         "approvals": sorted(approvals),
         "missing_roles": missing_roles(params.gate.approvals, approvals),
-        "baseline_version": ref.tags.get("tunegate.baseline_version") or None,
+        "baseline_version": ref.tags.get(tags.BASELINE_VERSION) or None,
     }]
 
 
@@ -157,28 +158,12 @@ def schedule_view(params: Params) -> dict[str, Any]:
 def _prefect_view(name: str) -> dict[str, Any]:
     """The served deployment as the Prefect server sees it: paused or not, upcoming and recent runs."""
     try:
-        from prefect import get_client
-        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
-        from prefect.client.schemas.objects import StateType
-        from prefect.client.schemas.sorting import FlowRunSort
-        from prefect.exceptions import ObjectNotFound
+        from tunegate.adapters import prefect
 
-        with get_client(sync_client=True) as client:
-            try:
-                deployment = client.read_deployment_by_name(name)
-            except ObjectNotFound:
-                return {"served": False, "message": f"no deployment {name} on {os.environ['PREFECT_API_URL']}: run `tunegate schedule`"}
-            by_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
-            upcoming = client.read_flow_runs(
-                deployment_filter=by_deployment,
-                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
-                sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=3,
-            )
-            recent = client.read_flow_runs(
-                deployment_filter=by_deployment,
-                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED]))),
-                sort=FlowRunSort.START_TIME_DESC, limit=5,
-            )
+        served = prefect.served_deployment(name, upcoming=3, recent=5)
+        if served is None:
+            return {"served": False, "message": f"no deployment {name} on {os.environ['PREFECT_API_URL']}: run `tunegate schedule`"}
+        deployment, upcoming, recent = served
         return {
             "served": True,
             "paused": bool(deployment.paused),
