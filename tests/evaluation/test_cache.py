@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -67,16 +66,17 @@ def test_the_key_changes_with_eval_data_eval_params_and_code(params, monkeypatch
     assert off.fingerprint() == params.fingerprint() and off.flat()["eval.reuse_baseline"] is False  # logged, not fingerprinted
 
     sources = eval_cache._own_sources()
-    edited = tuple((name, data + b"\n# edited\n" if name == "tunegate/evaluation/ifeval.py" else data) for name, data in sources)
+    edited = tuple((name, data + b"\n# edited\n" if name == "tunegate/evaluation/generation.py" else data) for name, data in sources)
     monkeypatch.setattr(eval_cache, "_own_sources", lambda: edited)
     assert _key(params) != key  # the evaluation's code
 
 
 def test_code_fingerprint_covers_sources_and_library_versions():
     sources = eval_cache.eval_code_sources()
-    assert {"tunegate/evaluation/suites.py", "tunegate/evaluation/ifeval.py", "tunegate/evaluation/safety.py",
-            "tunegate/data/refusals.py", "tunegate/tuning/modeling.py", "tunegate/data/templates.py",
-            "tunegate.evaluation.cache.compute"} <= set(sources)
+    assert {"tunegate/evaluation/suites.py", "tunegate/evaluation/generation.py", "tunegate/tuning/modeling.py",
+            "tunegate/data/templates.py", "tunegate.evaluation.cache.compute", "suite:safety",
+            "suite:ifeval:tunegate.evaluation.ifeval", "suite:safety:tunegate.evaluation.safety",
+            "suite:safety:tunegate.data.refusals", "suite:reference:tunegate.evaluation.suite_reference"} <= set(sources)
     versions = eval_cache.library_versions()
     assert {"torch", "transformers", "python"} <= set(versions)
     base = eval_cache.code_fingerprint(sources, versions)
@@ -126,27 +126,17 @@ def test_a_trained_model_is_known_by_its_run_and_files(params, tmp_path):
 # --- finding a stored evaluation: only under the same key, only when it checks out -----------------
 
 
-class _FakeClient:
-    """search_runs / download_artifacts over a dict: run id -> (tags, {artifact path: json})."""
+class _FakeStore:
+    """A RunStore (what tunegate.adapters.mlflow offers the cache) over a dict: run id -> (tags, {artifact path: json})."""
 
     def __init__(self, runs):
         self.runs = runs
 
-    def get_experiment_by_name(self, name):
-        return SimpleNamespace(experiment_id="1")
+    def finished_runs_tagged(self, experiment, tag, value, limit=20):
+        return [(rid, tags) for rid, (tags, _) in self.runs.items() if tags.get(tag) == value][:limit]
 
-    def search_runs(self, experiment_ids, filter_string, order_by=None, max_results=None):
-        tag, _, rest = filter_string.partition("` = '")
-        tag, value = tag.removeprefix("tags.`"), rest.split("'")[0]
-        assert "attributes.status = 'FINISHED'" in filter_string
-        return [SimpleNamespace(info=SimpleNamespace(run_id=rid), data=SimpleNamespace(tags=tags))
-                for rid, (tags, _) in self.runs.items() if tags.get(tag) == value]
-
-    def download_artifacts(self, run_id, path, dst):
-        out = Path(dst) / path
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(self.runs[run_id][1][path]))
-        return str(out)
+    def read_json_artifact(self, run_id, path):
+        return json.loads(json.dumps(self.runs[run_id][1][path]))
 
 
 def test_a_stored_evaluation_is_used_only_when_its_recorded_key_matches():
@@ -161,7 +151,7 @@ def test_a_stored_evaluation_is_used_only_when_its_recorded_key_matches():
         "C": (eval_cache.tags("baseline", key, None), {"evaluation/baseline.json": bad_metrics}),
         "A": (eval_cache.tags("candidate", key, None), {"evaluation/candidate.json": good}),
     }
-    client = _FakeClient(runs)
+    client = _FakeStore(runs)
 
     found, problems = eval_cache.find_earlier(client, "exp", key)
     assert found is not None and found.run_id == "A" and found.role == "candidate" and found.computed_in == "A"

@@ -5,8 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
-import tunegate.evaluation.suites as suites
-from tunegate.evaluation.suites import ModelEvaluation, run_reference
+import tunegate.evaluation.generation as generation
+from tunegate.evaluation.scores import ModelEvaluation
+from tunegate.evaluation.suite_reference import run_reference
 from tunegate.params import EvalParams
 
 
@@ -15,8 +16,8 @@ def rec(i, family, prompt, answer):
 
 
 def _scored(monkeypatch, tokenizer, records, outputs):
-    answers = dict(zip(suites.render_prompts(tokenizer, records), outputs))
-    monkeypatch.setattr(suites, "generate", lambda model, tok, todo, *args, **kwargs: [answers[p] for p in todo])
+    answers = dict(zip(generation.render_prompts(tokenizer, records), outputs))
+    monkeypatch.setattr(generation, "generate", lambda model, tok, todo, *args, **kwargs: [answers[p] for p in todo])
     result = ModelEvaluation()
     model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=512))
     run_reference(model, tokenizer, records, EvalParams(), result)

@@ -4,7 +4,8 @@ import pytest
 
 from tunegate.evaluation.report import plots, render_html, render_markdown
 from tunegate.evaluation.stats import paired_bootstrap
-from tunegate.evaluation.suites import ModelEvaluation, Score, compare, demo_ifeval_items, worst_regressions
+from tunegate.evaluation.suite_ifeval import demo_ifeval_items
+from tunegate.evaluation.suites import ModelEvaluation, Score, compare, worst_regressions
 from tunegate.governance.gate import decide_promotion, verdict_cell
 from tunegate.params import EvalParams, GateParams
 

@@ -8,7 +8,9 @@ import pytest
 
 from tunegate.evaluation.report import render_markdown
 from tunegate.evaluation.safety import read_eval_set
-from tunegate.evaluation.suites import ModelEvaluation, _generate, eval_file_problems, load_items_md5, safety_sets
+from tunegate.evaluation.generation import generate_cached
+from tunegate.evaluation.suite_safety import safety_sets
+from tunegate.evaluation.suites import ModelEvaluation, eval_file_problems, load_items_md5
 from tunegate.governance.gate import verdict_cell
 from tunegate.params import EvalParams, HarmfulSet, OverRefusalSet, SafetySuite, load_params
 
@@ -119,16 +121,16 @@ def test_eval_file_problems_never_raise_on_bad_files(tmp_path):
 
 
 def test_truncated_prompts_are_counted_once_and_reported(monkeypatch, base_model_path):
-    import tunegate.evaluation.suites
+    import tunegate.evaluation.generation
     from tunegate.tuning.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(base_model_path, "alpaca")
-    monkeypatch.setattr(tunegate.evaluation.suites, "generate", lambda model, tok, todo, *args, **kwargs: ["out"] * len(todo))
+    monkeypatch.setattr(tunegate.evaluation.generation, "generate", lambda model, tok, todo, *args, **kwargs: ["out"] * len(todo))
     model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=40))
     result, cache = ModelEvaluation(), {}
     prompts = ["short", "word " * 100, "short"]
-    assert _generate(model, tokenizer, prompts, 16, 8, cache, result) == ["out"] * 3
-    _generate(model, tokenizer, prompts, 16, 8, cache, result)  # cached: not counted again
+    assert generate_cached(model, tokenizer, prompts, 16, 8, cache, result) == ["out"] * 3
+    generate_cached(model, tokenizer, prompts, 16, 8, cache, result)  # cached: not counted again
     assert result.truncated_prompts == 1 and result.summary()["truncated_prompts"] == 1
 
     context = {"run_id": "r", "model_name": "m", "baseline": {"source": "base_model"}}

@@ -347,7 +347,7 @@ def test_the_base_model_evaluation_is_found_by_its_key(first_run):
     params = load_params(DEMO)
     key = eval_cache.make_key(params, first_run["data"]["eval_md5"], None, None)
     assert key.digest == first_run["baseline_evaluation"]["key"] == tracking.get_run(first_run["run_id"]).data.tags["tunegate.eval_key.baseline"]
-    found, problems = eval_cache.find_earlier(tracking.client(), params.project.name, key)
+    found, problems = eval_cache.find_earlier(tracking, params.project.name, key)
     assert found is not None and problems == []
     assert json.loads(json.dumps(found.evaluation.summary())) == first_run["baseline"]["metrics"]
 

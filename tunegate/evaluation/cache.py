@@ -11,14 +11,17 @@ when everything that decides its scores is the same; that is its key (:class:`Ev
   validation drops records);
 - the suites: a hash of ``params.eval`` and ``project.seed``, and the md5 of every eval file
   the suites read (``load_items_md5``);
-- the code: a hash of the source of the evaluation (:data:`EVAL_CODE`, :func:`compute`, a custom
-  safety classifier's module) and the versions of the libraries it runs on (:data:`EVAL_LIBRARIES`).
+- the code: a hash of the source of the evaluation: the code every suite shares (:data:`EVAL_CODE`,
+  :func:`compute`), each registered suite's own sources (``Suite.sources``, from the registry, so a new
+  suite cannot be forgotten here), a custom safety classifier's module; and the versions of the libraries
+  it runs on (:data:`EVAL_LIBRARIES`).
 
 Every evaluation a run logs (``evaluation/<role>.json``: metrics, per-example scores and
 outputs, the key, the run that computed it) is tagged ``tunegate.eval_key.<role>`` with the
 key's digest. A later run searches the experiment's finished runs for that digest, as candidate
 (the champion's training run) or as baseline, checks the key recorded in the artifact and that
-the stored metrics follow from the stored scores, and rebuilds the :class:`ModelEvaluation`.
+the stored metrics follow from the stored scores, and rebuilds the :class:`ModelEvaluation`. The
+store is searched through :mod:`tunegate.adapters.mlflow` (:class:`RunStore`); nothing here talks to MLflow.
 """
 
 from __future__ import annotations
@@ -28,33 +31,34 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from tunegate import tags as tag_names  # (tags(): this module's tags of one evaluation)
 from tunegate.data.digest import file_digest
-from tunegate.evaluation.suites import ModelEvaluation
+from tunegate.evaluation.suites import REGISTRY, ModelEvaluation
 
 if TYPE_CHECKING:
     from tunegate.params import EvalParams, Params
 
-# The modules whose code computes an evaluation (paths under tunegate/): the suites with generation and
-# response loss, their scoring and statistics, the refusal classifier, text normalisation, prompt rendering
-# and templates, model and tokenizer loading, reading the eval records, seeding. Not in: params (its values
-# are in the key), gate, report, summary (they use an evaluation, not make one).
+# The modules whose code computes every evaluation, whichever suites run (paths under tunegate/): running
+# the registered suites and comparing, generation and response loss, scores and statistics, the registry,
+# text checks, prompt rendering and templates, model and tokenizer loading, reading the eval records, seeding.
+# Each suite's own modules come from the registry (Suite.sources). Not in: params (its values are in the
+# key), gate, report, summary (they use an evaluation, not make one).
 EVAL_CODE: tuple[str, ...] = (
-    "evaluation/suites.py", "evaluation/stats.py", "evaluation/ifeval.py", "evaluation/safety.py", "data/refusals.py",
-    "data/formats.py", "data/checks.py", "data/tokenize.py", "data/templates.py", "tuning/modeling.py",
+    "evaluation/suites.py", "evaluation/generation.py", "evaluation/scores.py", "evaluation/registry.py",
+    "evaluation/stats.py", "data/checks.py", "data/tokenize.py", "data/templates.py", "tuning/modeling.py",
     "data/sources.py", "tuning/seeding.py",
 )
 # Distributions whose version can change scores: the numerics, tokenisation, adapters, ROUGE, regexes, language ids.
 EVAL_LIBRARIES: tuple[str, ...] = ("torch", "transformers", "tokenizers", "peft", "safetensors", "rouge-score", "regex", "langdetect")
 
-KEY_TAG = "tunegate.eval_key."  # + role: the key's digest
-MODEL_TAG = "tunegate.eval_model."  # + role: the model part of the key, readable
-REUSED_TAG = "tunegate.eval_reused_from."  # + role: the run the evaluation was read from ("" when computed)
+KEY_TAG = tag_names.EVAL_KEY_PREFIX  # + role: the key's digest
+MODEL_TAG = tag_names.EVAL_MODEL_PREFIX  # + role: the model part of the key, readable
+REUSED_TAG = tag_names.EVAL_REUSED_FROM_PREFIX  # + role: the run the evaluation was read from ("" when computed)
 ROLES = ("candidate", "baseline", "base", "waiting")  # where an earlier evaluation of a model is: its own run first
 # "base": the base model, evaluated beside a champion baseline for the gate's over-base rule; "waiting": the
 # candidate waiting for review, which a new candidate must not be significantly worse than to replace it
@@ -150,9 +154,31 @@ def _own_sources() -> tuple[tuple[str, bytes], ...]:
     return (*sources, ("tunegate.evaluation.cache.compute", inspect.getsource(compute).encode()))
 
 
+@functools.lru_cache(maxsize=None)
+def module_source(module: str) -> bytes:
+    """The source file of ``module`` (an import name), read once per process (as :func:`_own_sources`)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        raise FileNotFoundError(f"no source file for module {module!r}")
+    return Path(spec.origin).read_bytes()
+
+
+def suite_sources() -> dict[str, bytes]:
+    """``suite:<name>`` -> its metrics and params section, and ``suite:<name>:<module>`` -> the source of each
+    module the suite names, for every registered suite in the registry's order."""
+    sources: dict[str, bytes] = {}
+    for suite in REGISTRY.suites():
+        declared = {"section": suite.section, "metrics": [[m.name, m.higher_is_better] for m in suite.metrics]}
+        sources[f"suite:{suite.name}"] = json.dumps(declared, sort_keys=True).encode()
+        sources.update({f"suite:{suite.name}:{module}": module_source(module) for module in suite.sources})
+    return sources
+
+
 def eval_code_sources(eval_params: EvalParams | None = None) -> dict[str, bytes]:
-    """name -> source of the code that computes an evaluation (see :data:`EVAL_CODE`)."""
-    sources = dict(_own_sources())
+    """name -> source of the code that computes an evaluation (see :data:`EVAL_CODE`, :func:`suite_sources`)."""
+    sources = {**dict(_own_sources()), **suite_sources()}
     classifier = eval_params.safety.classifier if eval_params is not None and eval_params.safety.enabled else "patterns"
     if ":" in classifier:  # a team's own refusal classifier scores the safety suite
         import importlib.util
@@ -300,38 +326,41 @@ class Earlier:
     computed_in: str
 
 
-def find_earlier(client, experiment: str, key: EvalKey, exclude_run: str | None = None) -> tuple[Earlier | None, list[str]]:
+class RunStore(Protocol):
+    """What finding a stored evaluation asks of the tracking store; :mod:`tunegate.adapters.mlflow` is one."""
+
+    def finished_runs_tagged(self, experiment: str, tag: str, value: str, limit: int = 20) -> list[tuple[str, dict[str, str]]]:
+        """(run id, tags) of the experiment's finished runs tagged ``tag`` = ``value``, newest first."""
+        ...
+
+    def read_json_artifact(self, run_id: str, path: str) -> Any:
+        """A run's JSON artifact (raises when it is missing or not JSON)."""
+        ...
+
+
+def find_earlier(store: RunStore, experiment: str, key: EvalKey, exclude_run: str | None = None) -> tuple[Earlier | None, list[str]]:
     """The first finished run of ``experiment`` that evaluated the model under ``key`` and whose stored
-    evaluation checks out, and why the others that matched did not; ``client``: the store's ``MlflowClient``
-    (``tunegate.adapters.mlflow.client()``). Runs that computed the evaluation come before runs that read
+    evaluation checks out, and why the others that matched did not; ``store``: the tracking store
+    (``tunegate.adapters.mlflow``). Runs that computed the evaluation come before runs that read
     it back, newer before older. Raises when the store cannot be searched."""
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return None, []
     hits = []
     for role in ROLES:
-        runs = client.search_runs(
-            [found.experiment_id],
-            filter_string=f"tags.`{KEY_TAG}{role}` = '{key.digest}' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"], max_results=20,
-        )
-        hits += [(role, run) for run in runs if run.info.run_id != exclude_run]
-    hits.sort(key=lambda hit: bool(hit[1].data.tags.get(REUSED_TAG + hit[0])))  # stable: computed ones first
+        runs = store.finished_runs_tagged(experiment, KEY_TAG + role, key.digest, limit=20)
+        hits += [(role, run_id, tags) for run_id, tags in runs if run_id != exclude_run]
+    hits.sort(key=lambda hit: bool(hit[2].get(REUSED_TAG + hit[0])))  # stable: computed ones first
     problems = []
-    for role, run in hits:
+    for role, run_id, _ in hits:
         try:
-            return read_stored(client, run.info.run_id, role, key), problems
+            return read_stored(store, run_id, role, key), problems
         except Exception as error:  # anything wrong with one stored evaluation: try the next, then evaluate
-            problems.append(f"the {role} evaluation of run {run.info.run_id}: {type(error).__name__}: {error}")
+            problems.append(f"the {role} evaluation of run {run_id}: {type(error).__name__}: {error}")
     return None, problems
 
 
-def read_stored(client, run_id: str, role: str, key: EvalKey) -> Earlier:
-    """The evaluation run ``run_id`` stored for ``role`` (read through ``client``), after checking that it
+def read_stored(store: RunStore, run_id: str, role: str, key: EvalKey) -> Earlier:
+    """The evaluation run ``run_id`` stored for ``role`` (read from ``store``), after checking that it
     was stored under ``key`` and that its metrics follow from its scores (raises otherwise)."""
-    with tempfile.TemporaryDirectory(prefix="tunegate-eval-") as tmp:
-        local = client.download_artifacts(run_id, f"evaluation/{role}.json", tmp)
-        data = json.loads(Path(local).read_text(encoding="utf-8"))
+    data = store.read_json_artifact(run_id, f"evaluation/{role}.json")
     stored = data.get("eval_key")
     if stored != key.to_dict():
         raise ValueError(f"its recorded key {(stored or {}).get('digest', 'none')!r} is not {key.digest!r}")
@@ -353,13 +382,13 @@ def key_or_reason(params: Params, eval_md5: str, model_dir: str | Path | None, t
         return None, f"no evaluation key ({type(error).__name__}: {error})"
 
 
-def look_up(client, params: Params, key: EvalKey, exclude_run: str | None) -> tuple[Earlier | None, str, list[str]]:
+def look_up(store: RunStore, params: Params, key: EvalKey, exclude_run: str | None) -> tuple[Earlier | None, str, list[str]]:
     """An earlier evaluation under ``key`` to read back (see :func:`find_earlier`), why there is none to
     reuse, and what was wrong with the ones that matched."""
     if not params.eval.reuse_baseline:
         return None, "reuse turned off (eval.reuse_baseline: false)", []
     try:
-        earlier, problems = find_earlier(client, params.project.name, key, exclude_run=exclude_run)
+        earlier, problems = find_earlier(store, params.project.name, key, exclude_run=exclude_run)
     except Exception as error:
         earlier, problems = None, [f"searching the runs failed: {type(error).__name__}: {error}"]
     reason = "earlier evaluations unusable: " + "; ".join(problems) if problems else "no earlier evaluation with this key"

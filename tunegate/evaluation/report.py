@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tunegate.evaluation.stats import Delta, percent
-from tunegate.evaluation.suites import METRICS
+from tunegate.evaluation.suites import REGISTRY
 
 
 def baseline_label(baseline: dict[str, Any]) -> str:
@@ -85,6 +85,18 @@ def over_base_note(context: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def report_rows(deltas: list[Delta]) -> list[Delta]:
+    """The overall deltas the report's table shows: each registered suite's report rows, in the order
+    compared; a metric no registered suite computes (a stored evaluation's) too, its suite unknown."""
+    shown = {row for suite in REGISTRY.suites() for row in suite.rows()}
+    return [d for d in overall(deltas) if d.metric in shown or REGISTRY.suite_of(d.metric) is None]
+
+
+def _metric_flag(metric: str, flag: str, default: bool) -> bool:
+    found = REGISTRY.metric(metric)
+    return getattr(found, flag) if found is not None else default
+
+
 # The gate's outcome for one figure as a table cell (tunegate.governance.gate.verdict_cell): checks, metric, category.
 VerdictCell = Callable[[list[dict[str, Any]], str, str], str]
 
@@ -110,8 +122,8 @@ def render_markdown(
         "significant only when its interval excludes zero. A category's row adds its simultaneous interval over "
         "all the metric's categories (Bonferroni, expanded for small samples), on which the gate judges a "
         "family's drop. The gate column is the gate's own outcome for the "
-        "figure (PASS / FAIL, with the rule's bound), or \"not gated\" where no rule judges it. Response loss "
-        "is per token of the reference answers (as training reports it).",
+        "figure (PASS / FAIL, with the rule's bound), or \"not gated\" where no rule judges it."
+        + "".join(f" {suite.report_note}" for suite in REGISTRY.suites() if suite.report_note),
         "",
         *reuse_note(context.get("baseline_evaluation")),
         *over_base_note(context),
@@ -119,10 +131,10 @@ def render_markdown(
         "| suite | metric | baseline | candidate | delta | interval | change | gate |",
         "|---|---|---:|---:|---:|---|---|---|",
     ]
-    for d in overall(deltas):
-        suite = METRICS.get(d.metric, ("?", True))[0]
+    for d in report_rows(deltas):
+        suite = REGISTRY.suite_of(d.metric)
         lines.append(
-            f"| {suite} | {d.metric}{'' if d.higher_is_better else ' (lower is better)'} | {_fmt(d.baseline)} | "
+            f"| {suite.name if suite else '?'} | {d.metric}{'' if d.higher_is_better else ' (lower is better)'} | {_fmt(d.baseline)} | "
             f"{_fmt(d.candidate)} | {d.delta:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] | {change(d)} | {verdict_cell(checks, d.metric, 'all')} |"
         )
     verdicts = {(d.metric, d.category): verdict_cell(checks, d.metric, d.category) for d in deltas if d.category != "all"}
@@ -204,7 +216,7 @@ def plots(deltas: list[Delta], loss_history: list[tuple[int, float]]) -> dict[st
     ax.grid(alpha=0.3)
     images["training_loss"] = _png(fig)
 
-    main = [d for d in overall(deltas) if d.metric != "response_loss"]
+    main = [d for d in overall(deltas) if _metric_flag(d.metric, "unit_interval", True)]
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     x = range(len(main))
     ax.bar([i - 0.2 for i in x], [d.baseline for d in main], width=0.4, label="baseline", color="#999999")
@@ -216,7 +228,7 @@ def plots(deltas: list[Delta], loss_history: list[tuple[int, float]]) -> dict[st
     ax.legend()
     images["suites"] = _png(fig)
 
-    per_category = [d for d in deltas if d.category != "all" and d.metric in ("exact_match", "ifeval_instruction_loose", "refusal_rate", "over_refusal_rate")]
+    per_category = [d for d in deltas if d.category != "all" and _metric_flag(d.metric, "plot_categories", False)]
     fig, ax = plt.subplots(figsize=(7.5, max(2.5, 0.28 * len(per_category) + 1)))
     labels = [f"{d.metric}: {d.category}" for d in per_category]
     y = range(len(per_category))
