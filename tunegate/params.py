@@ -173,7 +173,10 @@ class ValidationParams(_RefusalSettings):
 
 
 class TrainParams(_Section):
-    method: Literal["lora", "dora", "qlora", "full"] = "lora"
+    method: Literal["lora", "dora", "qlora", "full"] = Field("lora", description="the adapter: peft LoRA, DoRA, "
+                                                             "QLoRA, or every weight")
+    objective: str = Field("sft", description="what training optimises, i.e. the trainer: a registered objective "
+                           "(tunegate.tuning.objectives; sft: supervised fine-tuning with TRL's SFTTrainer)")
     device: Literal["cpu", "auto"] = Field("cpu", description="auto: the GPU when there is one")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 need a GPU")
     epochs: float = Field(4, gt=0)
@@ -216,6 +219,11 @@ class TrainParams(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainParams:
+        from tunegate.tuning import objectives
+
+        if self.objective not in objectives.names():
+            raise ValueError(f"train.objective {self.objective!r} is not a training objective; allowed: "
+                             f"{', '.join(objectives.names())} (README: Adding a training objective)")
         if self.packing and self.padding_free:
             raise ValueError("choose packing or padding_free, not both")
         if self.padding_free and self.attn_implementation != "flash_attention_2":
@@ -328,7 +336,27 @@ class SafetySuite(_RefusalSettings):
         return self
 
 
+# The params sections of evaluation suites registered beyond the built-ins (whose sections EvalParams declares):
+# section -> its model. Filled and emptied only by tunegate.evaluation.registry.Registry (register/unregister).
+_SUITE_SECTIONS: dict[str, type[BaseModel]] = {}
+
+
+def register_eval_section(section: str, model: type[BaseModel]) -> None:
+    """Validate ``eval.<section>`` with ``model`` from now on (a registered suite's own params section)."""
+    if section in EvalParams.model_fields or section in _SUITE_SECTIONS:
+        raise ValueError(f"eval.{section} is taken: choose another section name for the suite")
+    _SUITE_SECTIONS[section] = model
+
+
+def unregister_eval_section(section: str) -> None:
+    _SUITE_SECTIONS.pop(section, None)
+
+
 class EvalParams(_Section):
+    # extra="allow" only for the sections of registered suites; any other unknown key fails as "extra_forbidden"
+    # (see _suite_sections), so a misspelt key is still named with the keys allowed here.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(64, ge=1)
     bootstrap_resamples: int = Field(2000, ge=100)
@@ -345,6 +373,29 @@ class EvalParams(_Section):
         description="read the baseline's scores back from an earlier run that evaluated the same model on the same "
         "eval data, suites and evaluation code (tunegate.evaluation.cache) instead of evaluating it again",
     )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _suite_sections(cls, data: Any, handler: Any) -> EvalParams:
+        """The section of each registered suite beyond the built-ins, validated by its own model (its defaults
+        when absent); any other key EvalParams does not declare is unknown."""
+        if not isinstance(data, dict):
+            return handler(data)
+        from pydantic_core import InitErrorDetails, PydanticCustomError
+
+        data, errors = dict(data), []
+        for key, value in list(data.items()):
+            if key not in cls.model_fields and key not in _SUITE_SECTIONS:
+                errors.append(InitErrorDetails(type="extra_forbidden", loc=(key,), input=value))
+        for section, model in _SUITE_SECTIONS.items():
+            try:
+                data[section] = model.model_validate(data.get(section, {}))
+            except ValidationError as error:
+                errors += [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"]), loc=(section, *e["loc"]), input=e.get("input"))
+                           for e in error.errors()]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return handler(data)
 
 
 class MetricRule(_Section):
@@ -531,7 +582,7 @@ class Params(_Section):
     data: DataParams
     validation: ValidationParams = ValidationParams()
     train: TrainParams = TrainParams()
-    eval: EvalParams = EvalParams()
+    eval: EvalParams = Field(default_factory=EvalParams)  # built when used: with every registered suite's section
     gate: GateParams = GateParams()
     schedule: ScheduleParams = ScheduleParams()
     audit: AuditParams = AuditParams()
@@ -611,12 +662,15 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if isinstance(part, int):
             continue  # an index into a list of models
         field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
-            return []
+        if field is None:  # a registered suite's own section under eval, or no section at all
+            current = _SUITE_SECTIONS.get(part) if current is EvalParams else None
+            if current is None:
+                return []
+            continue
         current = _model_in(field.annotation)
         if current is None:
             return []
-    return sorted(getattr(current, "model_fields", {}))
+    return sorted([*getattr(current, "model_fields", {}), *(_SUITE_SECTIONS if current is EvalParams else ())])
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

@@ -1,9 +1,11 @@
-"""Instruction tuning with TRL's SFTTrainer and peft: LoRA, DoRA, QLoRA or full fine-tuning.
+"""Instruction tuning: one training loop for every objective, peft (LoRA, DoRA, QLoRA) or full fine-tuning.
 
-Records are canonical chat records. ``tunegate.data.tokenize`` turns each into
-``input_ids`` and ``labels`` (loss on every assistant turn and its EOS), which
-SFTTrainer takes as an already-processed dataset; packing, padding-free batches,
-length grouping, checkpoints and DDP are TRL's and transformers'.
+``train.method`` picks the adapter, ``train.objective`` the objective (:mod:`tunegate.tuning.objectives`:
+today ``sft``, TRL's SFTTrainer on tunegate's own tokenisation). An objective builds its dataset, its
+trainer config and its trainer; :func:`train_model` does the rest once for all of them: seeding, the
+model and adapter, the arguments every trainer shares, resume from the latest checkpoint, tunegate's
+callback and quiet progress bar, saving the model with its stop tokens, and the :class:`TrainResult`.
+Packing, padding-free batches, length grouping, checkpoints and DDP are TRL's and transformers'.
 
 ``python -m tunegate.tuning.training`` runs the same code as a script, e.g. under
 ``torchrun --nproc_per_node 2`` for DDP.
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tunegate.params import Params, dump_params
+from tunegate.tuning import objectives
 from tunegate.tuning.modeling import ModelInfo, load_tokenizer, save_model
 
 StepLogger = Callable[[int, dict[str, float]], None]
@@ -123,9 +126,9 @@ def load_model_for_training(params: Params):
     return model
 
 
-def sft_config(params: Params, output_dir: Path):
-    from trl import SFTConfig
-
+def shared_arguments(params: Params, output_dir: Path) -> dict[str, Any]:
+    """The trainer arguments every objective takes (``transformers.TrainingArguments`` names): steps,
+    optimisation, checkpoints under ``output_dir``, seeds, device and precision."""
     import os
 
     t = params.train
@@ -134,7 +137,7 @@ def sft_config(params: Params, output_dir: Path):
         extra["activation_checkpointing"] = True
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and t.device == "cpu":
         extra["ddp_backend"] = "gloo"  # DDP across CPU processes (torchrun --nproc_per_node N)
-    return SFTConfig(
+    return dict(
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
@@ -146,11 +149,6 @@ def sft_config(params: Params, output_dir: Path):
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps,
-        max_length=t.max_length,
-        packing=t.packing,
-        # Best-fit packing is padding-free and keeps examples apart only with flash attention.
-        packing_strategy="bfd" if t.attn_implementation == "flash_attention_2" else "wrapped",
-        padding_free=t.padding_free,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         # By steps here, by time in TunegateCallback (checkpoint_minutes); both keep save_total_limit.
         save_strategy="steps" if t.save_steps else "no",
@@ -165,6 +163,11 @@ def sft_config(params: Params, output_dir: Path):
         dataloader_num_workers=0,
         **extra,
     )
+
+
+def sft_config(params: Params, output_dir: Path):
+    """The ``sft`` objective's SFTConfig (for scripts that drive SFTTrainer themselves, e.g. bench/train.py)."""
+    return objectives.get("sft").config(params, shared_arguments(params, output_dir))
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -255,59 +258,36 @@ def train_model(
     log_checkpoint: CheckpointLogger | None = None,
     log_line: LineLogger | None = None,
 ) -> TrainResult:
-    """Tune the base model on ``records``; save under ``work_dir/model``.
+    """Tune the base model on ``records`` with the objective ``train.objective`` names; save under ``work_dir/model``.
 
     When ``work_dir/checkpoints`` holds a checkpoint (an earlier attempt of the same
     run that died), training resumes from it instead of starting over.
     """
-    from datasets import Dataset
-    from trl import SFTTrainer
-
-    from tunegate.data.tokenize import tokenize_records
     from tunegate.paths import model_source
     from tunegate.tuning.seeding import seed_everything
 
+    objective = objectives.get(params.train.objective)
     check_environment(params)
     seed_everything(params.project.seed)
     tokenizer = load_tokenizer(model_source(params.model.base_model), params.model.chat_template)
-    examples = tokenize_records(
-        tokenizer, records, params.train.max_length, last_turn_only=params.train.loss_on == "last_assistant_turn"
-    )
-    dataset = Dataset.from_dict(
-        {"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]}
-    )
+    dataset = objective.dataset(params, tokenizer, records)
     model = load_model_for_training(params)
     checkpoint_dir = work_dir / "checkpoints"
     resume = latest_checkpoint(checkpoint_dir)
-    trainer = SFTTrainer(
+    trainer = objective.trainer(objectives.TrainerParts(
+        params=params,
         model=model,
-        args=sft_config(params, checkpoint_dir),
+        tokenizer=tokenizer,
+        args=objective.config(params, shared_arguments(params, checkpoint_dir)),
         train_dataset=dataset,
-        processing_class=tokenizer,
         peft_config=peft_config(params) if params.train.method != "full" else None,
         callbacks=[_callback(log_step, log_checkpoint, checkpoint_dir, params.train.checkpoint_minutes, log_line)],
-    )
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.pop_callback(PrinterCallback)  # with the bar switched off (disable_tqdm) it prints the same dicts
-    if trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(quiet_progress())
+    ))
+    _quiet(trainer)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
-    state = json.loads((resume / "trainer_state.json").read_text()) if resume else {}
     started_at = time.time()
-    if resume and state.get("global_step", 0) >= state.get("max_steps", 1 << 62):
-        # The last checkpoint is the end of training (the crash came after it): take its weights.
-        # Resuming a finished state would make transformers run one step too many.
-        _load_checkpoint_weights(trainer, resume)
-        trainer.state.global_step = int(state["global_step"])
-        trainer.state.log_history = list(state.get("log_history", []))
-        runtime = sum(float(h.get("train_runtime", 0.0)) for h in trainer.state.log_history)
-        training_loss = float("nan")
-    else:
-        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        runtime = float(output.metrics.get("train_runtime", 0.0))
-        training_loss = float(output.training_loss)
+    runtime, training_loss = _train_or_resume(trainer, resume)
     finished_at = time.time()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     tokens = max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0)
@@ -339,6 +319,29 @@ def train_model(
         if params.train.merge_adapter and params.train.method != "full":
             result.merged_dir = save_merged(result.model_dir, work_dir / "merged")
     return result
+
+
+def _quiet(trainer) -> None:
+    """tunegate's progress on the terminal: no printed log dicts, the bar without them (:func:`quiet_progress`)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.pop_callback(PrinterCallback)  # with the bar switched off (disable_tqdm) it prints the same dicts
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(quiet_progress())
+
+
+def _train_or_resume(trainer, resume: Path | None) -> tuple[float, float]:
+    """Train from the start or from checkpoint ``resume``: (runtime in seconds, the trainer's mean loss)."""
+    state = json.loads((resume / "trainer_state.json").read_text()) if resume else {}
+    if resume and state.get("global_step", 0) >= state.get("max_steps", 1 << 62):
+        # The last checkpoint is the end of training (the crash came after it): take its weights.
+        # Resuming a finished state would make transformers run one step too many.
+        _load_checkpoint_weights(trainer, resume)
+        trainer.state.global_step = int(state["global_step"])
+        trainer.state.log_history = list(state.get("log_history", []))
+        return sum(float(h.get("train_runtime", 0.0)) for h in trainer.state.log_history), float("nan")
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return float(output.metrics.get("train_runtime", 0.0)), float(output.training_loss)
 
 
 def _load_checkpoint_weights(trainer, checkpoint: Path) -> None:

@@ -1,0 +1,55 @@
+"""Supervised fine-tuning with TRL's SFTTrainer, on tunegate's own tokenisation.
+
+``tunegate.data.tokenize`` turns each canonical record into ``input_ids`` and ``labels`` (loss on every
+assistant turn and its end-of-turn token, or the last one with ``train.loss_on: last_assistant_turn``),
+which SFTTrainer takes as an already-processed dataset; packing and padding-free batches are its own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tunegate.tuning.objectives.base import Record, TrainerParts
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
+    from trl import SFTConfig, SFTTrainer
+
+
+class SFT:
+    name = "sft"
+
+    def dataset(self, params: Any, tokenizer: PreTrainedTokenizerBase, records: list[Record]) -> Dataset:
+        from datasets import Dataset
+
+        from tunegate.data.tokenize import tokenize_records
+
+        t = params.train
+        examples = tokenize_records(tokenizer, records, t.max_length, last_turn_only=t.loss_on == "last_assistant_turn")
+        return Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]})
+
+    def config(self, params: Any, shared: dict[str, Any]) -> SFTConfig:
+        from trl import SFTConfig
+
+        t = params.train
+        return SFTConfig(
+            **shared,
+            max_length=t.max_length,
+            packing=t.packing,
+            # Best-fit packing is padding-free and keeps examples apart only with flash attention.
+            packing_strategy="bfd" if t.attn_implementation == "flash_attention_2" else "wrapped",
+            padding_free=t.padding_free,
+        )
+
+    def trainer(self, parts: TrainerParts) -> SFTTrainer:
+        from trl import SFTTrainer
+
+        return SFTTrainer(
+            model=parts.model,
+            args=parts.args,
+            train_dataset=parts.train_dataset,
+            processing_class=parts.tokenizer,
+            peft_config=parts.peft_config,
+            callbacks=parts.callbacks,
+        )
