@@ -2,13 +2,15 @@
 
 * two `tunegate run` started 1 s apart: the second waits in the project's queue (an OS file lock under
   $TUNEGATE_HOME), names the run it waits for, and no traceback or DVC lock error appears;
-* the first, killed with SIGKILL during training, frees the slot at once, shows as `crashed` in
+* the first, killed with SIGKILL during training, frees the slot at once, leaves none of its children (the
+  temporary Prefect server, the preflight child) running a few seconds later, shows as `crashed` in
   `tunegate status` with the resume command, and `tunegate run --resume` ends with the same metrics as
   the uninterrupted second run, with the default checkpoint settings (no `train.save_steps` override).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -67,6 +69,33 @@ def _checkpoint_50(home: Path, proc: subprocess.Popen) -> Path | None:
     return None
 
 
+def _descendants(pid: int) -> dict:
+    """The processes under ``pid`` now, with their command lines."""
+    import psutil
+
+    found = {}
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            found[child] = " ".join(child.cmdline())
+    return found
+
+
+def _still_running(processes: dict, within_s: float) -> list[str]:
+    """Of ``processes``, those still running (not gone, not a zombie) after ``within_s`` seconds."""
+    import psutil
+
+    def running(process) -> bool:
+        try:
+            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + within_s
+    while any(running(p) for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [f"{p.pid} {cmdline[:200]}" for p, cmdline in processes.items() if running(p)]
+
+
 def test_a_second_run_queues_behind_the_first_which_is_killed_and_resumes_to_the_same_metrics(operator):
     """Two runs 1 s apart on a new home: the second waits for the first. The first is killed with SIGKILL
     during training: the second gets the slot at once and finishes; `tunegate status` calls the first
@@ -77,11 +106,17 @@ def test_a_second_run_queues_behind_the_first_which_is_killed_and_resumes_to_the
     time.sleep(1)
     second = subprocess.Popen(_args(params), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint = _checkpoint_50(home, first)
-    os.killpg(first.pid, signal.SIGKILL)  # a real crash: no cleanup, no failure hook
+    children = _descendants(first.pid)
+    os.kill(first.pid, signal.SIGKILL)  # a real crash, `kill -9` of the command alone: no cleanup, no failure hook
     first.wait()
+    left = _still_running(children, within_s=5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(first.pid, signal.SIGKILL)  # what leaked, if anything, goes now
     out, err = second.communicate(timeout=900)
     (home.parent / "second.log").write_text(out + "\n" + err)
     assert checkpoint is not None, "the first run never wrote its step-50 checkpoint"
+    assert any("uvicorn" in cmdline for cmdline in children.values()), children  # its temporary Prefect server
+    assert not left, f"children of the killed run still running: {left}"
     run_id = checkpoint.parts[-4]
     assert not (home / "runs" / run_id / "model").exists(), "the first run finished before it could be killed"
 

@@ -1,11 +1,14 @@
 """Validation computed ahead in the preflight's child (tunegate.operations.validation_ahead): used only for the same
-params on byte-identical canonical files, and then equal to the task's own computation, failures included."""
+params on byte-identical canonical files, and then equal to the task's own computation, failures included; found
+under the directory named by this process and the params, waited for while its child holds the lock."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,10 +61,12 @@ def _as_the_task(params, work: Path):
     return file_md5(work / "train.jsonl"), file_md5(work / "eval.jsonl"), reports
 
 
-def _finished_child() -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process
+def _ahead_of(params, computed: Path) -> Path:
+    """What a passed preflight child of this process leaves for ``params``: its directory, the lock released."""
+    directory = validation_ahead.directory_for(params)
+    shutil.rmtree(directory, ignore_errors=True)
+    shutil.copytree(computed, directory)
+    return directory
 
 
 def _comparable(report) -> dict:
@@ -79,7 +84,7 @@ def test_ahead_equals_the_tasks_own_validation_and_moves_its_docs(tmp_path, base
     train_md5, eval_md5, (train_report, eval_report) = _as_the_task(params, tmp_path / "task")
     assert train_report.passed is not bad and train_report.dropped_ids  # findings to compare: a drop, and an error when bad
 
-    validation_ahead.register(params, _finished_child(), ahead_dir)
+    _ahead_of(params, ahead_dir)
     out_dir = tmp_path / "run" / "validation"
     got = validation_ahead.take(params, train_md5, eval_md5, out_dir)
     assert got is not None
@@ -98,13 +103,44 @@ def test_ahead_is_ignored_for_other_data_or_other_params_or_a_failed_child(tmp_p
     train_md5, eval_md5, _ = _as_the_task(params, tmp_path / "task")
     out_dir = tmp_path / "out"
 
-    validation_ahead.register(params, _finished_child(), ahead_dir)
+    _ahead_of(params, ahead_dir)
     assert validation_ahead.take(params, "0" * 32, eval_md5, out_dir) is None  # the data changed after the child read it
-    validation_ahead.register(params, _finished_child(), ahead_dir)
+    _ahead_of(params, ahead_dir)
     assert validation_ahead.take(params, train_md5, "0" * 32, out_dir) is None
     stricter = _params(tmp_path, extra=["validation.max_duplicate_rate=0.5"])
-    validation_ahead.register(params, _finished_child(), ahead_dir)
-    assert validation_ahead.take(stricter, train_md5, eval_md5, out_dir) is None  # other params: nothing registered for them
-    validation_ahead.register(params, _finished_child(), tmp_path / "empty")  # the child died before writing its result
+    directory = _ahead_of(params, ahead_dir)
+    assert validation_ahead.take(stricter, train_md5, eval_md5, out_dir) is None  # other params: nothing there for them
+    # the child died before writing its result (the kernel released its lock)
+    shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    (directory / validation_ahead.BUSY).touch()
     assert validation_ahead.take(params, train_md5, eval_md5, out_dir) is None
     assert not out_dir.exists()
+    assert not directory.exists()  # each look uses it up
+
+
+def test_the_task_waits_for_a_child_that_still_validates_and_not_for_one_that_is_gone(tmp_path):
+    """The child holds the busy lock while it validates: the task waits for it, and a killed child's lock is released
+    by the kernel at once (no result: the task validates itself)."""
+    directory = tmp_path / "ahead"
+    writer = (
+        "import json, sys, time\n"
+        "from pathlib import Path\n"
+        "from tunegate.operations import validation_ahead\n"
+        "busy = validation_ahead.hold(Path(sys.argv[1]))\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(float(sys.argv[2]))\n"
+        "Path(sys.argv[1], 'validation.json').write_text(json.dumps({'params_key': 'k'}))\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", writer, str(directory), "1.0"], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert child.stdout.readline().strip() == "locked"
+    begin = time.monotonic()
+    assert validation_ahead._wait_until_done(directory, timeout_s=30)
+    assert time.monotonic() - begin > 0.5 and child.wait(timeout=30) == 0 and (directory / "validation.json").is_file()
+
+    stuck = subprocess.Popen([sys.executable, "-c", writer, str(tmp_path / "stuck"), "600"], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert stuck.stdout.readline().strip() == "locked"
+    assert not validation_ahead._wait_until_done(tmp_path / "stuck", timeout_s=0.3)
+    stuck.kill()
+    stuck.wait()
+    assert validation_ahead._wait_until_done(tmp_path / "stuck", timeout_s=5)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunegate import tags
 from tunegate.paths import artifact_root, tracking_uri  # noqa: F401  (re-exported)
 
 CHAMPION = "champion"
@@ -336,10 +337,72 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
-AUDIT_HEAD_TAG = "tunegate.audit_head"  # a registered model's newest audit entry, "<seq>:<hash>"
+AUDIT_HEAD_TAG = tags.AUDIT_HEAD  # a registered model's newest audit entry, "<seq>:<hash>"
 
 
 def publish_audit_head(name: str, head: str) -> None:
     """Tag registered model ``name`` with its newest audit entry: a trail cut short or rewritten no longer
     ends where the registry says (``tunegate audit verify``)."""
     client().set_registered_model_tag(name, AUDIT_HEAD_TAG, head)
+
+
+# --- for governance and operations: what they ask MLflow beyond the calls above ------------------
+
+
+def load_artifact_json(run_id: str, path: str) -> Any:
+    """The JSON artifact ``path`` of run ``run_id``, or None when it is missing or not JSON."""
+    import mlflow
+
+    try:
+        return json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/{path}"))
+    except Exception:
+        return None
+
+
+def server_get(uri: str, path: str, params: dict[str, str] | None = None):
+    """A GET of ``path`` on the tracking server ``uri`` with the client's own credentials and TLS settings
+    (one retry, 30 s); the ``requests`` response."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    return http_request(get_default_host_creds(uri), path, "GET", params=params, max_retries=1, backoff_factor=1, timeout=30)
+
+
+def ensure_webhook(mlflow_url: str, name: str, url: str, events: list[str], secret: str, description: str) -> str:
+    """Create the MLflow server's webhook ``name`` (or point it at ``url``, with ``secret``, active); its id."""
+    from mlflow import MlflowClient
+
+    server = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
+    for hook in server.list_webhooks():
+        if hook.name == name:
+            return server.update_webhook(hook.webhook_id, url=url, events=events, secret=secret, status="ACTIVE").webhook_id
+    return server.create_webhook(name, url, events, description=description, secret=secret).webhook_id
+
+
+# --- for tunegate.evaluation.cache (a RunStore): finding and reading back stored evaluations ------------
+
+
+def finished_runs_tagged(experiment: str, tag: str, value: str, limit: int = 20) -> list[tuple[str, dict[str, str]]]:
+    """(run id, tags) of ``experiment``'s finished runs tagged ``tag`` = ``value``, newest first ([]: no such
+    experiment)."""
+    c = client()
+    found = c.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = c.search_runs(
+        [found.experiment_id], filter_string=f"tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=limit,
+    )
+    return [(run.info.run_id, dict(run.data.tags)) for run in runs]
+
+
+def read_json_artifact(run_id: str, path: str) -> Any:
+    """The JSON artifact ``path`` of run ``run_id`` (raises when it is missing or not JSON)."""
+    with tempfile.TemporaryDirectory(prefix="tunegate-artifact-") as tmp:
+        local = client().download_artifacts(run_id, path, tmp)
+        return json.loads(Path(local).read_text(encoding="utf-8"))
+
+
+def import_transformers_flavor() -> None:
+    """Import MLflow's transformers flavour now (``tunegate run`` warms it while its Prefect server starts)."""
+    import mlflow.transformers  # noqa: F401

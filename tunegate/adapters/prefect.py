@@ -4,8 +4,9 @@ The same server Prefect's ephemeral mode starts (uvicorn on ``prefect.server.api
 with the UI off, the database under ``$PREFECT_HOME``), started by ``tunegate run`` on a thread while
 it checks and imports the pipeline: this process never imports Prefect's server API (1.7 s here),
 and a new home's database is created while the run does other work. The flow then runs with
-``PREFECT_API_URL`` pointing at it (as a Prefect setting, not in the environment) and the server
-stops when the process ends.
+``PREFECT_API_URL`` pointing at it (as a Prefect setting, not in the environment, :func:`temporary_api`)
+and the server stops when the process ends: at exit, or, when the process is killed, by the kernel
+(the server is started by :func:`tunegate.adapters.lifeline.spawn`, with the parent-death signal).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tunegate.adapters import lifeline
 from tunegate.paths import free_port
 
 TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -63,7 +65,7 @@ class TemporaryPrefectServer:
     def _spawn(self) -> subprocess.Popen:
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
         env.pop("PREFECT_API_URL", None)
-        return subprocess.Popen(
+        return lifeline.spawn(  # dies with this process, kill -9 included
             [sys.executable, "-m", "uvicorn", "--app-dir", _prefect_parent(), "--factory", "prefect.server.api.server:create_app",
              "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
             env=env,
@@ -181,6 +183,193 @@ def make_template() -> Path:
         os.chmod(partial, 0o600)
         os.replace(partial, template)
     return template
+
+
+# --- the Prefect client, for the CLI, the run launcher and operations ----------------------------
+# (tunegate/operations reaches Prefect only through these; Prefect is imported when one is called)
+
+
+def temporary_api(api_url: str | None):
+    """A context manager pointing Prefect's client at ``api_url`` (a Prefect setting: the environment's
+    PREFECT_API_URL keeps meaning "a real server", e.g. for the run queue), without flow-run heartbeats:
+    they let a lasting server call a silent run crashed, and the temporary server ends with this process
+    (tunegate status finds a crashed run by its process); their thread held the flow's end up to 1 s.
+    ``None``: nothing changes."""
+    import contextlib
+
+    if api_url is None:
+        return contextlib.nullcontext()
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    return temporary_settings(updates={PREFECT_API_URL: api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+
+
+def drain_workers(timeout: float = 5) -> None:
+    """Ship the logs and events Prefect's workers still hold (when Prefect was loaded at all), while the
+    temporary server still runs: flushing to a stopped one waits out a 5 s timeout. Never raises:
+    nothing of a run depends on it."""
+    if "prefect" not in sys.modules:
+        return
+    try:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=timeout)
+        EventsWorker.drain_all(timeout=timeout)
+    except Exception:
+        pass
+
+
+def ensure_global_limit(name: str, slots: int) -> None:
+    """Create the global concurrency limit ``name`` with ``slots`` (or set its size to ``slots``, active)."""
+    import contextlib
+
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(Exception):  # another run created it a moment ago
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots, active=True))
+            return
+        if existing.limit != slots or not existing.active:
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=slots, active=True))
+
+
+def global_limit_full(name: str) -> bool:
+    """Whether every slot of the global concurrency limit ``name`` is taken now (False when unknown)."""
+    from prefect import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(name)
+    except Exception:  # unknown: the attempt itself tells
+        return False
+    return limit.active_slots >= limit.limit
+
+
+def global_limit_slot(name: str, flow_run_id: str | None, timeout_seconds: float):
+    """A context manager that occupies one slot of the global concurrency limit ``name`` for the flow run
+    ``flow_run_id`` (the lease's holder), raising TimeoutError on entry when none frees in ``timeout_seconds``."""
+    from uuid import UUID
+
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.concurrency.sync import concurrency
+
+    holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(flow_run_id)) if flow_run_id else None
+    return concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True, holder=holder)
+
+
+def served_deployment(name: str, upcoming: int = 3, recent: int = 5):
+    """Deployment ``name`` ("flow/deployment") on the Prefect server and its next scheduled and latest other
+    flow runs: ``(deployment, upcoming runs, recent runs)``, or None when the server has no such deployment."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return None
+        by_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        scheduled = client.read_flow_runs(
+            deployment_filter=by_deployment,
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=upcoming,
+        )
+        latest = client.read_flow_runs(
+            deployment_filter=by_deployment,
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED]))),
+            sort=FlowRunSort.START_TIME_DESC, limit=recent,
+        )
+    return deployment, scheduled, latest
+
+
+def to_deployment(flow, *, name: str, cron: str | None, interval_seconds: float | None, timezone: str | None,
+                  trigger: dict | None, parameters: dict, max_concurrent_runs: int, description: str, tags: list[str],
+                  version: str | None):
+    """``flow.to_deployment``: scheduled by ``cron``, else every ``interval_seconds`` (neither: unscheduled),
+    started by ``trigger`` (the fields of a ``DeploymentEventTrigger``) when given, at most
+    ``max_concurrent_runs`` at once with the rest enqueued; not paused."""
+    import datetime as dt
+
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.events import DeploymentEventTrigger
+    from prefect.schedules import Cron, Interval
+
+    schedules = []
+    if cron:
+        schedules.append(Cron(cron, timezone=timezone))
+    elif interval_seconds:
+        schedules.append(Interval(dt.timedelta(seconds=interval_seconds), timezone=timezone))
+    return flow.to_deployment(
+        name=name,
+        schedules=schedules,
+        triggers=[DeploymentEventTrigger(**trigger)] if trigger else [],
+        parameters=parameters,
+        concurrency_limit=ConcurrencyLimitConfig(limit=max_concurrent_runs, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        description=description,
+        tags=tags,
+        version=version,
+        paused=False,
+    )
+
+
+def emit_event(event: str, resource: dict[str, str], payload: dict) -> None:
+    """Send one event to the Prefect server (``PREFECT_API_URL``) and wait until it is sent."""
+    import asyncio
+
+    from prefect.events import Event
+    from prefect.events.clients import get_events_client
+
+    message = Event(event=event, resource=resource, payload=payload)
+
+    async def send() -> None:
+        async with get_events_client() as client:
+            await client.emit(message)
+
+    asyncio.run(send())
+
+
+def deploy(prefect_file: Path, names: list[str], cwd: Path) -> int:
+    """``prefect deploy`` of the named deployments in ``prefect_file``, run from ``cwd`` (where its entrypoints
+    are relative to); returns its exit code.
+
+    Works around a Prefect 3.8.8 client bug under the pinned ``fastapi<0.155``: after creating the
+    deployment, ``prefect deploy`` asks for the pool's workers with ``limit: null``, which the
+    server rejects with 422, so the command exits 1 although the deployment exists. The patch
+    sends the server's own defaults instead; nothing else changes.
+    """
+    from prefect.cli import app as prefect_cli
+    from prefect.client.orchestration._work_pools.client import WorkPoolAsyncClient
+
+    original = WorkPoolAsyncClient.read_workers_for_work_pool
+
+    async def read_workers(self, work_pool_name, worker_filter=None, offset=None, limit=None):
+        return await original(self, work_pool_name, worker_filter, 0 if offset is None else offset, 200 if limit is None else limit)
+
+    argv = ["--no-prompt", "deploy", "--prefect-file", str(prefect_file)]
+    for name in names:
+        argv += ["--name", name]
+    WorkPoolAsyncClient.read_workers_for_work_pool = read_workers
+    saved_cwd, saved_argv = os.getcwd(), sys.argv
+    try:
+        os.chdir(cwd)
+        sys.argv = ["prefect", *argv]  # Prefect's CLI entry point reads its arguments from sys.argv
+        prefect_cli()
+        return 0
+    except SystemExit as done:
+        return int(done.code or 0) if not isinstance(done.code, str) else 1
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        WorkPoolAsyncClient.read_workers_for_work_pool = original
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ prefect, mlflow and great_expectations never are.
 from __future__ import annotations
 
 import os
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,31 +79,16 @@ def run_preflight(params: Params, *, params_file: str | Path) -> list[Problem]:
         problems += _guarded("tokenizer", lambda: tokenizer_problems(params, model_dir))
     problems += _guarded("hardware", lambda: hardware_problems(params))
     problems += _guarded("audit", lambda: audit_problems(params))
-    if not problems:
-        _passed[_key(params, params_file)] = time.monotonic()
     return [Problem(p.check, f"{where}: {p.message}") for p in problems]
 
 
-# Preflights passed in this process: `tunegate run` checks before the flow starts, and the flow's first
-# task need not check the same params again seconds later (a run that waited in the queue does).
-_passed: dict[str, float] = {}
+# A preflight passed longer ago than this is run again before the flow trusts it (a run that waited
+# in the queue: the data or the model may have changed meanwhile); see tunegate.operations.launcher.
 RECHECK_AFTER_S = 120.0
 
 
-def _key(params: Params, params_file: str | Path) -> str:
-    import hashlib
-
-    from tunegate.params import dump_params
-
-    return hashlib.sha256(f"{Path(params_file).resolve()}\n{dump_params(params)}".encode()).hexdigest()
-
-
 def check_preflight(params: Params, *, params_file: str | Path, command: str = "tunegate run") -> None:
-    """:func:`run_preflight`, raising one :class:`PreflightError` with every problem found (skipped when
-    this process passed it for the same params less than :data:`RECHECK_AFTER_S` ago)."""
-    passed = _passed.get(_key(params, params_file))
-    if passed is not None and time.monotonic() - passed < RECHECK_AFTER_S:
-        return
+    """:func:`run_preflight`, raising one :class:`PreflightError` with every problem found."""
     problems = run_preflight(params, params_file=params_file)
     if problems:
         raise PreflightError(problems, command)
@@ -192,10 +176,10 @@ def data_problems(params: Params, root: Path | None = None) -> list[str]:
 
 
 def eval_problems(params: Params) -> list[str]:
-    """The enabled eval suites' files: missing files, missing columns, empty files."""
-    from tunegate.evaluation.suites import eval_file_problems
+    """The enabled eval suites' files: missing files, missing columns, empty files; gate metrics no suite computes."""
+    from tunegate.evaluation.suites import eval_file_problems, gate_metric_problems
 
-    return list(eval_file_problems(params.eval))
+    return list(eval_file_problems(params.eval)) + gate_metric_problems(params.gate)
 
 
 # --- base model ---------------------------------------------------------------------------------
@@ -386,16 +370,13 @@ def _quietly(load: Callable[[], Any]) -> Any:
         hf_logging.set_verbosity(level)
 
 
-def mark_passed(params: Params, params_file: str | Path) -> None:
-    """Record that the preflight for ``params`` passed (in a child process, :func:`main`), so the flow skips it."""
-    _passed[_key(params, params_file)] = time.monotonic()
-
-
 def main(argv: list[str] | None = None) -> None:
     """``python -m tunegate.operations.preflight PARAMS [--set k=v ...]``: the problems as one JSON list on stdout
     (its first line); with ``--validate-into DIR`` the data validation follows, computed ahead.
 
-    ``tunegate run`` runs this beside its own start-up (imports, the Prefect server) on another core.
+    ``tunegate run`` runs this beside its own start-up (imports, the Prefect server) on another core, as a
+    child that dies with it (tunegate.adapters.lifeline); while it works it holds the lock of the
+    directory, which the flow's ``validate_data`` task waits for (tunegate.operations.validation_ahead).
     """
     import argparse
     import json
@@ -410,6 +391,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--validate-into", default=None,
                         help="once passed, validate the data ahead into this directory (tunegate.operations.validation_ahead)")
     args = parser.parse_args(argv)
+    busy = None
+    if args.validate_into:  # held until this process ends, however it ends
+        from tunegate.operations.validation_ahead import hold
+
+        busy = hold(Path(args.validate_into))
     configure_environment()
     params = load_params(Path(args.params), args.overrides)
     problems = run_preflight(params, params_file=args.shown_as or args.params)
@@ -418,6 +404,7 @@ def main(argv: list[str] | None = None) -> None:
         from tunegate.operations import validation_ahead
 
         validation_ahead.compute(params, Path(args.validate_into))
+    del busy
 
 
 if __name__ == "__main__":

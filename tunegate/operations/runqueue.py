@@ -30,13 +30,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
+
+from tunegate import tags
 
 # Set before torch is imported (OpenMP reads them once); the user's own settings win.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 SLOTS_ENV = "TUNEGATE_MACHINE_SLOTS"
 MACHINE_DIR_ENV = "TUNEGATE_MACHINE_DIR"
-QUEUE_TAG = "tunegate.queue"
+QUEUE_TAG = tags.QUEUE
 POLL_SECONDS = 1.0
 REPORT_EVERY_S = 60.0
 
@@ -231,6 +233,20 @@ def file_slot(
 # --- who holds a slot, in words ---------------------------------------------------------------
 
 
+class SlotHolder(TypedDict, total=False):
+    """What a slot's holder wrote into it (and what the queue says about it): every key may be missing."""
+
+    run_id: str | None
+    flow_run_id: str | None
+    trigger: str | None
+    initiator: str | None
+    model: str | None
+    what: str | None
+    host: str | None
+    pid: int | str | None
+    since: str | None
+
+
 def holder_info(**fields: Any) -> dict[str, Any]:
     return {
         **fields,
@@ -281,48 +297,15 @@ def limit_name(model_name: str) -> str:
     return f"tunegate-{model_name}"
 
 
-def ensure_prefect_limit(name: str, slots: int) -> None:
-    """Create the global concurrency limit ``name`` with ``slots`` (or set its size to ``slots``)."""
-    from prefect import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
-    from prefect.exceptions import ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            existing = client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            with contextlib.suppress(Exception):  # another run created it a moment ago
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots, active=True))
-            return
-        if existing.limit != slots or not existing.active:
-            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=slots, active=True))
-
-
-def limit_full(name: str) -> bool:
-    """Whether every slot of the global concurrency limit ``name`` is taken now."""
-    from prefect import get_client
-
-    try:
-        with get_client(sync_client=True) as client:
-            limit = client.read_global_concurrency_limit_by_name(name)
-    except Exception:  # unknown: the attempt itself tells
-        return False
-    return limit.active_slots >= limit.limit
-
-
 @contextlib.contextmanager
 def prefect_slot(
     name: str, slots: int, flow_run_id: str | None, *, timeout_s: float | None,
     holders: Callable[[], list[dict[str, Any]]], on_wait: Callable[[list[dict[str, Any]], float], None] | None = None,
 ) -> Iterator[float]:
     """Hold one slot of the global concurrency limit ``name``; yields the seconds waited."""
-    from uuid import UUID
+    from tunegate.adapters import prefect
 
-    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
-    from prefect.concurrency.sync import concurrency
-
-    ensure_prefect_limit(name, slots)
-    holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(flow_run_id)) if flow_run_id else None
+    prefect.ensure_global_limit(name, slots)
     start = time.monotonic()
     attempt_s = 2.0
     last_report = None
@@ -330,11 +313,11 @@ def prefect_slot(
         waited = time.monotonic() - start
         if timeout_s is not None and waited >= timeout_s:
             raise QueueTimeout(_timeout_message(name, timeout_s, holders()))
-        if on_wait and (last_report is None or waited - last_report >= REPORT_EVERY_S) and limit_full(name):
+        if on_wait and (last_report is None or waited - last_report >= REPORT_EVERY_S) and prefect.global_limit_full(name):
             on_wait(holders(), waited)  # said before the attempt: Prefect's client may wait inside it
             last_report = waited
         step = attempt_s if timeout_s is None else max(1.0, min(attempt_s, timeout_s - waited))
-        manager = concurrency(name, occupy=1, timeout_seconds=step, strict=True, holder=holder)
+        manager = prefect.global_limit_slot(name, flow_run_id, timeout_seconds=step)
         try:
             manager.__enter__()
         except TimeoutError:

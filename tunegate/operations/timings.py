@@ -2,7 +2,8 @@
 
 The tasks of a flow run execute in the flow's process, so the stages add up in this module;
 ``finish_run`` puts them into the summary (``timings``) and MLflow (``timing_<stage>_s``), and
-``tunegate run`` adds the Prefect server's start and the total wall time it alone can see.
+``tunegate run`` adds the Prefect server's start (handed to the flow in its launch value, given to
+:func:`reset` by the first task) and the total wall time it alone can see.
 """
 
 from __future__ import annotations
@@ -18,19 +19,13 @@ STAGES = (
 )
 
 _seconds: dict[str, float] = {}
-_carried: dict[str, float] = {}
 
 
-def carry(stage: str, seconds: float) -> None:
-    """A stage measured before the flow run (``tunegate run``'s server start): it joins the next run."""
-    _carried[stage] = float(seconds)
-
-
-def reset() -> None:
-    """A flow run begins: forget the last run's stages (a served process runs many), take the carried ones."""
+def reset(before: dict[str, float] | None = None) -> None:
+    """A flow run begins: forget the last run's stages (a served process runs many); ``before``: stages
+    measured before the flow run (``tunegate run``'s server start), which join this one."""
     _seconds.clear()
-    _seconds.update(_carried)
-    _carried.clear()
+    _seconds.update({stage: float(seconds) for stage, seconds in (before or {}).items()})
 
 
 def add(stage: str, seconds: float) -> None:

@@ -9,15 +9,21 @@ The task uses that result only when it was computed on the same params and on by
 canonical files (the md5 of each canonical split, as ``prepare_data`` wrote them after ``dvc repro``);
 otherwise (the data changed, the child failed, the flow runs elsewhere) it validates as always.
 Either way the same code, on the same records, decides: only where it runs differs.
+
+No state in this module joins the launcher and the task: the directory is named by the process that
+runs the flow and the params (:func:`directory_for`), so the task finds what its own launcher started
+and a served or scheduled run (no launcher) finds nothing. The child holds a lock on the directory's
+``busy`` file while it works; the task waits for that lock, the kernel releasing it however the child ends.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,7 @@ from tunegate.params import Params, dump_params
 
 RESULT = "validation.json"
 DOCS = "validation"
+BUSY = "busy"  # locked by the child while it validates
 
 
 def params_key(params: Params) -> str:
@@ -76,26 +83,79 @@ class Ahead:
     eval: ValidationReport | None
 
 
-# Children that validate ahead for this process: params key -> (process, directory).
-_pending: dict[str, tuple[subprocess.Popen, Path]] = {}
+def process_directory(pid: int | None = None) -> Path:
+    """``$TUNEGATE_HOME/ahead/<pid>-<start time>``: what the launcher of process ``pid`` (default: this one)
+    had computed ahead (pid and start time name one process, pids being reused)."""
+    import psutil
+
+    from tunegate.paths import tunegate_home
+
+    pid = os.getpid() if pid is None else pid
+    return tunegate_home() / "ahead" / f"{pid}-{psutil.Process(pid).create_time():.2f}"
 
 
-def register(params: Params, process: subprocess.Popen, directory: Path) -> None:
-    _pending[params_key(params)] = (process, directory)
+def directory_for(params: Params) -> Path:
+    """Where this process's preflight child validates ``params`` ahead, and where the task looks."""
+    return process_directory() / params_key(params)[:16]
 
 
-def take(params: Params, train_md5: str | None, eval_md5: str | None, out_dir: Path, timeout_s: float = 600) -> Ahead | None:
-    """The reports computed ahead for ``params`` on canonical files with these md5s, their data docs
-    moved under ``out_dir``; ``None`` when there are none (the caller validates itself). Used once."""
-    entry = _pending.pop(params_key(params), None)
-    if entry is None:
-        return None
-    process, directory = entry
+def sweep() -> None:
+    """Remove what launchers that are gone (killed before their atexit cleanup) left under ``ahead/``."""
+    import psutil
+
+    from tunegate.paths import tunegate_home
+
+    for directory in (tunegate_home() / "ahead").glob("*-*"):
+        pid, _, started = directory.name.partition("-")
+        try:
+            alive = abs(psutil.Process(int(pid)).create_time() - float(started)) < 0.02
+        except (psutil.NoSuchProcess, ValueError):
+            alive = False
+        if not alive:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def hold(directory: Path):
+    """In the child: lock ``directory``'s busy file until the child ends (the open file is returned: keep it)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    busy = open(directory / BUSY, "w")
+    fcntl.flock(busy, fcntl.LOCK_EX)
+    return busy
+
+
+def _wait_until_done(directory: Path, timeout_s: float) -> bool:
+    """Whether the child that validates into ``directory`` has ended (its lock released) within ``timeout_s``."""
     try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return None
+        busy = open(directory / BUSY)
+    except OSError:  # never locked: no child works here
+        return True
+    deadline = time.monotonic() + timeout_s
+    with busy:
+        while True:
+            try:
+                fcntl.flock(busy, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.05)
+
+
+def take(params: Params, train_md5: str | None, eval_md5: str | None, out_dir: Path, timeout_s: float = 600,
+         directory: Path | None = None) -> Ahead | None:
+    """The reports computed ahead for ``params`` (in ``directory``, default :func:`directory_for`) on canonical
+    files with these md5s, their data docs moved under ``out_dir``; ``None`` when there are none (the caller
+    validates itself). Used once: the directory is removed."""
+    directory = directory_for(params) if directory is None else directory
+    if not directory.is_dir() or not _wait_until_done(directory, timeout_s):
+        return None  # a child still busy after the timeout dies with its launcher
+    try:
+        return _read(params, train_md5, eval_md5, out_dir, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _read(params: Params, train_md5: str | None, eval_md5: str | None, out_dir: Path, directory: Path) -> Ahead | None:
     try:
         result = json.loads((directory / RESULT).read_text())
     except (OSError, ValueError):
