@@ -10,13 +10,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from tasks.common import RETRY_TRANSIENT, DataRef, RunContext, timed
+from tunegate import tags
 from tunegate.adapters import dvc as dvc_adapter
 from tunegate.adapters import mlflow as tracking
 from tunegate.data.dataset import build_dataset, validate_canonical, without
 from tunegate.data.digest import file_md5
 from tunegate.data.sources import read_canonical, write_jsonl
 from tunegate.data.validation import DataError, error_message, save_report
-from tunegate.governance.audit import record
+from tunegate.governance.trail import record
 from tunegate.operations import validation_ahead
 from tunegate.params import Params
 from tunegate.paths import repo_root, tunegate_home
@@ -39,9 +40,9 @@ def prepare_data(params: Params, ctx: RunContext) -> DataRef:
     canonical_md5, eval_md5 = file_md5(train_path), file_md5(eval_path)
     data_md5 = stage_md5 or canonical_md5
     source_md5s = dataset.source_md5s()
-    tracking.set_tags(ctx.run_id, {"tunegate.data_md5": data_md5, "tunegate.canonical_train_md5": canonical_md5,
-                                   "tunegate.canonical_eval_md5": eval_md5,
-                                   **{f"tunegate.source_md5.{name}": md5 for name, md5 in source_md5s.items()}})
+    tracking.set_tags(ctx.run_id, {tags.DATA_MD5: data_md5, tags.CANONICAL_TRAIN_MD5: canonical_md5,
+                                   tags.CANONICAL_EVAL_MD5: eval_md5,
+                                   **{f"{tags.SOURCE_MD5_PREFIX}{name}": md5 for name, md5 in source_md5s.items()}})
     tracking.log_dict(ctx.run_id, {"data_md5": data_md5, "sources": dataset.source_summary()}, "data/sources.json")
     for source in dataset.train_sources + dataset.eval_sources:
         context = "evaluation" if source in dataset.eval_sources else "training"
@@ -74,7 +75,7 @@ def validate_data(params: Params, data: DataRef, ctx: RunContext) -> DataRef:
     tracking.log_artifacts(ctx.run_id, out_dir, "validation")
     create_markdown_artifact(key="validation-report", markdown=markdown_path.read_text(), description="Great Expectations results")
     passed = all(r.passed for r in reports)
-    tracking.set_tags(ctx.run_id, {"tunegate.validation": "passed" if passed else "failed"})
+    tracking.set_tags(ctx.run_id, {tags.VALIDATION: "passed" if passed else "failed"})
     tracking.log_metrics(ctx.run_id, {"data_refusal_share": train_report.refusal_share, "data_dropped_records": sum(len(r.dropped_ids) for r in reports)})
     record(
         "validation",

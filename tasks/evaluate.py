@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -11,15 +10,15 @@ from prefect.cache_policies import NONE
 
 from tasks.common import RETRY_TRANSIENT, BaselineRef, DataRef, RunContext, timed
 from tasks.queue import compute_slot
+from tunegate import tags
 from tunegate.adapters import mlflow as tracking
 from tunegate.evaluation import cache as eval_cache
 from tunegate.evaluation.cache import EvaluationOutcome
-from tunegate.evaluation.comparison import Evaluated, compare_all, delta_metrics
+from tunegate.evaluation.comparison import Comparison, Evaluated, Reference, compare_all, delta_metrics
 from tunegate.evaluation.report import baseline_label, plots, render_html, render_markdown
-from tunegate.evaluation.stats import Delta
 from tunegate.evaluation.suites import load_items_md5
-from tunegate.governance.audit import record
-from tunegate.governance.gate import verdict_cell
+from tunegate.governance.trail import record
+from tunegate.governance.gate import GateDecision, verdict_cell
 from tunegate.operations import timings
 from tunegate.params import Params
 from tunegate.paths import tunegate_home
@@ -38,7 +37,7 @@ def resolve_baseline(params: Params, ctx: RunContext) -> BaselineRef:
         local = tracking.download_version(champion, Path(ctx.work_dir) / "baseline")
         ref = BaselineRef("champion", champion.version, str(local))
         logger.info("baseline: champion version %s", champion.version)
-    tracking.set_tags(ctx.run_id, {"tunegate.baseline_source": ref.source, "tunegate.baseline_version": ref.version or ""})
+    tracking.set_tags(ctx.run_id, {tags.BASELINE_SOURCE: ref.source, tags.BASELINE_VERSION: ref.version or ""})
     return ref
 
 
@@ -51,7 +50,7 @@ def resolve_waiting(params: Params, ctx: RunContext, baseline: BaselineRef) -> B
         return None
     local = tracking.download_version(waiting, Path(ctx.work_dir) / "waiting")
     get_run_logger().info("waiting for review: version %s; the new candidate is compared with it too", waiting.version)
-    tracking.set_tags(ctx.run_id, {"tunegate.waiting_version": waiting.version})
+    tracking.set_tags(ctx.run_id, {tags.WAITING_VERSION: waiting.version})
     return BaselineRef("waiting", waiting.version, str(local))
 
 
@@ -78,7 +77,7 @@ def evaluate(
         logger.warning("%s: %s", role, reason)
     earlier = None
     if key is not None and role != "candidate":
-        earlier, reason, problems = eval_cache.look_up(tracking.client(), params, key, exclude_run=ctx.run_id)
+        earlier, reason, problems = eval_cache.look_up(tracking, params, key, exclude_run=ctx.run_id)
         for problem in problems:
             logger.warning("%s: cannot reuse %s", role, problem)
     if earlier is not None:
@@ -105,17 +104,17 @@ def compare_models(
     params: Params, ctx: RunContext, data: DataRef, baseline: BaselineRef,
     baseline_eval: Evaluated, candidate_eval: Evaluated, base_eval: Evaluated | None = None,
     waiting: BaselineRef | None = None, waiting_eval: Evaluated | None = None,
-) -> dict[str, Any]:
+) -> Comparison:
     """:func:`tunegate.evaluation.comparison.compare_all`, logged: deltas with bootstrap intervals against
     the baseline, the base model and the waiting candidate (the report is written after the gate:
     :func:`write_report`). The evaluations are what :func:`evaluate` returned (or plain ``ModelEvaluation`` s)."""
-    ref = {"source": baseline.source, "version": baseline.version}
+    ref = Reference(baseline.source, baseline.version)
     comparison = compare_all(params, ref, baseline_eval, candidate_eval, base_eval,
                              waiting.version if waiting is not None else None, waiting_eval)
-    tracking.set_tags(ctx.run_id, {f"tunegate.eval_md5.{k}": v for k, v in load_items_md5(params.eval).items()})
+    tracking.set_tags(ctx.run_id, {f"{tags.EVAL_MD5_PREFIX}{k}": v for k, v in load_items_md5(params.eval).items()})
     tracking.log_metrics(ctx.run_id, delta_metrics(comparison))
-    regressions = [(d["metric"], d["category"]) for d in comparison["deltas"] if d["regression"]]
-    record("evaluation", {"run_id": ctx.run_id, "baseline": ref, "regressions": regressions},
+    regressions = comparison.regressions
+    record("evaluation", {"run_id": ctx.run_id, "baseline": ref.to_dict(), "regressions": regressions},
            model_name=params.model.registered_name, commit=ctx.commit)
     get_run_logger().info("compared: %d significant loss(es) flagged", len(regressions))
     return comparison
@@ -123,23 +122,23 @@ def compare_models(
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
 @timed("report")
-def write_report(params: Params, ctx: RunContext, data: DataRef, comparison: dict[str, Any], decision: dict[str, Any]) -> str:
+def write_report(params: Params, ctx: RunContext, data: DataRef, comparison: Comparison, decision: GateDecision) -> str:
     """The evaluation report (markdown + HTML with plots), after the gate: its figures are the comparison's
     and its verdicts the gate's own (:func:`tunegate.governance.gate.verdict_cell`). Written under
     ``$TUNEGATE_HOME/reports/<run>``, logged to MLflow under ``report/`` and attached to the Prefect run."""
-    deltas = [Delta.from_dict(d) for d in comparison["deltas"]]
-    waiting = comparison.get("waiting")
+    deltas = list(comparison.deltas)
+    waiting = comparison.waiting
     context = {
         "run_id": ctx.run_id, "model_name": params.model.registered_name, "eval_md5": data.eval_md5 or "",
-        "baseline": comparison["baseline"], "confidence": params.eval.confidence,
-        "baseline_evaluation": comparison["baseline_evaluation"],
-        "over_base": comparison.get("over_base"),
-        "waiting": {**waiting, "deltas": [d for d in waiting["deltas"] if d["category"] == "all"]} if waiting else None,
-        "gate": decision,
+        "baseline": comparison.baseline.to_dict(), "confidence": params.eval.confidence,
+        "baseline_evaluation": comparison.baseline_evaluation,
+        "over_base": comparison.over_base.to_dict() if comparison.over_base else None,
+        "waiting": {**waiting.to_dict(), "deltas": [d.to_dict() for d in waiting.deltas if d.category == "all"]} if waiting else None,
+        "gate": decision.to_dict(),
     }
     # The loss curve: the steps training logged (the trainer's closing mean is train_mean_loss).
     history = [(m.step, m.value) for m in tracking.client().get_metric_history(ctx.run_id, "train_loss")]
-    markdown = render_markdown(context, deltas, comparison["worst"], truncated_prompts=comparison["truncated_prompts"], verdict_cell=verdict_cell)
+    markdown = render_markdown(context, deltas, comparison.worst, truncated_prompts=comparison.truncated_prompts, verdict_cell=verdict_cell)
     page = render_html(markdown, plots(deltas, sorted(history)), f"tunegate evaluation {ctx.run_id[:8]}")
     out_dir = tunegate_home() / "reports" / ctx.run_id
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 from tasks.common import RETRY_TRANSIENT, DataRef, RunContext, timed
+from tunegate import tags
 from tunegate.adapters import mlflow as tracking
-from tunegate.governance.audit import record
-from tunegate.governance.summary import render_markdown
+from tunegate.governance.trail import record
+from tunegate.governance.summary import RunSummary, render_markdown
 from tunegate.operations import timings
-from tunegate.operations.freshness import Reference, RunInputs, check
+from tunegate.operations.freshness import FreshnessCheck, Reference, RunInputs, check
 from tunegate.params import Params
 
 
@@ -27,7 +26,7 @@ def _reference(role: str, ref: tracking.VersionRef | None) -> Reference | None:
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
 @timed("freshness")
-def check_unchanged(params: Params, ctx: RunContext, data: DataRef, force: bool = False) -> dict[str, Any]:
+def check_unchanged(params: Params, ctx: RunContext, data: DataRef, force: bool = False) -> FreshnessCheck:
     """Compare this run's data md5s, params and code with the champion's and a waiting candidate's runs."""
     name = params.model.registered_name
     current = RunInputs(data.data_md5, params.fingerprint(), ctx.code, dict(data.sources))
@@ -38,18 +37,20 @@ def check_unchanged(params: Params, ctx: RunContext, data: DataRef, force: bool 
         ) if ref is not None
     ]
     result = check(current, references, unattended=ctx.trigger != "manual", force=force)
-    tracking.set_tags(ctx.run_id, {"tunegate.freshness": result.reason[:4000]})
+    tracking.set_tags(ctx.run_id, {tags.FRESHNESS: result.reason[:4000]})
     get_run_logger().info("%s", result.reason)
-    return result.to_dict()
+    return result
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
-def skip_run(params: Params, ctx: RunContext, data: DataRef, freshness: dict[str, Any]) -> dict[str, Any]:
+def skip_run(params: Params, ctx: RunContext, data: DataRef, freshness: FreshnessCheck) -> RunSummary:
     """End the run as "nothing to do": MLflow run closed with the outcome, an audit entry, a Prefect artifact."""
-    matched = freshness["matched"]
-    summary = {
+    if not freshness.skip or freshness.matched is None:
+        raise RuntimeError(f"skip_run called for a run with something to do: {freshness.reason}")
+    matched = freshness.to_dict()["matched"]
+    summary: RunSummary = {
         "outcome": "nothing_to_do",
-        "reason": freshness["reason"],
+        "reason": freshness.reason,
         "run_id": ctx.run_id,
         "prefect_flow_run_id": str(flow_run.get_id() or ""),
         "model_name": params.model.registered_name,
@@ -66,7 +67,7 @@ def skip_run(params: Params, ctx: RunContext, data: DataRef, freshness: dict[str
     }
     tracking.log_metrics(ctx.run_id, timings.as_metrics(summary["timings"]))
     markdown = render_markdown(summary)
-    tracking.set_tags(ctx.run_id, {"tunegate.outcome": "nothing_to_do", "tunegate.matched_version": matched["version"]})
+    tracking.set_tags(ctx.run_id, {tags.OUTCOME: "nothing_to_do", tags.MATCHED_VERSION: freshness.matched.version})
     tracking.log_dict(ctx.run_id, summary, "summary/summary.json")
     tracking.log_text(ctx.run_id, markdown, "summary/summary.md")
     create_markdown_artifact(key="run-summary", markdown=markdown, description="tunegate: nothing to do")
@@ -74,7 +75,7 @@ def skip_run(params: Params, ctx: RunContext, data: DataRef, freshness: dict[str
     record(
         "nothing_to_do",
         {"run_id": ctx.run_id, "flow_run_id": summary["prefect_flow_run_id"], "trigger": ctx.trigger,
-         "data_md5": data.data_md5, "matched": matched, "reason": freshness["reason"]},
+         "data_md5": data.data_md5, "matched": matched, "reason": freshness.reason},
         model_name=params.model.registered_name, commit=ctx.commit,
     )
     return summary

@@ -8,32 +8,32 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Any
 
 from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from tasks.common import RunContext
+from tunegate import tags
 from tunegate.adapters import mlflow as tracking
 from tunegate.operations import runqueue
 from tunegate.params import Params
 from tunegate.paths import tunegate_home
 
 
-def _holders_in_mlflow(params: Params, own_run_id: str) -> list[dict[str, Any]]:
+def _holders_in_mlflow(params: Params, own_run_id: str) -> list[runqueue.SlotHolder]:
     """Runs of this model that hold the slot now, as MLflow knows them (the Prefect limit has no holder listing)."""
     try:
         runs = tracking.find_runs_by_tag(params.project.name, runqueue.QUEUE_TAG, "holding")
     except Exception:  # the tracking server not answering: the wait goes on without names
         return []
-    holders = []
+    holders: list[runqueue.SlotHolder] = []
     for run in runs:
-        tags = run.data.tags
-        if run.info.run_id == own_run_id or run.info.status != "RUNNING" or tags.get("tunegate.model_name") != params.model.registered_name:
+        run_tags = run.data.tags
+        if run.info.run_id == own_run_id or run.info.status != "RUNNING" or run_tags.get(tags.MODEL_NAME) != params.model.registered_name:
             continue
         holders.append({
-            "run_id": run.info.run_id, "trigger": tags.get("tunegate.trigger"), "initiator": tags.get("tunegate.initiator"),
-            "since": tags.get("tunegate.queue_since"), "host": tags.get("tunegate.host"), "pid": tags.get("tunegate.pid"),
+            "run_id": run.info.run_id, "trigger": run_tags.get(tags.TRIGGER), "initiator": run_tags.get(tags.INITIATOR),
+            "since": run_tags.get(tags.QUEUE_SINCE), "host": run_tags.get(tags.HOST), "pid": run_tags.get(tags.PID),
         })
     return holders
 
@@ -46,11 +46,11 @@ def run_slot(params: Params, ctx: RunContext) -> Iterator[None]:
     info = runqueue.holder_info(run_id=ctx.run_id, trigger=ctx.trigger, initiator=ctx.initiator, flow_run_id=str(flow_run.get_id() or ""))
     waited_behind: list[str] = []
 
-    def on_wait(holders: list[dict[str, Any]], waited: float) -> None:
+    def on_wait(holders: list[runqueue.SlotHolder], waited: float) -> None:
         described = "; ".join(runqueue.describe_holder(h) for h in holders) or "another run"
         waited_behind.extend(h["run_id"] for h in holders if h.get("run_id") and h["run_id"] not in waited_behind)
         logger.info("waiting for the run slot of %s (%.0f s so far): held by %s", params.model.registered_name, waited, described)
-        tracking.set_tags(ctx.run_id, {runqueue.QUEUE_TAG: "waiting", "tunegate.queued_behind": ",".join(waited_behind)})
+        tracking.set_tags(ctx.run_id, {runqueue.QUEUE_TAG: "waiting", tags.QUEUED_BEHIND: ",".join(waited_behind)})
 
     timeout = params.runs.queue_timeout_s
     if os.environ.get("PREFECT_API_URL"):
@@ -67,8 +67,8 @@ def run_slot(params: Params, ctx: RunContext) -> Iterator[None]:
     try:
         with manager as waited:
             tracking.set_tags(ctx.run_id, {
-                runqueue.QUEUE_TAG: "holding", "tunegate.queue_since": runqueue.holder_info()["since"],
-                "tunegate.queue_waited_s": f"{waited:.1f}",
+                runqueue.QUEUE_TAG: "holding", tags.QUEUE_SINCE: runqueue.holder_info()["since"],
+                tags.QUEUE_WAITED_S: f"{waited:.1f}",
             })
             if waited_behind:
                 logger.info("got the run slot of %s after waiting %.0f s for run(s) %s", params.model.registered_name, waited, ", ".join(waited_behind))
@@ -90,7 +90,7 @@ def compute_slot(params: Params, ctx: RunContext, what: str) -> Iterator[float]:
     slots = runqueue.machine_slots(params.runs.machine_slots)
     info = runqueue.holder_info(run_id=ctx.run_id, trigger=ctx.trigger, model=params.model.registered_name, what=what)
 
-    def on_wait(holders: list[dict[str, Any]], waited: float) -> None:
+    def on_wait(holders: list[runqueue.SlotHolder], waited: float) -> None:
         described = "; ".join(f"{h.get('model', '?')} {h.get('what', '')} ({runqueue.describe_holder(h)})" for h in holders) or "other runs"
         logger.info("%s waits for one of this machine's %d compute slot(s) (%.0f s so far): held by %s", what, slots, waited, described)
 

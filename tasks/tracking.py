@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
-from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -12,34 +10,35 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 from tasks.common import RETRY_TRANSIENT, BaselineRef, DataRef, RunContext, timed
+from tasks.train import TunedModel
+from tunegate import tags
+from tunegate.evaluation.comparison import Comparison
+from tunegate.governance.gate import GateDecision
 from tunegate.adapters import mlflow as tracking
 from tunegate.adapters.git import code_fingerprint, git_commit
 from tunegate.governance import audit
-from tunegate.governance.audit import record
+from tunegate.governance.trail import record
 from tunegate.governance.identity import actor_identity
 from tunegate.governance.promotion import detach_candidate
-from tunegate.governance.summary import build_summary, complete_summary, render_markdown
+from tunegate.governance.summary import RunSummary, build_summary, complete_summary, render_markdown
 from tunegate.operations import failures, timings
+from tunegate.operations.launcher import Launch, flow_run_params
 from tunegate.operations.status import process_tags
-from tunegate.params import Params, dump_params, load_params
+from tunegate.params import Params, dump_params
 from tunegate.paths import repo_root, tunegate_home
 
 
 @task(cache_policy=NONE)
 @timed("params")
-def load_run_params(params_file: str, overrides: list[str]) -> Params:
-    """Load the params and run the preflight, so a scheduled or served run with a mistake fails
-    here, before an MLflow run opens (raises :class:`tunegate.operations.preflight.PreflightError`)."""
-    from tunegate.operations.preflight import check_preflight
+def load_run_params(params_file: str, overrides: list[str], launch: Launch | None = None) -> Params:
+    """The params ``tunegate run`` loaded, validated and preflighted (``launch``); for a scheduled or served
+    run (no ``launch``) loaded and preflighted here, once, so a mistake fails before an MLflow run opens
+    (raises :class:`tunegate.operations.preflight.PreflightError`). Starts the run's stage timings."""
+    from tunegate.operations.launcher import flow_params
 
-    timings.reset()  # before @timed adds this task's seconds
-    params = load_params(Path(params_file), overrides)
-    check_preflight(params, params_file=params_file, command="retrain flow")
-    from tunegate.operations import runqueue
-
-    budget = runqueue.apply_thread_budget(runqueue.machine_slots(params.runs.machine_slots))  # served runs too
-    get_run_logger().info("%s", budget.describe())
-    return params
+    prepared = flow_params(params_file, overrides, launch)  # before @timed adds this task's seconds
+    get_run_logger().info("%s", prepared.thread_budget)
+    return prepared.params
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
@@ -51,25 +50,25 @@ def start_run(params: Params, params_file: str, resume_run_id: str | None = None
     code = code_fingerprint(repo_root(), commit)
     flow_run_id = str(flow_run.get_id() or "")
     initiator = actor_identity()
-    tags = {
+    run_tags = {
         "mlflow.source.git.commit": commit,
-        "tunegate.git_dirty": str(dirty).lower(),
-        "tunegate.code_fingerprint": code,
-        "tunegate.params_sha256": params.fingerprint(),
-        "tunegate.trigger": trigger,
-        "tunegate.params_file": params_file,
-        "tunegate.prefect_flow_run_id": flow_run_id,
-        "tunegate.model_name": params.model.registered_name,
-        "tunegate.initiator": initiator.name,
-        "tunegate.initiator_authenticated": str(initiator.authenticated).lower(),
+        tags.GIT_DIRTY: str(dirty).lower(),
+        tags.CODE_FINGERPRINT: code,
+        tags.PARAMS_SHA256: params.fingerprint(),
+        tags.TRIGGER: trigger,
+        tags.PARAMS_FILE: params_file,
+        tags.PREFECT_FLOW_RUN_ID: flow_run_id,
+        tags.MODEL_NAME: params.model.registered_name,
+        tags.INITIATOR: initiator.name,
+        tags.INITIATOR_AUTHENTICATED: str(initiator.authenticated).lower(),
         # Where the run's process lives: `tunegate status` marks the run crashed when it is gone.
         **process_tags(),
     }
     if resume_run_id:
-        run_id = tracking.reopen_run(resume_run_id, params.flat(), tags)
+        run_id = tracking.reopen_run(resume_run_id, params.flat(), run_tags)
         logger.info("resuming MLflow run %s", run_id)
     else:
-        run_id = tracking.start_run(params.project.name, run_name=flow_run.get_name() or "retrain", tags=tags)
+        run_id = tracking.start_run(params.project.name, run_name=flow_run.get_name() or "retrain", tags=run_tags)
     tracking.log_params(run_id, params.flat())
     tracking.log_text(run_id, dump_params(params), "params/resolved_params.yaml")
     for earlier in failures.reconcile():
@@ -87,9 +86,9 @@ def start_run(params: Params, params_file: str, resume_run_id: str | None = None
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
 def finish_run(
-    params: Params, ctx: RunContext, data: DataRef, baseline: BaselineRef, comparison: dict[str, Any], tuned: Any,
-    decision: dict[str, Any], registered_version: str | None, report: str | None = None,
-) -> dict[str, Any]:
+    params: Params, ctx: RunContext, data: DataRef, baseline: BaselineRef, comparison: Comparison, tuned: TunedModel,
+    decision: GateDecision, registered_version: str | None, report: str | None = None,
+) -> RunSummary:
     """Build the run summary, attach it to MLflow and Prefect, close the run successfully. ``report``: the
     evaluation report's path (:func:`tasks.evaluate.write_report`)."""
     summary = build_summary(
@@ -100,12 +99,12 @@ def finish_run(
         commit=ctx.commit,
         data=asdict(data),
         baseline=asdict(baseline),
-        baseline_metrics=comparison["baseline_metrics"],
-        candidate_metrics=comparison["candidate_metrics"],
+        baseline_metrics=comparison.baseline_metrics,
+        candidate_metrics=comparison.candidate_metrics,
         train=asdict(tuned),
-        gate=decision,
+        gate=decision.to_dict(),
         registered_version=registered_version,
-        baseline_evaluation=comparison.get("baseline_evaluation"),
+        baseline_evaluation=comparison.baseline_evaluation,
     )
     summary = complete_summary(summary, comparison, decision, report=report, trigger=ctx.trigger, timings=timings.snapshot(),
                                required_low_above=params.gate.min_improvement_over_base)
@@ -118,9 +117,9 @@ def finish_run(
         from tunegate.governance.lineage import publish_model_card
 
         publish_model_card(params.model.registered_name, registered_version)
-    tracking.set_tags(ctx.run_id, {"tunegate.outcome": summary["outcome"]})
+    tracking.set_tags(ctx.run_id, {tags.OUTCOME: summary["outcome"]})
     tracking.end_run(ctx.run_id, "FINISHED")
-    record("run_finished", {"run_id": ctx.run_id, "gate_passed": summary["gate"]["passed"], "registered_version": registered_version},
+    record("run_finished", {"run_id": ctx.run_id, "gate_passed": decision.passed, "registered_version": registered_version},
            model_name=params.model.registered_name, commit=ctx.commit)
     return summary
 
@@ -137,8 +136,7 @@ def record_failure(flow, flow_run_obj, state) -> None:
     flow_run_id = str(flow_run_obj.id)
     experiment = model_name = None
     try:
-        params_file = flow_run_obj.parameters.get("params_file", "params/demo.yaml")
-        loaded = load_params(Path(params_file), flow_run_obj.parameters.get("overrides") or [])
+        loaded = flow_run_params(flow_run_obj.parameters)  # the launch value's params, else the file's
         experiment, model_name = loaded.project.name, loaded.model.registered_name
         audit.set_params_url(loaded.audit.database_url)
     except Exception:
@@ -149,7 +147,7 @@ def record_failure(flow, flow_run_obj, state) -> None:
         try:
             runs = failures.runs_of(experiment, flow_run_id)
             for run in runs:
-                _detach_candidate(model_name, run.data.tags.get("tunegate.registered_version"))
+                _detach_candidate(model_name, run.data.tags.get(tags.REGISTERED_VERSION))
             run_ids = failures.mark_failed(runs, reason)
             recorded = True
         except Exception:  # the tracking server itself may be what failed: the next run records it

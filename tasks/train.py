@@ -1,4 +1,5 @@
-"""Tuning stage: TRL SFTTrainer + peft, every step and checkpoint logged to MLflow."""
+"""Tuning stage: the objective's trainer (train.objective; sft: TRL SFTTrainer) + peft, every step and
+checkpoint logged to MLflow."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from prefect.cache_policies import NONE
 
 from tasks.common import RETRY_TRANSIENT, DataRef, RunContext, timed
 from tasks.queue import compute_slot
+from tunegate import tags
 from tunegate.adapters import mlflow as tracking
 from tunegate.data.sources import read_canonical
-from tunegate.governance.audit import record
+from tunegate.governance.trail import record
 from tunegate.operations import timings
 from tunegate.params import Params
 from tunegate.tuning.modeling import read_model_info
@@ -49,7 +51,7 @@ def tune(params: Params, data: DataRef, ctx: RunContext) -> TunedModel:
 
     def log_checkpoint(path: Path) -> None:
         tracking.log_artifacts(ctx.run_id, path, "checkpoints/latest")
-        tracking.set_tags(ctx.run_id, {"tunegate.latest_checkpoint": path.name})
+        tracking.set_tags(ctx.run_id, {tags.LATEST_CHECKPOINT: path.name})
 
     earlier = latest_checkpoint(Path(ctx.work_dir) / "checkpoints")
     if earlier is not None:  # an earlier attempt of this task, or the run resumed with --resume
@@ -65,8 +67,8 @@ def tune(params: Params, data: DataRef, ctx: RunContext) -> TunedModel:
     tracking.log_metrics(ctx.run_id, result.metrics(), step=result.global_step)
     info = read_model_info(result.model_dir)
     tracking.set_tags(ctx.run_id, {
-        "tunegate.chat_template": info.chat_template,  # what rendered the data, not what params asked
-        "tunegate.stop_token_ids": ",".join(str(i) for i in info.stop_token_ids),
+        tags.CHAT_TEMPLATE: info.chat_template,  # what rendered the data, not what params asked
+        tags.STOP_TOKEN_IDS: ",".join(str(i) for i in info.stop_token_ids),
     })
     tracking.log_artifacts(ctx.run_id, result.model_dir, "tunegate_model")
     if result.merged_dir:

@@ -230,3 +230,30 @@ def test_the_new_candidate_must_not_be_significantly_worse_than_the_waiting_one(
     assert checks[0].reason == ("FAIL exact_match vs the waiting candidate: waiting 0.630 -> new 0.100 (delta -0.530, 95% interval "
                                 "[-0.600, -0.460]); may not be significantly worse")
     assert not waiting_checks([], policy)[0].passed  # not compared: never silently replaced
+
+
+# --- the one decision: its action (issue #25) --------------------------------------------------------
+
+def test_the_decision_carries_its_action_with_the_waiting_policy_inside():
+    from tunegate.evaluation.stats import Delta
+    from tunegate.governance.gate import decide
+
+    good = [delta(0.80, 0.88, -0.01, 0.15)]
+    assert decide(m(0.80), m(0.88), DEMO_POLICY, good).action == "register"
+    refused = decide(m(0.91), m(0.75), DEMO_POLICY, [delta(0.91, 0.75, -0.21, -0.11)], waiting_version="3",
+                     waiting_deltas=[delta(0.5, 0.75, 0.1, 0.3)])
+    assert (refused.passed, refused.action) == (False, "reject")  # a failed gate is never registered, waiting or not
+
+    worse_than_waiting = [delta(0.95, 0.88, -0.12, -0.03)]
+    kept = decide(m(0.80), m(0.88), DEMO_POLICY, good, waiting_version="3", waiting_deltas=worse_than_waiting)
+    assert (kept.passed, kept.action, kept.waiting.version, kept.waiting.replace) == (True, "keep_waiting", "3", False)
+    assert kept.waiting.worse == [kept.waiting.checks[0].reason] and kept.waiting.worse[0].startswith("FAIL exact_match vs the waiting")
+    assert kept.to_dict()["waiting"] == {"version": "3", "replace": False, "policy": "if_not_worse",
+                                         "reasons": kept.waiting.reasons, "checks": kept.to_dict()["waiting"]["checks"]}
+    always = DEMO_POLICY.model_copy(update={"replace_waiting": "always"})
+    assert decide(m(0.80), m(0.88), always, good, waiting_version="3", waiting_deltas=worse_than_waiting).action == "register"
+    not_worse = [delta(0.88, 0.88, -0.04, 0.04)]
+    assert decide(m(0.80), m(0.88), DEMO_POLICY, good, waiting_version="3", waiting_deltas=not_worse).action == "register"
+    # Typed deltas (the comparison's) decide exactly as their JSON form does.
+    typed = [Delta.from_dict(d) for d in good]
+    assert decide(m(0.80), m(0.88), DEMO_POLICY, typed).to_dict() == decide_promotion(m(0.80), m(0.88), DEMO_POLICY, good).to_dict()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import replace as replace_field
+from typing import Any, Literal
 
 from tunegate.evaluation.stats import Delta, percent
 from tunegate.params import GateParams
@@ -38,17 +40,58 @@ class GateCheck:
         return f"{self.outcome} ({self.threshold})" if self.threshold else self.outcome
 
 
+Action = Literal["register", "keep_waiting", "reject"]
+
+
 @dataclass(frozen=True)
-class GateDecision:
-    passed: bool
+class WaitingVerdict:
+    """The new candidate against the one waiting for review (``gate.replace_waiting``): ``replace`` False keeps
+    the waiting one; ``checks`` are :func:`waiting_checks`, shown whatever the policy."""
+
+    version: str
+    replace: bool
+    policy: str
     checks: list[GateCheck] = field(default_factory=list)
 
     @property
     def reasons(self) -> list[str]:
         return [c.reason for c in self.checks]
 
+    @property
+    def worse(self) -> list[str]:
+        """The reasons the waiting candidate is better (the failed checks)."""
+        return [c.reason for c in self.checks if c.outcome == "FAIL"]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "reasons": self.reasons, "checks": [asdict(c) for c in self.checks]}
+        return {"version": self.version, "replace": self.replace, "policy": self.policy, "reasons": self.reasons,
+                "checks": [asdict(c) for c in self.checks]}
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The gate's one decision: pass/fail on the rules, and what the run does with its candidate (``action``):
+    ``register`` it, ``keep_waiting`` (it passed, but the candidate waiting for review is better and the
+    policy keeps it), or ``reject`` it (it failed)."""
+
+    passed: bool
+    checks: list[GateCheck] = field(default_factory=list)
+    waiting: WaitingVerdict | None = None
+
+    @property
+    def reasons(self) -> list[str]:
+        return [c.reason for c in self.checks]
+
+    @property
+    def action(self) -> Action:
+        if not self.passed:
+            return "reject"
+        return "keep_waiting" if self.waiting is not None and not self.waiting.replace else "register"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"passed": self.passed, "reasons": self.reasons, "checks": [asdict(c) for c in self.checks]}
+        if self.waiting is not None:
+            out["waiting"] = self.waiting.to_dict()
+        return out
 
 
 def interval_words(delta: dict[str, Any], requirement: str, names: tuple[str, str] = ("baseline", "candidate"),
@@ -64,6 +107,27 @@ def interval_words(delta: dict[str, Any], requirement: str, names: tuple[str, st
         level = f"{percent(delta.get('confidence', 0.95))} interval [{delta['low']:+.3f}, {delta['high']:+.3f}]"
     return (f"{names[0]} {delta['baseline']:.3f} -> {names[1]} {delta['candidate']:.3f} "
             f"(delta {delta['delta']:+.3f}, {level}); {requirement}")
+
+
+def decide(
+    baseline: dict[str, Any], candidate: dict[str, Any], policy: GateParams, deltas: Sequence[Delta | dict[str, Any]],
+    base_deltas: Sequence[Delta | dict[str, Any]] | None = None, waiting_version: str | None = None,
+    waiting_deltas: Sequence[Delta | dict[str, Any]] | None = None,
+) -> GateDecision:
+    """The run's decision: :func:`decide_promotion` on the rules, and with a candidate waiting for review
+    (``waiting_version``, the new candidate's deltas against it) the waiting-candidate policy: the new one
+    replaces it only if not significantly worse (:func:`waiting_checks`), or always
+    (``gate.replace_waiting: always``)."""
+    decision = decide_promotion(baseline, candidate, policy, _plain(deltas), _plain(base_deltas) if base_deltas is not None else None)
+    if waiting_version is None:
+        return decision
+    checks = waiting_checks(_plain(waiting_deltas or []), policy)
+    replace = policy.replace_waiting == "always" or all(c.passed for c in checks)
+    return replace_field(decision, waiting=WaitingVerdict(waiting_version, replace, policy.replace_waiting, checks))
+
+
+def _plain(deltas: Sequence[Delta | dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d.to_dict() if isinstance(d, Delta) else dict(d) for d in deltas]
 
 
 def decide_promotion(

@@ -2,9 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from tunegate.evaluation.report import baseline_evaluation_note, baseline_label
+
+if TYPE_CHECKING:
+    from tunegate.evaluation.comparison import Comparison
+    from tunegate.governance.gate import GateDecision
+
+
+class RunSummary(TypedDict, total=False):
+    """The run summary: what ``tunegate run --json`` prints, ``summary/summary.json`` in MLflow holds and the
+    flow returns. Its keys are a contract; the nested values are the JSON views of the stage values."""
+
+    outcome: str  # "registered" | "gate_failed" | "waiting_better" | "nothing_to_do"
+    reason: str  # nothing_to_do: why
+    run_id: str
+    prefect_flow_run_id: str | None
+    model_name: str
+    tracking_uri: str
+    trigger: str
+    commit: str
+    code: str
+    data_md5: str
+    data: dict[str, Any]
+    sources: dict[str, str]
+    params_sha256: str
+    matched: dict[str, Any] | None
+    baseline: dict[str, Any]
+    baseline_evaluation: dict[str, Any]
+    candidate: dict[str, Any]
+    train: dict[str, Any]
+    gate: dict[str, Any] | None
+    registered_version: str | None
+    alias: str | None
+    evaluation: dict[str, Any]
+    over_base: dict[str, Any]
+    waiting: dict[str, Any]
+    timings: dict[str, float]
+    review: dict[str, Any]
 
 
 def build_summary(
@@ -22,7 +58,7 @@ def build_summary(
     gate: dict[str, Any],
     registered_version: str | None,
     baseline_evaluation: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """``baseline_evaluation``: where the baseline's scores came from (``tunegate.evaluation.cache``)."""
     return {
         "run_id": run_id,
@@ -51,25 +87,25 @@ def build_summary(
 
 
 def complete_summary(
-    summary: dict[str, Any], comparison: dict[str, Any], decision: dict[str, Any], *, report: str | None,
+    summary: RunSummary, comparison: Comparison, decision: GateDecision, *, report: str | None,
     required_low_above: float, trigger: str, timings: dict[str, float],
-) -> dict[str, Any]:
+) -> RunSummary:
     """The rest of a finished run's summary: the deltas and the report, the candidate against the base model
     on the primary metric (the gate's over-base rule, ``required_low_above``), the comparison with the
-    candidate waiting for review, the outcome, the trigger and the stage timings."""
-    summary["evaluation"] = {"deltas": comparison["deltas"], "report": report}
+    candidate waiting for review, the outcome (from the decision's action), the trigger and the stage timings."""
+    summary["evaluation"] = {"deltas": [d.to_dict() for d in comparison.deltas], "report": report}
     summary["over_base"] = {
-        "delta": comparison.get("over_base"),
-        "evaluation": comparison.get("base_evaluation"),
+        "delta": comparison.over_base.to_dict() if comparison.over_base else None,
+        "evaluation": comparison.base_evaluation,
         "required_low_above": required_low_above,
     }
-    waiting = decision.get("waiting")
-    if waiting:  # the comparison with the candidate waiting for review, always in the summary
-        summary["waiting"] = {**waiting, "deltas": (comparison.get("waiting") or {}).get("deltas", []),
-                              "evaluation": (comparison.get("waiting") or {}).get("evaluation")}
+    if decision.waiting is not None:  # the comparison with the candidate waiting for review, always in the summary
+        summary["waiting"] = {**decision.waiting.to_dict(),
+                              "deltas": [d.to_dict() for d in comparison.waiting.deltas] if comparison.waiting else [],
+                              "evaluation": comparison.waiting.evaluation if comparison.waiting else None}
     if summary["registered_version"]:
         summary["outcome"] = "registered"
-    elif decision["passed"] and waiting and not waiting["replace"]:
+    elif decision.action == "keep_waiting":
         summary["outcome"] = "waiting_better"  # passed the gate, but version N waiting for review is better
     else:
         summary["outcome"] = "gate_failed"
@@ -78,7 +114,7 @@ def complete_summary(
     return summary
 
 
-def render_markdown(summary: dict[str, Any]) -> str:
+def render_markdown(summary: RunSummary) -> str:
     if summary.get("outcome") == "nothing_to_do":
         return render_nothing_to_do(summary)
     base = summary["baseline"]["metrics"]
@@ -127,7 +163,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_nothing_to_do(summary: dict[str, Any]) -> str:
+def render_nothing_to_do(summary: RunSummary) -> str:
     """The summary of a run that ended early because its inputs equal an existing model's."""
     matched = summary["matched"]
     lines = [
