@@ -16,8 +16,8 @@ from tasks.queue import run_slot
 from tasks.promote import apply_review, approval_form, check_champion, gate, keep_waiting, register_candidate
 from tasks.tracking import finish_run, load_run_params, record_failure, start_run
 from tasks.train import tune
-from tunegate.operations.launcher import Launch
 from tunegate.governance.summary import RunSummary
+from tunegate.operations.launcher import Launch
 
 
 @flow(name="retrain", on_failure=[record_failure])
@@ -34,7 +34,8 @@ def retrain(
     """``trigger``: who started the run ("manual", "schedule", "data:..."); unattended runs whose
     inputs equal the champion's or a waiting candidate's end as "nothing to do" unless ``force``.
     A champion alias moved outside tunegate stops the run before anything is done unless
-    ``accept_unaudited_champion`` (audited)."""
+    ``accept_unaudited_champion`` (audited). ``launch``: the params ``tunegate run`` loaded, validated and
+    preflighted, handed on as a value; a served or scheduled run has none, and its first task loads them."""
     params = load_run_params(params_file, overrides or [], launch)
     ctx = start_run(params, params_file, resume_run_id, trigger)
     check_champion(params, ctx, accept_unaudited_champion)
