@@ -56,9 +56,12 @@ class Ops:
         return result
 
     def serve(self, *args: str, log: Path) -> subprocess.Popen:
+        """`tunegate schedule`, started with SIGINT ignored as a script's `tunegate schedule &` starts it: Ctrl-C
+        (SIGINT, :func:`_stop`) must still stop it, and Prefect pause the deployment (the status test)."""
         handle = open(log, "w")
         return subprocess.Popen([TUNEGATE, "schedule", "-p", str(self.params), *args], cwd=REPO, env=self.env,
-                                stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
 
     def flow_runs(self, deployment: str) -> list[dict]:
         deployments = request_json(f"{self.api}/deployments/filter", {"deployments": {"name": {"any_": [deployment]}}})

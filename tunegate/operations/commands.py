@@ -338,6 +338,11 @@ def serve_schedule(flow, serve, params: str, loaded, overrides: list[str], limit
         )
         watcher.start()
         console.print(f"watching {len(watcher.last)} dataset(s) for new DVC versions every {s.watch_seconds:g}s", highlight=False)
+    # "Until Ctrl-C": a process started with SIGINT ignored (a script's `cmd &`, nohup in a non-interactive
+    # shell) would otherwise not stop on SIGINT at all, and Prefect would not pause the deployment's schedule.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         serve(deployment, limit=limit, print_starting_message=True)
     finally:
