@@ -13,8 +13,6 @@ REPO = Path(__file__).resolve().parents[1]
 ROOTS = ("tunegate", "tasks", "flows")
 # "tunegate.<x>" strings that are not MLflow tags: module paths, and the Prefect data events' names, labels and ids.
 NOT_TAGS = re.compile(r"tunegate\.(adapters|cli|data|evaluation|governance|operations|params|paths|tags|tuning|md5|dataset)(\.|$)")
-# Modules whose tag literals are still to be switched to tunegate.tags (by whoever owns them); empty this set as they go.
-STILL_TO_SWITCH: set[str] = set()
 
 
 def _literal_tags(path: Path) -> list[tuple[int, str]]:
@@ -45,7 +43,7 @@ def tag_literals(root: Path) -> dict[str, list[tuple[int, str]]]:
 
 def test_tag_names_are_spelled_only_in_tunegate_tags():
     spelled = tag_literals(REPO)
-    assert set(spelled) <= STILL_TO_SWITCH, {f: v for f, v in spelled.items() if f not in STILL_TO_SWITCH}
+    assert spelled == {}
 
 
 def test_the_tag_names_are_distinct_and_tunegates():

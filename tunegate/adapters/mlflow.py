@@ -350,11 +350,10 @@ def publish_audit_head(name: str, head: str) -> None:
 
 
 def load_artifact_json(run_id: str, path: str) -> Any:
-    """The JSON artifact ``path`` of run ``run_id``, or None when it is missing or not JSON."""
-    import mlflow
-
+    """The JSON artifact ``path`` of run ``run_id``, or None when it is missing or not JSON
+    (:func:`read_json_artifact`, which raises instead)."""
     try:
-        return json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/{path}"))
+        return read_json_artifact(run_id, path)
     except Exception:
         return None
 
