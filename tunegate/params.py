@@ -195,11 +195,14 @@ class TrainParams(_Section):
         description="pack examples into max_length rows: best-fit and isolated with flash attention, "
         "else wrapped (examples in one row can attend to each other)",
     )
-    padding_free: bool = Field(False, description="concatenate a batch into one row; needs flash attention")
+    padding_free: bool | Literal["auto"] = Field(
+        "auto", description="auto: each batch one row, position ids restarting per example, where the model keeps "
+        "flattened examples apart (probed at start), else padded; true: required; false: padded batches")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = Field(
         None, description="None: the model's default (sdpa)"
     )
-    group_by_length: bool = Field(False, description="batch examples of similar length together")
+    group_by_length: bool | Literal["auto"] = Field(
+        "auto", description="batch examples of similar length together; auto: where batches are padded")
     gradient_checkpointing: bool = False
     logging_steps: int = Field(10, ge=1)
     save_steps: int | None = Field(50, ge=1, description="checkpoint every N steps (null: only by time); `tunegate run "
@@ -224,13 +227,8 @@ class TrainParams(_Section):
         if self.objective not in objectives.names():
             raise ValueError(f"train.objective {self.objective!r} is not a training objective; allowed: "
                              f"{', '.join(objectives.names())} (README: Adding a training objective)")
-        if self.packing and self.padding_free:
+        if self.packing and self.padding_free is True:
             raise ValueError("choose packing or padding_free, not both")
-        if self.padding_free and self.attn_implementation != "flash_attention_2":
-            raise ValueError(
-                "padding_free needs attn_implementation: flash_attention_2 (a GPU); without it the examples "
-                "of a batch attend to each other. Use packing: true on CPU"
-            )
         if self.device == "cpu" and self.precision != "fp32":
             raise ValueError(f"precision {self.precision} needs device: auto on a GPU; on CPU use fp32")
         return self

@@ -100,7 +100,8 @@ def test_each_objective_gets_the_shared_training_loop(objective, causal_lm, reco
     assert any("grad_norm" in v and "learning_rate" in v for _, v in steps)
     assert [p.name for p in checkpoints] == ["checkpoint-2", "checkpoint-3"]  # by save_steps, and at the end
     assert all((p / "trainer_state.json").is_file() for p in checkpoints)
-    assert lines[0].startswith("step 1/3: loss ") and lines[-1].startswith("step 3/3: loss ")
+    assert lines[0].startswith("batches: ")  # said once at start: how batches are built
+    assert lines[1].startswith("step 1/3: loss ") and lines[-1].startswith("step 3/3: loss ")
     printed = capfd.readouterr()  # the quiet progress: no trainer log dicts on the terminal
     assert "{'loss'" not in printed.out + printed.err and "'train_runtime'" not in printed.out + printed.err
     # The TrainResult and the figures a run logs.

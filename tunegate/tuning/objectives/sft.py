@@ -35,11 +35,13 @@ class SFT:
         t = params.train
         return SFTConfig(
             **shared,
-            max_length=t.max_length,
+            # Padding-free without packing: the dataset is already cut to train.max_length (TRL asks for None).
+            max_length=None if t.padding_free is True and not t.packing else t.max_length,
             packing=t.packing,
-            # Best-fit packing is padding-free and keeps examples apart only with flash attention.
-            packing_strategy="bfd" if t.attn_implementation == "flash_attention_2" else "wrapped",
-            padding_free=t.padding_free,
+            # train.padding_free is resolved by tunegate.tuning.packing before this: True where the model keeps
+            # flattened examples apart. Then packing is best-fit with position ids restarting per example.
+            packing_strategy="bfd" if t.padding_free is True else "wrapped",
+            padding_free=t.padding_free is True and not t.packing,
         )
 
     def trainer(self, parts: TrainerParts) -> SFTTrainer:

@@ -1,0 +1,111 @@
+"""Padding-free training is exact where tunegate uses it: for stories260K (Llama), a tiny GPT-2 and a tiny
+Qwen2 (ChatML, built from ../shared/tokenizers), the training forward of a flattened batch (TRL's collator,
+the SFT trainer's own ``compute_loss``) gives each example the logits and the loss it gets run alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from chat_records import pick
+from tunegate.params import load_params
+
+REPO = Path(__file__).resolve().parents[2]
+ATOL = 1e-4
+RECORDS = ["en", "zh", "ar", "emoji", "multi-turn", "answer-repeats-prompt"]
+
+
+def _params(model_path: Path, template: str | None, *extra: str):
+    sets = [f"model.base_model={model_path}", "train.max_length=240", *extra]
+    if template:
+        sets.append(f"model.chat_template={template}")
+    return load_params(REPO / "params" / "demo.yaml", sets)
+
+
+@pytest.fixture(params=["stories260K", "tiny_gpt2", "tiny_chatml"])
+def family(request, base_model_path):
+    if request.param == "stories260K":
+        return base_model_path, "alpaca"
+    path = request.getfixturevalue(request.param)
+    return path, ("alpaca" if request.param == "tiny_gpt2" else None)
+
+
+def _trainer(params, tmp_path):
+    from tunegate.data.tokenize import tokenize_records
+    from tunegate.paths import model_source
+    from tunegate.tuning import objectives
+    from tunegate.tuning.modeling import load_tokenizer
+    from tunegate.tuning.packing import resolve_batching
+    from tunegate.tuning.training import load_model_for_training, peft_config, shared_arguments
+
+    tokenizer = load_tokenizer(model_source(params.model.base_model), params.model.chat_template)
+    model = load_model_for_training(params)
+    resolved, line = resolve_batching(params, model)
+    objective = objectives.get("sft")
+    examples = tokenize_records(tokenizer, pick(*RECORDS), params.train.max_length)
+    dataset = objective.dataset(resolved, tokenizer, pick(*RECORDS))
+    trainer = objective.trainer(objectives.TrainerParts(
+        params=resolved, model=model, tokenizer=tokenizer,
+        args=objective.config(resolved, shared_arguments(resolved, tmp_path)),
+        train_dataset=dataset, peft_config=peft_config(resolved), callbacks=[],
+    ))
+    return trainer, resolved, line, examples
+
+
+def _per_example(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    loss = torch.nn.functional.cross_entropy(logits[:-1], labels[1:], ignore_index=-100, reduction="sum")
+    return float(loss) / max(int((labels[1:] != -100).sum()), 1)
+
+
+def test_flattened_batch_equals_each_example_alone(family, tmp_path):
+    model_path, template = family
+    trainer, resolved, line, examples = _trainer(_params(model_path, template), tmp_path)
+    assert resolved.train.padding_free is True, line
+    assert "padding-free" in line
+    rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
+    batch = trainer.data_collator(rows)
+    assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch, "one row, no mask"
+    model = trainer.model.eval()
+    with torch.no_grad():
+        _, flat = trainer.compute_loss(model, dict(batch), return_outputs=True)
+        flat_logits = flat.logits[0]
+        start = 0
+        for example in examples:
+            n = len(example.input_ids)
+            alone = model(input_ids=torch.tensor([example.input_ids]), use_cache=False).logits[0]
+            together = flat_logits[start : start + n]
+            assert torch.allclose(together, alone, atol=ATOL), float((together - alone).abs().max())
+            labels = torch.tensor(example.labels)
+            assert _per_example(together, labels) == pytest.approx(_per_example(alone, labels), abs=ATOL)
+            start += n
+
+
+def test_the_probe_sees_the_cache_contaminate_and_padded_batches_are_grouped(base_model_path, tmp_path):
+    """With the KV cache on, transformers builds no block mask: the probe's gap is large, so a forward
+    that left ``use_cache`` on would fail the test above. ``padding_free: false`` pads, grouped by length."""
+    from tunegate.tuning.packing import TOLERANCE, flattened_logits_gap, resolve_batching
+    from tunegate.tuning.training import load_model_for_training
+
+    params = _params(base_model_path, "alpaca")
+    model = load_model_for_training(params)
+    assert flattened_logits_gap(model, use_cache=True) > 100 * TOLERANCE["fp32"]
+    assert flattened_logits_gap(model) < TOLERANCE["fp32"]
+    padded, line = resolve_batching(_params(base_model_path, "alpaca", "train.padding_free=false"), model)
+    assert padded.train.padding_free is False and padded.train.group_by_length is True
+    assert "padded, grouped by length" in line
+
+
+def test_padding_free_true_on_a_model_that_mixes_examples_is_refused(base_model_path, monkeypatch):
+    from tunegate.tuning import packing
+    from tunegate.tuning.training import load_model_for_training
+
+    params = _params(base_model_path, "alpaca", "train.padding_free=true")
+    model = load_model_for_training(params)
+    # A fault injected: a family whose attention ignores restarting position ids.
+    monkeypatch.setattr(packing, "flattened_logits_gap", lambda model, **kw: 3.0)
+    with pytest.raises(ValueError, match="padding_free: true.*flattened examples see each other"):
+        packing.resolve_batching(params, model)
+    auto, line = packing.resolve_batching(_params(base_model_path, "alpaca"), model)
+    assert auto.train.padding_free is False and "padding-free is off because" in line
