@@ -18,6 +18,17 @@ def render_prompts(tokenizer, records: list[dict[str, Any]]) -> list[str]:
     return [render_prompt_of(tokenizer, r) for r in records]
 
 
+def by_length(tokenizer, texts: list[str]) -> list[int]:
+    """Indices of ``texts`` from shortest to longest in tokens (stable): batches of similar length."""
+    from tunegate.data.tokenize import unbounded_length
+
+    if not texts:
+        return []
+    with unbounded_length(tokenizer):
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return sorted(range(len(texts)), key=lambda i: lengths[i])
+
+
 def generate(
     model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, progress=None,
     max_prompt_tokens: int | None = None,
@@ -47,9 +58,12 @@ def generate(
         eos_token_id=stop_token_ids(tokenizer, model.generation_config),
         bos_token_id=tokenizer.bos_token_id,
     )
-    outputs: list[str] = []
+    # Batches of similar length: less left padding, same greedy outputs (bench/eval.py checks it).
+    order = by_length(tokenizer, prompts)
+    outputs: list[str] = [""] * len(prompts)
     for start in range(0, len(prompts), batch_size):
-        batch = prompts[start : start + batch_size]
+        chunk = order[start : start + batch_size]
+        batch = [prompts[i] for i in chunk]
         enc = tokenizer(
             batch, add_special_tokens=False, padding=True, return_tensors="pt",
             truncation=max_prompt_tokens is not None, max_length=max_prompt_tokens,
@@ -57,7 +71,8 @@ def generate(
         with torch.no_grad():
             generated = model.generate(**enc, generation_config=config)
         new_tokens = generated[:, enc["input_ids"].shape[1] :]
-        outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        for i, text in zip(chunk, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+            outputs[i] = text
         if progress:
             progress(len(batch))
     return [o.strip() for o in outputs]
@@ -79,6 +94,10 @@ def response_losses(model, tokenizer, records: list[dict[str, Any]], batch_size:
         full[: turn_end(full, len(prompt), r["messages"][-1]["content"], eot)]
         for r, (full, prompt) in zip(records, rendered)
     ]
+    # Batches of similar length (less padding); each record's figures go back to its place.
+    order = by_length(tokenizer, fulls)
+    fulls = [fulls[i] for i in order]
+    prompts = [prompts[i] for i in order]
     per_record: list[float] = []
     tokens: list[int] = []
     tokenizer.padding_side = "right"
@@ -104,7 +123,7 @@ def response_losses(model, tokenizer, records: list[dict[str, Any]], batch_size:
         for row, (prompt_len, c) in enumerate(zip(prompt_lens, cut)):
             labels[row, : max(prompt_len - c, 0)] = -100
         with torch.no_grad():
-            logits = model(**enc).logits[:, :-1, :]
+            logits = model(**enc, use_cache=False).logits[:, :-1, :]
         targets = labels[:, 1:]
         token_loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
@@ -113,7 +132,10 @@ def response_losses(model, tokenizer, records: list[dict[str, Any]], batch_size:
         sums = token_loss.sum(dim=1)
         per_record.extend((sums / counts.clamp(min=1)).tolist())
         tokens.extend(counts.tolist())
-    return per_record, tokens
+    back = [0] * len(order)
+    for position, index in enumerate(order):
+        back[index] = position
+    return [per_record[p] for p in back], [tokens[p] for p in back]
 
 
 def render_user_prompts(tokenizer, prompts: list[str]) -> list[str]:
