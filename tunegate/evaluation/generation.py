@@ -18,15 +18,20 @@ def render_prompts(tokenizer, records: list[dict[str, Any]]) -> list[str]:
     return [render_prompt_of(tokenizer, r) for r in records]
 
 
-def by_length(tokenizer, texts: list[str]) -> list[int]:
-    """Indices of ``texts`` from shortest to longest in tokens (stable): batches of similar length."""
+def token_lengths(tokenizer, texts: list[str]) -> list[int]:
+    """Each text's number of tokens (counted without truncation or warning)."""
     from tunegate.data.tokenize import unbounded_length
 
     if not texts:
         return []
     with unbounded_length(tokenizer):
-        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    return sorted(range(len(texts)), key=lambda i: lengths[i])
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def by_length(tokenizer, texts: list[str]) -> list[int]:
+    """Indices of ``texts`` from shortest to longest in tokens (stable): batches of similar length."""
+    lengths = token_lengths(tokenizer, texts)
+    return sorted(range(len(texts)), key=lengths.__getitem__)
 
 
 def generate(
@@ -96,17 +101,16 @@ def response_losses(model, tokenizer, records: list[dict[str, Any]], batch_size:
     ]
     # Batches of similar length (less padding); each record's figures go back to its place.
     order = by_length(tokenizer, fulls)
-    fulls = [fulls[i] for i in order]
-    prompts = [prompts[i] for i in order]
-    per_record: list[float] = []
-    tokens: list[int] = []
+    per_record: list[float] = [0.0] * len(records)
+    tokens: list[int] = [0] * len(records)
     tokenizer.padding_side = "right"
     model.eval()
     # Longer than the model's context: keep the end (the answer), as generation keeps the prompt's end.
     context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     for start in range(0, len(records), batch_size):
-        batch_full = fulls[start : start + batch_size]
-        batch_prompt = prompts[start : start + batch_size]
+        chunk = order[start : start + batch_size]
+        batch_full = [fulls[i] for i in chunk]
+        batch_prompt = [prompts[i] for i in chunk]
         with unbounded_length(tokenizer):
             full_ids = tokenizer(batch_full, add_special_tokens=False)["input_ids"]
             prompt_lens = [len(ids) for ids in tokenizer(batch_prompt, add_special_tokens=False)["input_ids"]]
@@ -130,12 +134,9 @@ def response_losses(model, tokenizer, records: list[dict[str, Any]], batch_size:
         ).view(targets.shape)
         counts = (targets != -100).sum(dim=1)
         sums = token_loss.sum(dim=1)
-        per_record.extend((sums / counts.clamp(min=1)).tolist())
-        tokens.extend(counts.tolist())
-    back = [0] * len(order)
-    for position, index in enumerate(order):
-        back[index] = position
-    return [per_record[p] for p in back], [tokens[p] for p in back]
+        for i, loss, count in zip(chunk, (sums / counts.clamp(min=1)).tolist(), counts.tolist()):
+            per_record[i], tokens[i] = loss, count
+    return per_record, tokens
 
 
 def render_user_prompts(tokenizer, prompts: list[str]) -> list[str]:
@@ -148,13 +149,7 @@ Generated = dict[tuple[str, int], str]  # (rendered prompt, max_new_tokens) -> g
 
 def count_longer(tokenizer, prompts: list[str], limit: int) -> int:
     """How many rendered prompts have more than ``limit`` tokens (counted without truncation or warning)."""
-    from tunegate.data.tokenize import unbounded_length
-
-    if not prompts:
-        return 0
-    with unbounded_length(tokenizer):
-        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    return sum(length > limit for length in lengths)
+    return sum(length > limit for length in token_lengths(tokenizer, prompts))
 
 
 def generate_cached(
