@@ -196,13 +196,13 @@ class TrainParams(_Section):
         "else wrapped (examples in one row can attend to each other)",
     )
     padding_free: bool | Literal["auto"] = Field(
-        "auto", description="auto: each batch one row, position ids restarting per example, where the model keeps "
-        "flattened examples apart (probed at start), else padded; true: required; false: padded batches")
+        "auto", description="auto: each batch one row, position ids restarting per example, with flash_attention_2 "
+        "where the model keeps flattened examples apart (probed at start), else padded; true: also on sdpa/eager "
+        "(exact, but attention then grows with the square of the batch's tokens); false: padded batches")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = Field(
         None, description="None: the model's default (sdpa)"
     )
-    group_by_length: bool | Literal["auto"] = Field(
-        "auto", description="batch examples of similar length together; auto: where batches are padded")
+    group_by_length: bool = Field(False, description="batch examples of similar length together")
     gradient_checkpointing: bool = False
     logging_steps: int = Field(10, ge=1)
     save_steps: int | None = Field(50, ge=1, description="checkpoint every N steps (null: only by time); `tunegate run "

@@ -61,7 +61,7 @@ def _per_example(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def test_flattened_batch_equals_each_example_alone(family, tmp_path):
     model_path, template = family
-    trainer, resolved, line, examples = _trainer(_params(model_path, template), tmp_path)
+    trainer, resolved, line, examples = _trainer(_params(model_path, template, "train.padding_free=true"), tmp_path)
     assert resolved.train.padding_free is True, line
     assert "padding-free" in line
     rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
@@ -82,9 +82,10 @@ def test_flattened_batch_equals_each_example_alone(family, tmp_path):
             start += n
 
 
-def test_the_probe_sees_the_cache_contaminate_and_padded_batches_are_grouped(base_model_path, tmp_path):
+def test_the_probe_sees_the_cache_contaminate_and_auto_pads_without_flash_attention(base_model_path, tmp_path):
     """With the KV cache on, transformers builds no block mask: the probe's gap is large, so a forward
-    that left ``use_cache`` on would fail the test above. ``padding_free: false`` pads, grouped by length."""
+    that left ``use_cache`` on would fail the test above. ``auto`` on sdpa pads (a flattened row's attention
+    grows with the square of the batch's tokens there), saying so; ``false`` pads."""
     from tunegate.tuning.packing import TOLERANCE, flattened_logits_gap, resolve_batching
     from tunegate.tuning.training import load_model_for_training
 
@@ -92,9 +93,10 @@ def test_the_probe_sees_the_cache_contaminate_and_padded_batches_are_grouped(bas
     model = load_model_for_training(params)
     assert flattened_logits_gap(model, use_cache=True) > 100 * TOLERANCE["fp32"]
     assert flattened_logits_gap(model) < TOLERANCE["fp32"]
+    auto, line = resolve_batching(_params(base_model_path, "alpaca"), model)
+    assert auto.train.padding_free is False and line.startswith("batches: padded") and "flash_attention_2" in line
     padded, line = resolve_batching(_params(base_model_path, "alpaca", "train.padding_free=false"), model)
-    assert padded.train.padding_free is False and padded.train.group_by_length is True
-    assert "padded, grouped by length" in line
+    assert padded.train.padding_free is False and "train.padding_free: false" in line
 
 
 def test_padding_free_true_on_a_model_that_mixes_examples_is_refused(base_model_path, monkeypatch):
@@ -107,5 +109,5 @@ def test_padding_free_true_on_a_model_that_mixes_examples_is_refused(base_model_
     monkeypatch.setattr(packing, "flattened_logits_gap", lambda model, **kw: 3.0)
     with pytest.raises(ValueError, match="padding_free: true.*flattened examples see each other"):
         packing.resolve_batching(params, model)
-    auto, line = packing.resolve_batching(_params(base_model_path, "alpaca"), model)
-    assert auto.train.padding_free is False and "padding-free is off because" in line
+    auto, line = packing.resolve_batching(_params(base_model_path, "alpaca", "train.packing=true"), model)
+    assert auto.train.padding_free is False and line.startswith("batches: wrapped packing")

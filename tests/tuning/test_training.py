@@ -38,7 +38,7 @@ def test_each_cpu_method_learns(method, extra, tmp_path, small_data, base_model_
     # Issue #15: the trainer's log dicts stay off the terminal; tunegate's own lines say the same, about every tenth.
     printed = capfd.readouterr()
     assert "{'loss'" not in printed.out + printed.err and "'train_runtime'" not in printed.out + printed.err
-    assert lines[0].startswith("batches: padding-free")  # said once at start
+    assert lines[0].startswith("batches: padded")  # said once at start
     assert lines[1].startswith("step 1/12: loss ") and lines[-1].startswith("step 12/12: loss ") and "tokens/s" in lines[-1]
     losses = [v["loss"] for _, v in steps if "loss" in v]
     assert result.global_step == 12 and len(losses) >= 10

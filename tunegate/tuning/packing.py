@@ -54,25 +54,33 @@ def padding_free_problem(model, precision: str = "fp32") -> str | None:
 
 
 def resolve_batching(params: Any, model) -> tuple[Any, str]:
-    """``params`` with ``train.padding_free`` and ``train.group_by_length`` decided for this model, and the
-    line that says how batches are built. ``auto``: padding-free where :func:`padding_free_problem` finds
-    none, else padded batches grouped by length; ``true`` on a model that fails the probe is an error."""
+    """``params`` with ``train.padding_free`` decided for this model, and the line that says how batches
+    are built.
+
+    Exactness is not enough: on ``sdpa``/``eager`` the flattened row is one sequence of the whole batch's
+    tokens under a block mask, so attention costs the square of the batch's tokens, not of each example's
+    (measured: the demo trained at ~780 tokens/s padding-free against ~8,000 padded). Only flash attention's
+    varlen kernels make it cheap. ``auto`` is therefore padding-free (and packing best-fit) only with
+    ``flash_attention_2`` on a model that passes :func:`padding_free_problem`; ``true`` asks for it anyway
+    (exact, slower) and is an error on a model that fails the probe."""
     t = params.train
-    problem = padding_free_problem(model, t.precision) if t.padding_free in ("auto", True) or t.packing else None
+    flash = (t.attn_implementation or getattr(model.config, "_attn_implementation", None)) == "flash_attention_2"
+    wanted = t.padding_free is True or (t.padding_free == "auto" and flash)
+    problem = padding_free_problem(model, t.precision) if wanted else None
     if t.padding_free is True and problem:
         raise ValueError(f"train.padding_free: true, but {problem}; set train.padding_free: auto or false")
-    padding_free = t.padding_free is True or (t.padding_free == "auto" and problem is None and not t.packing)
-    group = t.group_by_length if t.group_by_length != "auto" else not (padding_free or t.packing)
-    packing_exact = t.packing and problem is None
+    padding_free = wanted and problem is None
     if t.packing:
-        line = ("batches: best-fit packing into max_length rows, examples kept apart by position ids" if packing_exact
-                else f"batches: wrapped packing (examples in a row attend to each other): {problem}")
+        line = ("batches: best-fit packing into max_length rows, examples kept apart by position ids" if padding_free
+                else "batches: wrapped packing into max_length rows (examples in a row attend to each other; "
+                "best-fit packing that keeps them apart needs flash_attention_2)")
     elif padding_free:
         line = "batches: padding-free (each batch one row, position ids restart per example, no KV cache)"
-    elif t.padding_free == "auto":
-        line = f"batches: padded{', grouped by length' if group else ''}; padding-free is off because {problem}"
     else:
-        line = f"batches: padded{', grouped by length' if group else ''} (train.padding_free: false)"
+        why = problem or ("train.padding_free: false" if t.padding_free is False else
+                          "padding-free needs flash_attention_2 to be fast (on sdpa/eager a flattened row's "
+                          "attention grows with the square of the batch's tokens)")
+        line = f"batches: padded{', grouped by length' if t.group_by_length else ''} ({why})"
     # Resolved: padding_free True with packing means best-fit packing with examples kept apart (sft's config).
-    train = t.model_copy(update={"padding_free": padding_free or packing_exact, "group_by_length": group})
+    train = t.model_copy(update={"padding_free": padding_free})
     return params.model_copy(update={"train": train}), line

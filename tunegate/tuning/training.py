@@ -150,7 +150,7 @@ def shared_arguments(params: Params, output_dir: Path) -> dict[str, Any]:
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps,
-        train_sampling_strategy="group_by_length" if t.group_by_length is True else "random",
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         # By steps here, by time in TunegateCallback (checkpoint_minutes); both keep save_total_limit.
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
@@ -275,7 +275,7 @@ def train_model(
     model = load_model_for_training(params)
     from tunegate.tuning.packing import resolve_batching
 
-    params, batching = resolve_batching(params, model)  # train.padding_free/group_by_length for this model
+    params, batching = resolve_batching(params, model)  # train.padding_free for this model
     if log_line and int(os.environ.get("RANK", "0")) == 0:
         log_line(batching)
     checkpoint_dir = work_dir / "checkpoints"
