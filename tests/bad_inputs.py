@@ -71,7 +71,7 @@ def _case_overlap(d: Path):
 def _case_too_long(d: Path):
     rows = good_rows()
     rows[30]["instruction"] = "Read this. " + "The cat sat on the mat. " * 200
-    return _write(d / "train.jsonl", rows), None, 30, "response_truncated"
+    return _write(d / "train.jsonl", rows), None, 30, "runaway_length"
 
 
 def _case_unknown_format(d: Path):

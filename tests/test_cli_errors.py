@@ -295,16 +295,42 @@ def test_validate_bad_format_lists_the_allowed(tmp_path):
 def test_validate_says_model_template_and_limit_and_the_split_of_warnings(tmp_path, base_model_path):
     train = tmp_path / "train.jsonl"
     rows = [{"instruction": f"Tell me fact number {i} about cats.", "input": "", "output": f"Cats are great, fact {i}."} for i in range(30)]
-    rows[4]["output"] = "cats " * 60  # over a 64-token limit: a max_length warning in train
+    rows[4]["output"] = "cats " * 60  # over an 80-token limit: dropped (max_length) in train
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
     evaluation = tmp_path / "eval.jsonl"
     evaluation.write_text(json.dumps({"instruction": "Name a dog.", "input": "", "output": "dog " * 60}) + "\n")
-    result = CliRunner().invoke(app, ["validate", str(train), "--eval", str(evaluation), "--max-length", "64"])
+    result = CliRunner().invoke(app, ["validate", str(train), "--eval", str(evaluation), "--max-length", "80"])
     assert result.exit_code == 0, result.output
     err = result.stderr
-    assert "validate: model ../shared/models/stories260K" in err and "token limit 64 (--max-length)" in err and "params/demo.yaml" in err
-    assert "warning: train: WARNING max_length" in err and "warning: eval: WARNING max_length" in err
-    assert "limit 64 tokens" in err
+    assert "validate: model ../shared/models/stories260K" in err and "token limit 80 (--max-length)" in err and "params/demo.yaml" in err
+    assert "warning: train: DROP max_length: 1 record(s)" in err and "warning: eval: DROP max_length" in err
+    assert f"{train} record 4 (id " in err and "n tokens:" in err
+    assert "limit 80 tokens" in err
+
+    # A limit that would drop every record is an error, not a pass over an empty split.
+    emptied = CliRunner().invoke(app, ["validate", str(train), "--max-length", "64"])
+    assert emptied.exit_code == 1 and "ERROR min_records: 0 record(s) left after 30 dropped by policy" in emptied.stderr
 
     default = CliRunner().invoke(app, ["validate", str(train)])
     assert "token limit 128 (train.max_length" in default.stderr and "the demo's" in default.stderr
+
+
+def test_validate_refuses_a_runaway_record_and_names_what_it_drops(tmp_path):
+    """A 1M-token record is a broken file: exit 1 naming file, record and rule. An answer over the limit but
+    under 8x is dropped by default and named, never trained cut."""
+    train = tmp_path / "train.jsonl"
+    rows = [{"instruction": f"Tell me fact number {i} about cats.", "input": "", "output": f"Cats are great, fact {i}."} for i in range(30)]
+    rows[7]["output"] = "Cats sleep a lot. " * 20  # over the 128-token limit, under 8x
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(app, ["validate", str(train)])
+    assert result.exit_code == 0, result.output
+    assert f"DROP max_length: 1 record(s) break it (limit 128 tokens" in result.stderr
+    assert f"{train} record 7 (id " in result.stderr
+
+    rows[12]["output"] = "cat " * 1_000_000
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(app, ["validate", str(train)])
+    assert result.exit_code == 1, result.output
+    failure = next(line for line in result.stderr.splitlines() if "ERROR runaway_length" in line)
+    assert f"{train} record 12 (id " in failure and "over 8x the 128-token limit" in failure
+    assert "record 7" not in failure  # the merely long one is dropped, not an error

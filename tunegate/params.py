@@ -81,7 +81,8 @@ RULES: dict[str, str] = {
     "min_records": "error",
     "non_empty": "error",
     "role_order": "error",
-    "max_length": "warning",
+    "max_length": "drop",
+    "runaway_length": "error",
     "response_truncated": "error",
     "duplicates": "error",
     "near_duplicates": "warning",
@@ -96,7 +97,7 @@ RULES: dict[str, str] = {
 }
 # Rules about single records may drop the offending records instead of stopping the run.
 RECORD_RULES = {
-    "non_empty", "role_order", "max_length", "response_truncated", "duplicates", "near_duplicates",
+    "non_empty", "role_order", "max_length", "runaway_length", "response_truncated", "duplicates", "near_duplicates",
     "conflicts", "train_eval_overlap", "pii", "secrets", "placeholders", "control_chars",
 }
 

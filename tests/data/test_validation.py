@@ -149,11 +149,28 @@ def test_severity_warning_and_drop(tmp_path):
 def test_length_rules_use_token_counts(tmp_path):
     _, records = load(tmp_path, rows(3))
     params = ValidationParams()
+    # Default: over-long records are dropped and named, never trained cut; 8x over the limit is an error.
     report = validate_dataset(records, params, max_length=10, token_counts=([5, 12, 30], [3, 4, 10]))
     bad = failed(report)
     assert [o.record_index for o in bad["max_length"].offenders] == [1, 2]
-    assert [o.record_index for o in bad["response_truncated"].offenders] == [2]
-    assert bad["max_length"].severity == "warning" and bad["response_truncated"].severity == "error"
+    assert bad["max_length"].severity == "drop" and report.passed
+    assert report.dropped_ids == [records[1]["id"], records[2]["id"]]
+    assert "response_truncated" not in bad  # its prompt-filling record is dropped as over-long
+    assert "DROP max_length: 2 record(s)" in bad["max_length"].describe()
+
+    # Truncation on request: max_length a warning, and then a prompt that fills the limit is an error.
+    kept = validate_dataset(records, ValidationParams(rules={"max_length": "warning"}), max_length=10,
+                            token_counts=([5, 12, 30], [3, 4, 10]))
+    bad = failed(kept)
+    assert bad["max_length"].severity == "warning" and not kept.dropped_ids
+    assert [o.record_index for o in bad["response_truncated"].offenders] == [2] and not kept.passed
+
+    # A record over 8x the limit is a broken file, whatever max_length does.
+    runaway = validate_dataset(records, params, max_length=10, token_counts=([5, 12, 81], [3, 4, 10]))
+    bad = failed(runaway)
+    assert not runaway.passed and [o.record_index for o in bad["runaway_length"].offenders] == [2]
+    assert "n tokens: 81" in bad["runaway_length"].describe()
+    assert not failed(validate_dataset(records, params, max_length=10, token_counts=([5, 12, 80], [3, 4, 10]))).get("runaway_length")
 
 
 def test_unknown_rule_in_params():

@@ -105,6 +105,11 @@ def _facts(record: dict[str, Any]) -> tuple:
     )
 
 
+# A record this many times over the token limit is a broken file (a missing line break, a dumped log), not
+# a long answer: validation.rules.runaway_length stops the run on it even where max_length drops or warns.
+RUNAWAY_FACTOR = 8
+
+
 def record_frame(
     records: list[dict[str, Any]],
     *,
@@ -151,6 +156,7 @@ def record_frame(
     frame["n_tokens"] = pd.Series(full_tokens, dtype="int64")
     frame["prompt_tokens"] = pd.Series(prompt_tokens, dtype="int64")
     frame["too_long"] = frame["n_tokens"] > max_length
+    frame["runaway"] = frame["n_tokens"] > RUNAWAY_FACTOR * max_length
     frame["truncated_away"] = frame["prompt_tokens"] >= max_length
 
     text = pd.Series(all_text, dtype=str)

@@ -23,6 +23,8 @@ MAX_OFFENDERS = 5
 # What the token-limit rules measure, with the limit they used (validation.max_length, else train.max_length).
 LIMIT_RULES = {
     "max_length": "limit {limit} tokens with the chat template, from validation.max_length or else train.max_length",
+    "runaway_length": "over 8x the {limit}-token limit (validation.max_length or else train.max_length): "
+    "a broken record, not a long answer",
     "response_truncated": "the prompt must stay under the {limit}-token limit (validation.max_length or else "
     "train.max_length) to leave a response token to learn",
 }
@@ -125,6 +127,7 @@ def _expectations(params: ValidationParams, columns: list[str], has_eval: bool) 
         ],
         "role_order": [in_set("roles_valid", True)],
         "max_length": [in_set("too_long", False)],
+        "runaway_length": [in_set("runaway", False)],
         "response_truncated": [in_set("truncated_away", False)],
         "duplicates": [in_set("dup_exact", False, 1 - params.max_duplicate_rate)],
         "near_duplicates": [in_set("dup_norm", False, 1 - params.max_near_duplicate_rate)],
@@ -153,7 +156,7 @@ def _expectations(params: ValidationParams, columns: list[str], has_eval: bool) 
     ]
 
 
-_DETAIL_COLUMNS = {"pii": "pii_kinds", "secrets": "secret_kinds", "max_length": "n_tokens", "response_truncated": "prompt_tokens"}
+_DETAIL_COLUMNS = {"pii": "pii_kinds", "secrets": "secret_kinds", "max_length": "n_tokens", "runaway_length": "n_tokens", "response_truncated": "prompt_tokens"}
 
 
 def _offender(records: list[dict[str, Any]], frame, idx: int, rule: str) -> Offender:
@@ -247,6 +250,10 @@ def validate_dataset(
         coverage=params.coverage,
         eval_prompt_keys=eval_keys,
     )
+    if params.severity("max_length") == "drop":
+        # A prompt that fills the limit makes its record over-long too: max_length drops it (and names it), so
+        # response_truncated has nothing left to stop on.
+        frame["truncated_away"] = frame["truncated_away"] & ~frame["too_long"]
     result, named, docs_index = run_suite(frame, params, eval_keys is not None, f"tunegate_{split}", docs_dir)
     by_id = {item.expectation_config.id: item for item in result.results}
     merged: dict[str, RuleResult] = {}
@@ -278,6 +285,13 @@ def validate_dataset(
                 "; ".join(x for x in (previous.observed, observed_text) if x),
                 (previous.offenders + offenders)[:MAX_OFFENDERS],
             )
+    left = len(records) - len(dropped)
+    if dropped and "min_records" in merged and left < params.min_records:
+        # Drops must not empty the split: a limit that removes every record is a setting to fix, not a pass.
+        merged["min_records"] = RuleResult(
+            "min_records", params.severity("min_records"), False, 0,
+            f"{left} record(s) left after {len(dropped)} dropped by policy (need {params.min_records}; see the drop rules)",
+        )
     rules = list(merged.values())
     passed = not any(r.severity == "error" and not r.passed for r in rules)
     return ValidationReport(
