@@ -324,7 +324,7 @@ def test_validate_refuses_a_runaway_record_and_names_what_it_drops(tmp_path):
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = CliRunner().invoke(app, ["validate", str(train)])
     assert result.exit_code == 0, result.output
-    assert f"DROP max_length: 1 record(s) break it (limit 128 tokens" in result.stderr
+    assert "DROP max_length: 1 record(s) break it (limit 128 tokens" in result.stderr
     assert f"{train} record 7 (id " in result.stderr
 
     rows[12]["output"] = "cat " * 1_000_000
