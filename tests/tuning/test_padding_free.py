@@ -1,6 +1,7 @@
 """Padding-free training is exact where tunegate uses it: for stories260K (Llama), a tiny GPT-2 and a tiny
-Qwen2 (ChatML, built from ../shared/tokenizers), the training forward of a flattened batch (TRL's collator,
-the SFT trainer's own ``compute_loss``) gives each example the logits and the loss it gets run alone."""
+Qwen2 (ChatML, built from ../shared/tokenizers), the training forward of a flattened batch (TRL's collator)
+and of packed rows (tunegate's, the CPU default), through the SFT trainer's own ``compute_loss``, gives each
+example the logits and the loss it gets run alone, and the batch the loss of the same batch padded."""
 
 from __future__ import annotations
 
@@ -42,16 +43,16 @@ def _trainer(params, tmp_path):
 
     tokenizer = load_tokenizer(model_source(params.model.base_model), params.model.chat_template)
     model = load_model_for_training(params)
-    resolved, line = resolve_batching(params, model)
+    resolved, batching = resolve_batching(params, model)
     objective = objectives.get("sft")
     examples = tokenize_records(tokenizer, pick(*RECORDS), params.train.max_length)
     dataset = objective.dataset(resolved, tokenizer, pick(*RECORDS))
     trainer = objective.trainer(objectives.TrainerParts(
         params=resolved, model=model, tokenizer=tokenizer,
         args=objective.config(resolved, shared_arguments(resolved, tmp_path)),
-        train_dataset=dataset, peft_config=peft_config(resolved), callbacks=[],
+        train_dataset=dataset, peft_config=peft_config(resolved), callbacks=[], batching=batching.layout,
     ))
-    return trainer, resolved, line, examples
+    return trainer, resolved, batching, examples
 
 
 def _per_example(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -59,27 +60,46 @@ def _per_example(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(loss) / max(int((labels[1:] != -100).sum()), 1)
 
 
-def test_flattened_batch_equals_each_example_alone(family, tmp_path):
+@pytest.mark.parametrize("layout", ["flattened", "rows"])
+def test_packed_batch_equals_each_example_alone(family, layout, tmp_path):
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from tunegate.tuning.packing import best_fit_rows
+
     model_path, template = family
-    trainer, resolved, line, examples = _trainer(_params(model_path, template, "train.padding_free=true"), tmp_path)
-    assert resolved.train.padding_free is True, line
-    assert "padding-free" in line
+    extra = ["train.padding_free=true"] if layout == "flattened" else []  # rows: the default (auto) on sdpa
+    trainer, resolved, batching, examples = _trainer(_params(model_path, template, *extra), tmp_path)
+    assert batching.layout == layout, batching.line
+    assert resolved.train.padding_free is (layout == "flattened")
     rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
     batch = trainer.data_collator(rows)
-    assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch, "one row, no mask"
+    assert "attention_mask" not in batch, "no mask: transformers builds the block mask from the position ids"
+    lengths = [len(e.input_ids) for e in examples]
+    if layout == "flattened":
+        placement = [[list(range(len(examples)))], 1]
+        assert batch["input_ids"].shape[0] == 1
+    else:
+        placement = [best_fit_rows(lengths, max(lengths)), None]
+        assert batch["input_ids"].shape == (len(placement[0]), max(sum(lengths[i] for i in r) for r in placement[0]))
+        assert len(placement[0]) < len(examples), "packing fits some examples together"
+        assert int(batch["num_real_tokens"].sum()) == sum(lengths)
     model = trainer.model.eval()
     with torch.no_grad():
-        _, flat = trainer.compute_loss(model, dict(batch), return_outputs=True)
-        flat_logits = flat.logits[0]
-        start = 0
-        for example in examples:
-            n = len(example.input_ids)
-            alone = model(input_ids=torch.tensor([example.input_ids]), use_cache=False).logits[0]
-            together = flat_logits[start : start + n]
-            assert torch.allclose(together, alone, atol=ATOL), float((together - alone).abs().max())
-            labels = torch.tensor(example.labels)
-            assert _per_example(together, labels) == pytest.approx(_per_example(alone, labels), abs=ATOL)
-            start += n
+        loss, packed = trainer.compute_loss(model, dict(batch), return_outputs=True)
+        for r, members in enumerate(placement[0]):
+            start = 0
+            for i in members:
+                example, n = examples[i], lengths[i]
+                alone = model(input_ids=torch.tensor([example.input_ids]), use_cache=False).logits[0]
+                together = packed.logits[r, start : start + n]
+                assert torch.allclose(together, alone, atol=ATOL), float((together - alone).abs().max())
+                labels = torch.tensor(example.labels)
+                assert _per_example(together, labels) == pytest.approx(_per_example(alone, labels), abs=ATOL)
+                start += n
+        # The batch's loss is the padded batch's: same examples, same tokens counted.
+        padded = DataCollatorForLanguageModeling(pad_token_id=0)(rows)
+        padded_loss = trainer.compute_loss(model, dict(padded))
+    assert float(loss) == pytest.approx(float(padded_loss), abs=ATOL)
 
 
 def test_the_probe_sees_the_cache_contaminate_and_auto_pads_without_flash_attention(base_model_path, tmp_path):
@@ -93,10 +113,12 @@ def test_the_probe_sees_the_cache_contaminate_and_auto_pads_without_flash_attent
     model = load_model_for_training(params)
     assert flattened_logits_gap(model, use_cache=True) > 100 * TOLERANCE["fp32"]
     assert flattened_logits_gap(model) < TOLERANCE["fp32"]
-    auto, line = resolve_batching(_params(base_model_path, "alpaca"), model)
-    assert auto.train.padding_free is False and line.startswith("batches: padded") and "flash_attention_2" in line
-    padded, line = resolve_batching(_params(base_model_path, "alpaca", "train.padding_free=false"), model)
-    assert padded.train.padding_free is False and "train.padding_free: false" in line
+    auto, batching = resolve_batching(_params(base_model_path, "alpaca"), model)
+    assert auto.train.padding_free is False and batching.layout == "rows"
+    assert batching.line.startswith("batches: each batch's examples packed best-fit into rows")
+    padded, batching = resolve_batching(_params(base_model_path, "alpaca", "train.padding_free=false"), model)
+    assert padded.train.padding_free is False and batching.layout == "padded"
+    assert "train.padding_free: false" in batching.line
 
 
 def test_padding_free_true_on_a_model_that_mixes_examples_is_refused(base_model_path, monkeypatch):
@@ -109,5 +131,16 @@ def test_padding_free_true_on_a_model_that_mixes_examples_is_refused(base_model_
     monkeypatch.setattr(packing, "flattened_logits_gap", lambda model, **kw: 3.0)
     with pytest.raises(ValueError, match="padding_free: true.*flattened examples see each other"):
         packing.resolve_batching(params, model)
-    auto, line = packing.resolve_batching(_params(base_model_path, "alpaca", "train.packing=true"), model)
-    assert auto.train.padding_free is False and line.startswith("batches: wrapped packing")
+    auto, batching = packing.resolve_batching(_params(base_model_path, "alpaca"), model)  # rows fail too: padded
+    assert batching.layout == "padded" and "examples see each other" in batching.line
+    auto, batching = packing.resolve_batching(_params(base_model_path, "alpaca", "train.packing=true"), model)
+    assert auto.train.padding_free is False and batching.line.startswith("batches: wrapped packing")
+
+
+def test_best_fit_rows():
+    from tunegate.tuning.packing import best_fit_rows
+
+    assert best_fit_rows([5, 3, 8, 2, 6], 8) == [[2], [4, 3], [0, 1]]
+    assert best_fit_rows([4, 4, 4], 4) == [[0], [1], [2]]
+    rows = best_fit_rows([71, 40, 110, 30, 65, 44, 9], 110)
+    assert sorted(i for r in rows for i in r) == list(range(7)) and len(rows) == 4

@@ -38,7 +38,7 @@ def test_each_cpu_method_learns(method, extra, tmp_path, small_data, base_model_
     # Issue #15: the trainer's log dicts stay off the terminal; tunegate's own lines say the same, about every tenth.
     printed = capfd.readouterr()
     assert "{'loss'" not in printed.out + printed.err and "'train_runtime'" not in printed.out + printed.err
-    assert lines[0].startswith("batches: padded")  # said once at start
+    assert lines[0].startswith("batches: each batch's examples packed")  # said once at start
     assert lines[1].startswith("step 1/12: loss ") and lines[-1].startswith("step 12/12: loss ") and "tokens/s" in lines[-1]
     losses = [v["loss"] for _, v in steps if "loss" in v]
     assert result.global_step == 12 and len(losses) >= 10
@@ -88,3 +88,14 @@ def test_merge_adapter_on_request(tmp_path, small_data):
     result = train_model(_params("train.max_steps=2", "train.merge_adapter=true"), small_data[0], tmp_path)
     assert result.merged_dir and (result.merged_dir / "model.safetensors").is_file()
     assert read_model_info(result.merged_dir).method == "full"
+
+
+def test_gradient_checkpointing_is_what_params_say(tmp_path):
+    """TRL's SFTConfig defaults to activation checkpointing on (every forward recomputed in the backward);
+    tunegate's ``train.gradient_checkpointing: false`` must reach the trainer as false."""
+    from tunegate.tuning.training import sft_config
+
+    demo = Path(__file__).resolve().parents[2] / "params" / "demo.yaml"
+    assert sft_config(load_params(demo), tmp_path).activation_checkpointing is False
+    on = load_params(demo, ["train.gradient_checkpointing=true"])
+    assert sft_config(on, tmp_path).activation_checkpointing is True

@@ -35,6 +35,9 @@ class TrainerParts:
     train_dataset: Dataset  # from Objective.dataset
     peft_config: PeftConfig | None  # LoRA/DoRA/QLoRA's adapter for the trainer to wrap the model in; None: full
     callbacks: list[TrainerCallback]  # tunegate's: per-step metrics, checkpoint logging, checkpoints by time
+    # How batches are laid out (tunegate.tuning.packing.resolve_batching): "rows" asks the trainer for
+    # packing.PackedRowsCollator; "flattened" and "packed" are in args (padding_free, packing) already.
+    batching: str = "padded"
 
 
 class Objective(Protocol):

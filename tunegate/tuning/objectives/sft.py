@@ -2,7 +2,8 @@
 
 ``tunegate.data.tokenize`` turns each canonical record into ``input_ids`` and ``labels`` (loss on every
 assistant turn and its end-of-turn token, or the last one with ``train.loss_on: last_assistant_turn``),
-which SFTTrainer takes as an already-processed dataset; packing and padding-free batches are its own.
+which SFTTrainer takes as an already-processed dataset; packing and flattened batches are its own, packed
+rows (``tunegate.tuning.packing``) tunegate's collator.
 """
 
 from __future__ import annotations
@@ -47,11 +48,40 @@ class SFT:
     def trainer(self, parts: TrainerParts) -> SFTTrainer:
         from trl import SFTTrainer
 
-        return SFTTrainer(
+        extra: dict[str, Any] = {}
+        trainer_class = SFTTrainer
+        if parts.batching == "rows":
+            from tunegate.tuning.packing import PackedRowsCollator
+
+            tokenizer = parts.tokenizer
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            extra["data_collator"] = PackedRowsCollator(pad_token_id=int(pad or 0))
+            trainer_class = _rows_trainer()
+        return trainer_class(
             model=parts.model,
             args=parts.args,
             train_dataset=parts.train_dataset,
             processing_class=parts.tokenizer,
             peft_config=parts.peft_config,
             callbacks=parts.callbacks,
+            **extra,
         )
+
+
+def _rows_trainer():
+    """SFTTrainer for packed rows: TRL counts a batch without an attention mask as one row's width of
+    tokens (its flattened layout), so the trainer takes the collator's ``num_real_tokens`` out of the
+    forward's inputs and counts those instead (``num_tokens`` and tokens/s stay comparable to padded)."""
+    from trl import SFTTrainer
+
+    class RowsSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            real = inputs.pop("num_real_tokens", None)
+            before = self._total_train_tokens
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            if real is not None and self.model.training:
+                self._total_train_tokens = before + int(self.accelerator.gather_for_metrics(real).sum().item())
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return result
+
+    return RowsSFTTrainer
