@@ -76,6 +76,10 @@ def case_bf16(tmp_path, monkeypatch):
     return {"train.device": "auto", "train.precision": "bf16"}, ["train.precision: bf16 needs a CUDA GPU", "train.precision: fp32"]
 
 
+def case_liger(tmp_path, monkeypatch):
+    return {"train.liger": True}, ["train.liger: true needs a CUDA GPU (Triton kernels)", "train.liger: auto"]
+
+
 def case_missing_eval_data(tmp_path, monkeypatch):
     missing = tmp_path / "no-such-eval.jsonl"
     return {"data.eval": [{"path": str(missing)}]}, ["data.eval[0].path", str(missing), "does not exist", "fix the path"]
@@ -96,11 +100,12 @@ CASES = {
     "not_cached_model": case_not_cached_model,
     "qlora_without_cuda": case_qlora,
     "bf16_without_cuda": case_bf16,
+    "liger_without_cuda": case_liger,
     "missing_eval_data_file": case_missing_eval_data,
     "missing_ifeval_file": case_missing_ifeval_file,
     "safety_csv_without_column": case_safety_csv_without_column,
 }
-NEEDS_NO_CUDA = {"qlora_without_cuda", "bf16_without_cuda"}
+NEEDS_NO_CUDA = {"qlora_without_cuda", "bf16_without_cuda", "liger_without_cuda"}
 
 
 def assert_nothing_started(home: Path) -> None:

@@ -204,6 +204,10 @@ class TrainParams(_Section):
         None, description="None: the model's default (sdpa)"
     )
     group_by_length: bool = Field(False, description="batch examples of similar length together")
+    liger: bool | Literal["auto"] = Field(
+        "auto", description="Liger's Triton layer kernels (RMSNorm, RoPE, SwiGLU): auto: on a CUDA GPU where the "
+        "liger-kernel package is installed; true: required (refused by the preflight without CUDA or the package); "
+        "false: off. Never on CPU")
     gradient_checkpointing: bool = False
     logging_steps: int = Field(10, ge=1)
     save_steps: int | None = Field(50, ge=1, description="checkpoint every N steps (null: only by time); `tunegate run "

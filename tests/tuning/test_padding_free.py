@@ -144,3 +144,19 @@ def test_best_fit_rows():
     assert best_fit_rows([4, 4, 4], 4) == [[0], [1], [2]]
     rows = best_fit_rows([71, 40, 110, 30, 65, 44, 9], 110)
     assert sorted(i for r in rows for i in r) == list(range(7)) and len(rows) == 4
+
+
+def test_even_batches_go_padded_with_the_same_labels():
+    """Examples too even in length to share a row: the collator pads (with the mask) instead of packing."""
+    from tunegate.tuning.packing import PackedRowsCollator
+
+    collate = PackedRowsCollator(pad_token_id=0)
+    even = collate([{"input_ids": [5, 6, 7, 8], "labels": [-100, 6, 7, 8]}, {"input_ids": [9, 10, 11], "labels": [-100, -100, 11]}])
+    assert even["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]] and "position_ids" not in even
+    assert even["labels"].tolist() == [[-100, 6, 7, 8], [-100, -100, 11, -100]]
+    mixed = collate([{"input_ids": [5, 6, 7, 8], "labels": [5, 6, 7, 8]}, {"input_ids": [9, 10], "labels": [9, 10]},
+                     {"input_ids": [12, 13], "labels": [12, 13]}])
+    assert mixed["input_ids"].tolist() == [[5, 6, 7, 8], [9, 10, 12, 13]] and "attention_mask" not in mixed
+    assert mixed["position_ids"].tolist() == [[0, 1, 2, 3], [0, 1, 0, 1]]
+    assert mixed["labels"].tolist() == [[-100, 6, 7, 8], [-100, 10, -100, 13]]  # a first token is never a target
+    assert int(mixed["num_real_tokens"].sum()) == 8

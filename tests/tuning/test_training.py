@@ -99,3 +99,20 @@ def test_gradient_checkpointing_is_what_params_say(tmp_path):
     assert sft_config(load_params(demo), tmp_path).activation_checkpointing is False
     on = load_params(demo, ["train.gradient_checkpointing=true"])
     assert sft_config(on, tmp_path).activation_checkpointing is True
+
+
+def test_liger_only_where_it_can_run(monkeypatch):
+    """train.liger: auto is off on CPU (and without the package); true without CUDA is refused up front."""
+    from tunegate.tuning import hardware
+
+    demo = Path(__file__).resolve().parents[2] / "params" / "demo.yaml"
+    assert hardware.liger_enabled(load_params(demo)) is False  # device: cpu
+    gpu = load_params(demo, ["train.device=auto"])
+    monkeypatch.setattr(hardware, "_has_module", lambda name: False)
+    assert hardware.liger_enabled(gpu) is False  # no liger-kernel package
+    monkeypatch.setattr(hardware, "_has_module", lambda name: True)
+    import torch
+
+    assert hardware.liger_enabled(gpu) is torch.cuda.is_available()
+    refused = hardware.hardware_problems(load_params(demo, ["train.liger=true"]))
+    assert refused and refused[0].startswith("train.liger: true needs a CUDA GPU")

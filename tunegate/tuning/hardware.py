@@ -33,6 +33,8 @@ def hardware_problems(params: Params) -> list[str]:
          "set train.precision: fp32 (and train.device: cpu) here"),
         (t.attn_implementation == "flash_attention_2", "train.attn_implementation: flash_attention_2", "a CUDA GPU",
          "flash_attn", "set train.attn_implementation: sdpa (or remove it)"),
+        (t.liger is True, "train.liger: true", "a CUDA GPU (Triton kernels)", "liger_kernel",
+         "set train.liger: auto (on where it can run) or false"),
     ]
     if not any(asked for asked, *_ in needs):
         return []
@@ -48,7 +50,7 @@ def hardware_problems(params: Params) -> list[str]:
         if not usable:
             problems.append(f"{setting} needs {need} and {on_cpu}; {fix}, or run on a GPU machine with train.device: auto")
         elif package and not _has_module(package):
-            install = "flash-attn --no-build-isolation" if package == "flash_attn" else package
+            install = {"flash_attn": "flash-attn --no-build-isolation", "liger_kernel": "liger-kernel"}.get(package, package)
             problems.append(f"{setting} needs the {package} package: .venv/bin/pip install {install}")
         elif setting == "train.precision: bf16" and not torch.cuda.is_bf16_supported():
             problems.append(
@@ -56,3 +58,18 @@ def hardware_problems(params: Params) -> list[str]:
                 "set train.precision: fp16"
             )
     return problems
+
+
+def liger_enabled(params: Params) -> bool:
+    """Whether this run uses Liger's kernels: ``train.liger: true`` (checked above), or ``auto`` on a CUDA
+    device with the liger-kernel package installed. Never on CPU; imports torch only off CPU."""
+    t = params.train
+    if t.liger is False or t.device == "cpu":
+        return False
+    if t.liger is True:
+        return True
+    if not _has_module("liger_kernel"):
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())

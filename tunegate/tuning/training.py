@@ -137,6 +137,10 @@ def shared_arguments(params: Params, output_dir: Path) -> dict[str, Any]:
     # Always said: TRL's configs default to checkpointing on, which recomputes every forward in the backward
     # (measured: ~1/3 of a demo step on CPU) to save memory a small run does not need.
     extra["activation_checkpointing"] = t.gradient_checkpointing
+    from tunegate.tuning.hardware import liger_enabled
+
+    if liger_enabled(params):  # layer kernels only: TRL's own fused LM head already avoids the full logits
+        extra["use_liger_kernel"] = True
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and t.device == "cpu":
         extra["ddp_backend"] = "gloo"  # DDP across CPU processes (torchrun --nproc_per_node N)
     return dict(
