@@ -121,7 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=float, default=1.0, help="epochs of the demo data for the defaults")
     parser.add_argument("--steps", type=int, default=40, help="steps of the fixed-step comparisons")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration, alternating; the best counts")
     args = parser.parse_args()
     demo = REPO / "params" / "demo.yaml"
     base = load_params(demo)
