@@ -23,8 +23,8 @@ MAX_OFFENDERS = 5
 # What the token-limit rules measure, with the limit they used (validation.max_length, else train.max_length).
 LIMIT_RULES = {
     "max_length": "limit {limit} tokens with the chat template, from validation.max_length or else train.max_length",
-    "runaway_length": "over 8x the {limit}-token limit (validation.max_length or else train.max_length): "
-    "a broken record, not a long answer",
+    "runaway_length": "over 8x the {limit}-token limit (validation.max_length or else train.max_length): most "
+    "likely a broken record; validation.rules.runaway_length: drop where such records are real",
     "response_truncated": "the prompt must stay under the {limit}-token limit (validation.max_length or else "
     "train.max_length) to leave a response token to learn",
 }
