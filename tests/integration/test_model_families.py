@@ -55,8 +55,9 @@ def weather_tool_records() -> list[dict]:
 def write_params(path: Path, *, name: str, base_model: Path, train: list[dict]) -> Path:
     """A params file (params/demo.yaml's schema) for a short flow run that lets a tiny model register.
 
-    Validation as in params/shared_mix.yaml (the same shared files): over-long prompts and exact
-    duplicates are dropped, the example phone numbers and e-mails of public data only warn.
+    Validation as in params/shared_mix.yaml (the same shared files): over-long records (max_length's default),
+    the long tool conversations past 8x the limit and exact duplicates are dropped, the example phone numbers
+    and e-mails of public data only warn.
     """
     params = {
         "project": {"name": f"tunegate-mf-{name}", "seed": 42},
@@ -65,7 +66,7 @@ def write_params(path: Path, *, name: str, base_model: Path, train: list[dict]) 
         "validation": {
             "min_records": 20,
             "max_length": 256,  # both models' context
-            "rules": {"response_truncated": "drop", "duplicates": "drop", "pii": "warning"},
+            "rules": {"response_truncated": "drop", "runaway_length": "drop", "duplicates": "drop", "pii": "warning"},
         },
         "train": {
             "method": "lora", "epochs": 1, "max_steps": 4, "learning_rate": 5e-3, "batch_size": 4,
