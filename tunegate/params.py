@@ -197,9 +197,11 @@ class TrainParams(_Section):
         "else wrapped (examples in one row can attend to each other)",
     )
     padding_free: bool | Literal["auto"] = Field(
-        "auto", description="auto: each batch one row, position ids restarting per example, with flash_attention_2 "
-        "where the model keeps flattened examples apart (probed at start), else padded; true: also on sdpa/eager "
-        "(exact, but attention then grows with the square of the batch's tokens); false: padded batches")
+        "auto", description="auto: where the model keeps packed examples apart (probed at start), each batch one "
+        "flattened row with flash_attention_2, else its examples packed best-fit into rows as long as its longest "
+        "(position ids restarting per example; a batch too even to pack pads); true: one flattened row on any "
+        "attention (exact, but on sdpa/eager attention then grows with the square of the batch's tokens); false: "
+        "padded batches")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = Field(
         None, description="None: the model's default (sdpa)"
     )
