@@ -6,8 +6,8 @@ Three layouts keep each example's loss what it is alone:
 - ``rows``: the batch's own examples packed best-fit into rows as long as its longest example, position
   ids restarting at 0 per example and no attention mask (:class:`PackedRowsCollator`). The same examples
   make each step as padded, so the optimisation is the same; only the padding between them goes (the
-  demo's shuffled batches of 32 are 28% padding). Attention per row costs what the longest example costs
-  padded, so this is fast on ``sdpa`` and ``eager`` too;
+  demo's shuffled batches of 32 are 28% padding). A row is no longer than the batch's longest example, so
+  attention per row costs what it costs padded, on ``sdpa`` and ``eager`` too;
 - ``flattened``: the whole batch one row (TRL's collator with ``padding_free``), for flash attention's
   varlen kernels. On ``sdpa``/``eager`` that row's attention grows with the square of the batch's tokens
   (measured: the demo trained at ~780 tokens/s flattened against ~8,000 padded), so only
@@ -169,12 +169,14 @@ class PackedRowsCollator:
         labels = [list(e.get("labels", e["input_ids"])) for e in examples]
         lengths = [len(x) for x in ids]
         rows = best_fit_rows(lengths, max(lengths))
-        if len(rows) > PACK_MIN_SAVING * len(lengths):
-            return self._padded(ids, labels, lengths)
+        packed = len(rows) <= PACK_MIN_SAVING * len(lengths)
+        if not packed:  # one row per example, right-padded, with the attention mask (what TRL's collator builds)
+            rows = [[i] for i in range(len(lengths))]
         width = max(sum(lengths[i] for i in row) for row in rows)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         row_labels = torch.full((len(rows), width), -100, dtype=torch.long)
         position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
         for r, row in enumerate(rows):
             start = 0
             for i in row:
@@ -182,21 +184,8 @@ class PackedRowsCollator:
                 input_ids[r, start : start + n] = torch.tensor(ids[i])
                 row_labels[r, start + 1 : start + n] = torch.tensor(labels[i][1:])
                 position_ids[r, start : start + n] = torch.arange(n)
+                mask[r, start : start + n] = 1
                 start += n
-        return {"input_ids": input_ids, "labels": row_labels, "position_ids": position_ids,
-                "num_real_tokens": torch.tensor([sum(lengths)])}
-
-    def _padded(self, ids: list[list[int]], labels: list[list[int]], lengths: list[int]) -> dict[str, Any]:
-        """One row per example, right-padded, with the attention mask (what TRL's collator builds)."""
-        import torch
-
-        width = max(lengths)
-        input_ids = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)
-        row_labels = torch.full((len(ids), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for r, (x, y) in enumerate(zip(ids, labels)):
-            input_ids[r, : len(x)] = torch.tensor(x)
-            row_labels[r, 1 : len(x)] = torch.tensor(y[1:])
-            mask[r, : len(x)] = 1
-        return {"input_ids": input_ids, "labels": row_labels, "attention_mask": mask,
-                "num_real_tokens": torch.tensor([sum(lengths)])}
+        batch = {"input_ids": input_ids, "labels": row_labels, "num_real_tokens": torch.tensor([sum(lengths)])}
+        batch.update({"position_ids": position_ids} if packed else {"attention_mask": mask})
+        return batch
