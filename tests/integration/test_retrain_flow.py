@@ -315,32 +315,42 @@ def test_a_retrain_as_good_as_the_champion_passes_and_one_worse_on_a_family_is_r
     a seed-43 retrain answered two story_start items and, net, two reverse_words items worse, and two items
     better elsewhere: exact match -0.006, both families -0.050. The point rules refused it; no interval says it
     is worse, and the gate passes it. The same champion with 12 of one family's 40 right answers wrong is
-    refused for that family alone (its drop significant on the simultaneous interval)."""
+    refused for that family alone (its drop significant on the simultaneous interval).
+
+    The families are the issue's where the champion scores as it did there (story_start all right,
+    reverse_words partly); the demo's answers differ by CPU and thread count, so others like them stand in."""
+    from collections import Counter
+
     params = load_params(DEMO)
     champion = ModelEvaluation.from_dict(_stored(first_run["run_id"], "candidate", tmp_path / "champion"))
     base_model = ModelEvaluation.from_dict(_stored(first_run["run_id"], "baseline", tmp_path / "base"))
     per_family = champion.summary()["per_family"]
-    assert per_family["story_start"] == 1.0 and 0.5 < per_family["reverse_words"] < 1.0, per_family
-    better_somewhere = next(f for f, v in per_family.items() if v < 0.95 and f != "reverse_words")
+    sizes = Counter(score.category for score in champion.scores["exact_match"])
+    perfect = [f for f, v in sorted(per_family.items()) if v == 1.0 and sizes[f] == 40]
+    partly = [f for f, v in sorted(per_family.items()) if 0.5 < v < 1.0 and sizes[f] == 40]
+    assert perfect and partly, (per_family, sizes)
+    kept = "story_start" if "story_start" in perfect else perfect[0]
+    slipped = "reverse_words" if "reverse_words" in partly else partly[0]
+    better_somewhere = next(f for f, v in per_family.items() if v < 0.95 and f not in (kept, slipped))
 
     def gate(candidate: ModelEvaluation):
         deltas = [d.to_dict() for d in compare(champion, candidate, params.eval)]
         base = [d.to_dict() for d in compare(base_model, candidate, params.eval)]
         return decide_promotion(champion.summary(), candidate.summary(), params.gate, deltas, base)
 
-    retrain = _with_answers(champion, {"story_start": (2, 0), "reverse_words": (3, 1), better_somewhere: (0, 2)})
+    retrain = _with_answers(champion, {kept: (2, 0), slipped: (3, 1), better_somewhere: (0, 2)})
     delta = retrain.mean("exact_match") - champion.mean("exact_match")
-    assert round(delta, 3) == -0.006 and retrain.summary()["per_family"]["story_start"] == 0.95
+    assert round(delta, 3) == -0.006 and retrain.summary()["per_family"][kept] == 0.95
     passed = gate(retrain)
     assert passed.passed, passed.reasons
     assert passed.reasons[0].startswith(f"PASS exact_match non-inferiority: baseline {champion.mean('exact_match'):.3f} -> candidate ")
-    assert any(r.startswith("PASS family story_start regression: baseline 1.000 -> candidate 0.950 (delta -0.050, 99.4% interval [")
+    assert any(r.startswith(f"PASS family {kept} regression: baseline 1.000 -> candidate 0.950 (delta -0.050, 99.4% interval [")
                for r in passed.reasons), passed.reasons
 
-    worse = _with_answers(champion, {"story_start": (12, 0)})
+    worse = _with_answers(champion, {kept: (12, 0)})
     refused = gate(worse)
     assert not refused.passed
-    assert [r.split(":")[0] for r in refused.reasons if r.startswith("FAIL")] == ["FAIL family story_start regression"], refused.reasons
+    assert [r.split(":")[0] for r in refused.reasons if r.startswith("FAIL")] == [f"FAIL family {kept} regression"], refused.reasons
 
 
 def test_the_base_model_evaluation_is_found_by_its_key(first_run):
