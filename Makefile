@@ -38,11 +38,17 @@ lock: $(BIN)/python
 	$(BIN)/pip install --quiet "torch==2.13.0" -e ".[test]"
 	$(BIN)/pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/' > requirements.lock
 
+# Two pytest-xdist workers, one test file each at a time (a file's shared trained models stay in one
+# worker); each worker has its own $$TUNEGATE_HOME, training slots and half the cores (tests/conftest.py).
+# TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,-p no:xdist)
+
 test:
-	$(BIN)/pytest
+	$(PYTEST)
 
 test-unit:
-	$(BIN)/pytest tests --ignore=tests/integration
+	$(PYTEST) tests --ignore=tests/integration
 
 run:
 	$(BIN)/tunegate run

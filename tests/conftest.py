@@ -13,6 +13,17 @@ os.environ["TUNEGATE_HOME"] = str(_HOME)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 
+# Under `pytest -n N` (pytest-xdist, as `make test` runs) every worker is a machine of its own: its own
+# home (above), its own training slots, and its share of the cores, so that two workers' training runs
+# neither wait on each other's slot nor spin OpenMP threads against each other.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+if os.environ.get("PYTEST_XDIST_WORKER") and _WORKERS > 1:
+    os.environ.setdefault("TUNEGATE_MACHINE_DIR", str(_HOME / "machine"))
+    _threads = str(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
+    for _key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_key, _threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from tunegate.paths import configure_environment  # noqa: E402
 
 configure_environment()
