@@ -96,8 +96,20 @@ def case_safety_csv_without_column(tmp_path, monkeypatch):
     return {"eval.safety.harmful": None, "eval.safety.harmful_path": str(csv)}, [str(csv), "'goal'", "Behavior"]
 
 
+def case_primary_metric_of_a_suite_that_is_off(tmp_path, monkeypatch):
+    return {"gate.primary_metric": "response_loss", "gate.rules": [], "eval.response_loss": False}, [
+        "gate.primary_metric: 'response_loss' comes from the response_loss suite, which is off (eval.response_loss: false)",
+    ]
+
+
+def case_primary_metric_no_suite_computes(tmp_path, monkeypatch):
+    return {"gate.primary_metric": "bleu"}, ["gate.primary_metric: no registered suite computes 'bleu'", "exact_match"]
+
+
 CASES = {
     "not_cached_model": case_not_cached_model,
+    "primary_metric_of_a_suite_that_is_off": case_primary_metric_of_a_suite_that_is_off,
+    "primary_metric_no_suite_computes": case_primary_metric_no_suite_computes,
     "qlora_without_cuda": case_qlora,
     "bf16_without_cuda": case_bf16,
     "liger_without_cuda": case_liger,

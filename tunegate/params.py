@@ -471,7 +471,13 @@ class ApprovalPolicy(_Section):
 
 
 class GateParams(_Section):
-    primary_metric: Literal["exact_match"] = "exact_match"
+    primary_metric: str = Field(
+        "exact_match", min_length=1,
+        description="the metric the gate decides on: any metric a registered suite computes (exact_match for "
+        "verifiable tasks, response_loss for open-ended answers, ...), its direction the suite's; min_improvement, "
+        "non_inferiority_margin, min_improvement_over_base and max_family_regression are in its units, as gains "
+        "(a lower loss is a gain)",
+    )
     min_improvement: float = Field(
         0.05,
         description="on the primary metric's paired interval of candidate - baseline: above 0, superiority (the lower "

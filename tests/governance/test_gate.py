@@ -1,8 +1,11 @@
+from pathlib import Path
+
 import pytest
 
 from tunegate.governance.gate import decide_promotion, waiting_checks
 from tunegate.params import GateParams, MetricRule, load_params
 
+DEMO = Path(__file__).resolve().parents[2] / "params" / "demo.yaml"
 POLICY = GateParams(min_improvement=0.05, max_family_regression=0.05, min_improvement_over_base=None)
 DEMO_POLICY = GateParams(min_improvement=0.0, non_inferiority_margin=0.10, max_family_regression=0.05, min_improvement_over_base=None)
 
@@ -257,3 +260,88 @@ def test_the_decision_carries_its_action_with_the_waiting_policy_inside():
     # Typed deltas (the comparison's) decide exactly as their JSON form does.
     typed = [Delta.from_dict(d) for d in good]
     assert decide(m(0.80), m(0.88), DEMO_POLICY, typed).to_dict() == decide_promotion(m(0.80), m(0.88), DEMO_POLICY, good).to_dict()
+
+
+# --- any registered metric as the primary one (issue #27): open-ended answers gated on response loss -------
+
+
+def _open_ended(losses: dict[str, list[float]]):
+    """An evaluation of open-ended answers: no answer matches exactly, each record's response loss given
+    per family (weights: 20 answer tokens each)."""
+    from tunegate.evaluation.scores import ModelEvaluation, Score
+
+    evaluation = ModelEvaluation()
+    evaluation.scores["exact_match"] = [Score(f"{f}{i}", f, 0.0) for f, values in losses.items() for i in range(len(values))]
+    evaluation.scores["response_loss"] = [Score(f"{f}{i}", f, v, 20.0) for f, values in losses.items() for i, v in enumerate(values)]
+    return evaluation
+
+
+def _gate_on_response_loss(baseline, candidate, base=None, *overrides):
+    from tunegate.evaluation.suites import compare
+
+    params = load_params(DEMO, ["gate.primary_metric=response_loss", "gate.rules=[]", *overrides])
+    deltas = [d.to_dict() for d in compare(baseline, candidate, params.eval)]
+    base_deltas = [d.to_dict() for d in compare(base, candidate, params.eval)] if base is not None else None
+    return decide_promotion(baseline.summary(), candidate.summary(), params.gate, deltas, base_deltas)
+
+
+def test_response_loss_as_the_primary_metric_gates_on_lower_loss():
+    """The shared-mix case of issue #27: exact match is 0 for every open-ended answer before and after tuning, so
+    an exact-match gate refuses a model whose loss fell 22.7 -> 4.3. With response_loss as the primary metric
+    (lower is better, from the registry) the gate passes that model, refuses a worse one on the primary rule, and
+    refuses one worse on one family for that family alone; the base-model rule follows the same metric."""
+    import random
+
+    rng = random.Random(0)
+    noise = lambda: rng.uniform(-0.05, 0.05)  # noqa: E731
+    base = _open_ended({f: [22.7 + noise() for _ in range(40)] for f in ("zh_alpaca", "tool_calls")})
+    trained = _open_ended({f: [4.3 + noise() for _ in range(40)] for f in ("zh_alpaca", "tool_calls")})
+    assert base.mean("exact_match") == trained.mean("exact_match") == 0.0
+
+    exact = load_params(DEMO, ["gate.rules=[]"]).gate
+    from tunegate.evaluation.suites import compare
+
+    plain = [d.to_dict() for d in compare(base, trained, load_params(DEMO).eval)]
+    refused_on_exact = decide_promotion(base.summary(), trained.summary(), exact, plain, plain)
+    assert "FAIL exact_match over the base model" in [r.split(":")[0] for r in failing(refused_on_exact)]
+
+    first = _gate_on_response_loss(base, trained, base)
+    assert first.passed, first.reasons
+    assert first.reasons[0].startswith("PASS response_loss non-inferiority: baseline 22.7")
+    assert any(r.startswith("PASS response_loss over the base model: base model 22.7") for r in first.reasons), first.reasons
+    assert {c.category for c in first.checks if c.rule.startswith("family ")} == {"zh_alpaca", "tool_calls"}
+
+    worse = _open_ended({f: [4.3 + 0.4 + noise() for _ in range(40)] for f in ("zh_alpaca", "tool_calls")})
+    refused = _gate_on_response_loss(trained, worse, base)
+    assert not refused.passed
+    assert [r.split(":")[0] for r in failing(refused)] == [
+        "FAIL response_loss non-inferiority", "FAIL family tool_calls regression", "FAIL family zh_alpaca regression"]
+    assert failing(refused)[0].startswith("FAIL response_loss non-inferiority: baseline 4.301 -> candidate 4.698 (delta +0.397, ")
+    assert failing(refused)[0].endswith("the gain's lower bound must reach -0.100 (response_loss: lower is better, a gain is a fall)")
+
+    one_family = _open_ended({"zh_alpaca": [4.3 - 0.2 + noise() for _ in range(40)], "tool_calls": [4.3 + 0.2 + noise() for _ in range(40)]})
+    narrow = _gate_on_response_loss(trained, one_family, base)
+    assert [r.split(":")[0] for r in failing(narrow)] == ["FAIL family tool_calls regression"], narrow.reasons
+
+    better = _open_ended({f: [4.0 + noise() for _ in range(40)] for f in ("zh_alpaca", "tool_calls")})
+    superior = _gate_on_response_loss(trained, better, base, "gate.min_improvement=0.2")
+    assert superior.passed and superior.reasons[0].startswith("PASS response_loss superiority"), superior.reasons
+    not_enough = _gate_on_response_loss(trained, better, base, "gate.min_improvement=0.5")
+    assert [r.split(":")[0] for r in failing(not_enough)] == ["FAIL response_loss superiority"], not_enough.reasons
+
+
+def test_the_primary_metric_must_be_one_a_running_suite_computes():
+    from tunegate.evaluation.suites import gate_metric_problems
+
+    params = load_params(DEMO, ["gate.primary_metric=response_loss"])
+    assert gate_metric_problems(params.gate, params.eval) == []
+    off = load_params(DEMO, ["gate.primary_metric=response_loss", "eval.response_loss=false"])
+    problems = gate_metric_problems(off.gate, off.eval)
+    assert [p.split(":")[0] for p in problems] == ["gate.primary_metric", "gate.rules[1].metric"]
+    assert "which is off (eval.response_loss: false)" in problems[0]
+    ifeval_off = load_params(DEMO, ["gate.primary_metric=ifeval_instruction_loose", "gate.rules=[]", "eval.ifeval.enabled=false"])
+    assert gate_metric_problems(ifeval_off.gate, ifeval_off.eval) == [
+        "gate.primary_metric: 'ifeval_instruction_loose' comes from the ifeval suite, which is off (eval.ifeval.enabled: "
+        "false); turn it on, or name a metric of a suite that runs"]
+    assert gate_metric_problems(load_params(DEMO, ["gate.primary_metric=bleu"]).gate)[0].startswith(
+        "gate.primary_metric: no registered suite computes 'bleu'")

@@ -33,7 +33,18 @@ def test_alpaca_and_sharegpt_end_to_end(prefect_harness, base_model_path):
     assert run.data.metrics["data_dropped_records"] > 0  # 'drop' rules removed over-long and duplicate records
     assert len(tracking.client().get_metric_history(run.info.run_id, "train_loss")) >= 1
     assert set(summary["candidate"]["metrics"]["per_family"]) == {"alpaca", "glaive_toolcall"}
-    assert summary["gate"]["reasons"]
+    # Open-ended answers, gated on response loss (params: gate.primary_metric): exact match stays 0, the loss
+    # falls from the base model's, and the candidate is registered on the loss's interval, per family too.
+    gate = summary["gate"]
+    assert summary["candidate"]["metrics"]["exact_match"] == summary["baseline"]["metrics"]["exact_match"] == 0.0
+    assert gate["reasons"][0].startswith("PASS response_loss superiority: baseline "), gate["reasons"]
+    losses = summary["baseline"]["metrics"]["by_category"]["response_loss"]
+    families = {r.split(" family ")[1].split(" ")[0]: r for r in gate["reasons"] if " family " in r.split(":")[0]}
+    assert set(families) == {"alpaca", "glaive_toolcall"}, "\n".join(gate["reasons"])
+    for family, reason in families.items():  # judged on the family's response loss, not its exact match
+        assert f"baseline {losses[family]:.3f} -> candidate " in reason or f"({losses[family]:.3f} -> " in reason, reason
+    assert "a significant rise may not exceed 0.050" in families["alpaca"]
+    assert gate["passed"] and summary["registered_version"] is not None, gate["reasons"]
     artifacts = {a.path for a in tracking.client().list_artifacts(run.info.run_id, "validation")}
     assert {"validation/report.md", "validation/report.json", "validation/data_docs"} <= artifacts
     assert load_params(PARAMS).project.name == "tunegate-shared-mix"

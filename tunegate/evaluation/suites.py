@@ -141,10 +141,19 @@ def eval_file_problems(params: EvalParams) -> list[str]:
     return problems
 
 
-def gate_metric_problems(gate: GateParams) -> list[str]:
+def gate_metric_problems(gate: GateParams, params: EvalParams | None = None) -> list[str]:
     """One sentence per metric the gate's policy names that no registered suite computes (the primary metric,
-    each rule's). For a preflight: the metric names a rule may use are the registry's."""
+    each rule's), and with ``params`` one per metric whose suite is disabled there (the gate would have no
+    figure to judge). For a preflight: the metric names a rule may use are the registry's."""
     named = [("gate.primary_metric", gate.primary_metric)] + [(f"gate.rules[{i}].metric", r.metric) for i, r in enumerate(gate.rules)]
     known = ", ".join(REGISTRY.metric_names())
-    return [f"{key}: no registered suite computes {metric!r}; the metrics: {known}"
-            for key, metric in named if REGISTRY.suite_of(metric) is None]
+    problems = []
+    for key, metric in named:
+        suite = REGISTRY.suite_of(metric)
+        if suite is None:
+            problems.append(f"{key}: no registered suite computes {metric!r}; the metrics: {known}")
+        elif params is not None and not suite.enabled(params):
+            switch = f"eval.{suite.section}" + ("" if suite.params is bool else ".enabled")
+            problems.append(f"{key}: {metric!r} comes from the {suite.name} suite, which is off ({switch}: false); "
+                            f"turn it on, or name a metric of a suite that runs")
+    return problems

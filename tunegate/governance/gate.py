@@ -165,7 +165,12 @@ def primary_check(delta: dict[str, Any] | None, policy: GateParams) -> GateCheck
                          threshold=threshold)
     _, gain_low = _gain(delta)
     passed = gain_low > bound if wanted > 0 else gain_low >= bound
-    return GateCheck(rule, passed, interval_words(delta, requirement), metric, threshold=threshold)
+    return GateCheck(rule, passed, interval_words(delta, requirement + _gain_means(delta)), metric, threshold=threshold)
+
+
+def _gain_means(delta: dict[str, Any]) -> str:
+    """What "gain" means where a lower figure is better (a loss): said with every rule that judges the gain."""
+    return "" if delta.get("higher_is_better", True) else f" ({delta['metric']}: lower is better, a gain is a fall)"
 
 
 def family_checks(baseline: dict[str, Any], candidate: dict[str, Any], by_key: dict[tuple[str, str], dict[str, Any]],
@@ -177,17 +182,19 @@ def family_checks(baseline: dict[str, Any], candidate: dict[str, Any], by_key: d
     family with fewer than ``min_family_items`` paired items is named as too small to judge; one missing from
     the candidate's evaluation fails."""
     metric, allowed = policy.primary_metric, policy.max_family_regression
-    families = set(baseline.get("per_family", {})) | set(candidate.get("per_family", {}))
+    families = set(categories_of(baseline, metric)) | set(categories_of(candidate, metric))
     families |= {category for m, category in by_key if m == metric and category != "all"}
     strict = policy.family_rule == "strict"
     if strict:
         requirement, threshold = f"strict: the gain's lower bound must reach {-allowed:+.3f}", f"lower bound >= {-allowed:+.3f}"
     else:
-        requirement, threshold = f"a significant drop may not exceed {allowed:.3f}", f"significant drop <= {allowed:.3f}"
+        # "drop" where higher is better; a loss gets worse by rising
+        worse = "drop" if next((d.get("higher_is_better", True) for (m, _), d in by_key.items() if m == metric), True) else "rise"
+        requirement, threshold = f"a significant {worse} may not exceed {allowed:.3f}", f"significant {worse} <= {allowed:.3f}"
     checks = []
     for family in sorted(families):
         rule, delta = f"family {family} regression", by_key.get((metric, family))
-        if delta is None and family not in candidate.get("per_family", {}):
+        if delta is None and family not in categories_of(candidate, metric):
             checks.append(GateCheck(rule, False, "missing from the candidate's evaluation", metric, family, "evaluated"))
             continue
         if delta is None:
@@ -211,6 +218,14 @@ def family_checks(baseline: dict[str, Any], candidate: dict[str, Any], by_key: d
     return checks
 
 
+def categories_of(summary: dict[str, Any], metric: str) -> dict[str, float]:
+    """A summary's per-family figures of ``metric`` (:meth:`ModelEvaluation.summary`: ``per_family`` holds exact
+    match's, ``by_category`` every other metric's)."""
+    if metric == "exact_match":
+        return summary.get("per_family", {})
+    return (summary.get("by_category") or {}).get(metric, {})
+
+
 def over_base_check(base_deltas: list[dict[str, Any]] | None, policy: GateParams) -> GateCheck | None:
     """The candidate must beat the base model on the primary metric: the lower bound of the paired
     interval of its gain must lie above ``min_improvement_over_base`` (None: no such rule). A run that
@@ -227,7 +242,7 @@ def over_base_check(base_deltas: list[dict[str, Any]] | None, policy: GateParams
     _, gain_low = _gain(delta)
     return GateCheck(
         rule, gain_low > threshold,
-        interval_words(delta, f"the gain's lower bound must exceed {threshold:+.3f}", ("base model", "candidate")),
+        interval_words(delta, f"the gain's lower bound must exceed {threshold:+.3f}{_gain_means(delta)}", ("base model", "candidate")),
         metric, threshold=bound,
     )
 

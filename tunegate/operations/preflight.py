@@ -179,7 +179,7 @@ def eval_problems(params: Params) -> list[str]:
     """The enabled eval suites' files: missing files, missing columns, empty files; gate metrics no suite computes."""
     from tunegate.evaluation.suites import eval_file_problems, gate_metric_problems
 
-    return list(eval_file_problems(params.eval)) + gate_metric_problems(params.gate)
+    return list(eval_file_problems(params.eval)) + gate_metric_problems(params.gate, params.eval)
 
 
 # --- base model ---------------------------------------------------------------------------------
