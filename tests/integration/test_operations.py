@@ -255,6 +255,8 @@ def test_status_shows_schedule_runs_and_waiting_candidates(ops):
     outcomes = [r["outcome"] for r in status["runs"]]
     assert {"registered", "nothing_to_do"} <= set(outcomes)
     assert any(r["trigger"].startswith("data:") for r in status["runs"])
+    assert {r["primary_metric"] for r in status["runs"]} == {"exact_match"}
+    assert all(r["candidate_primary"] == r["candidate_exact_match"] for r in status["runs"])
     assert status["schedule"]["prefect"]["served"] is True and status["schedule"]["prefect"]["paused"] is True  # served, then stopped
     text = ops.cli("status", "-p", str(ops.params)).stdout
     assert "waiting for approval: version 3" in text and "nothing_to_do" in text

@@ -45,6 +45,19 @@ def test_alpaca_and_sharegpt_end_to_end(prefect_harness, base_model_path):
         assert f"baseline {losses[family]:.3f} -> candidate " in reason or f"({losses[family]:.3f} -> " in reason, reason
     assert "a significant rise may not exceed 0.050" in families["alpaca"]
     assert gate["passed"] and summary["registered_version"] is not None, gate["reasons"]
+    # `tunegate status` shows the figure the run was gated on, not exact match
+    from rich.console import Console
+
+    from tunegate.operations.status import collect_status, render_status
+
+    status = collect_status(load_params(PARAMS), last=5)
+    [row] = [r for r in status["runs"] if r["run_id"] == summary["run_id"]]
+    assert row["primary_metric"] == "response_loss"
+    assert row["candidate_primary"] == pytest.approx(summary["candidate"]["metrics"]["response_loss"])
+    console = Console(record=True, width=200)
+    render_status(status, console)
+    table = console.export_text()
+    assert " loss " in table and f"{row['candidate_primary']:.3f}" in table, table
     artifacts = {a.path for a in tracking.client().list_artifacts(run.info.run_id, "validation")}
     assert {"validation/report.md", "validation/report.json", "validation/data_docs"} <= artifacts
     assert load_params(PARAMS).project.name == "tunegate-shared-mix"

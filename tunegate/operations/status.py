@@ -89,10 +89,14 @@ def _outcome(run: Any) -> str:
     return run.info.status.lower()
 
 
+PRIMARY_HEADERS = {"exact_match": "EM", "response_loss": "loss"}  # the status table's column for a primary metric
+
+
 def run_rows(params: Params, last: int) -> list[dict[str, Any]]:
     rows = []
     for r in tracking.recent_runs(params.project.name, limit=last):
         end = r.info.end_time
+        primary = r.data.params.get("gate.primary_metric") or params.gate.primary_metric  # as that run was gated
         rows.append({
             "run_id": r.info.run_id,
             "status": r.info.status,
@@ -105,6 +109,8 @@ def run_rows(params: Params, last: int) -> list[dict[str, Any]]:
             "registered_version": r.data.tags.get(tags.REGISTERED_VERSION),
             "baseline": r.data.tags.get(tags.BASELINE_SOURCE),
             "candidate_exact_match": r.data.metrics.get("candidate_exact_match"),
+            "primary_metric": primary,
+            "candidate_primary": r.data.metrics.get(f"candidate_{primary}"),
             "failure": r.data.tags.get(tags.FAILURE),
             "reason": r.data.tags.get(tags.FRESHNESS),
             "host": r.data.tags.get(tags.HOST),
@@ -275,17 +281,22 @@ def render_status(result: dict[str, Any], console: Any) -> None:
     else:
         console.print("waiting for approval: none", highlight=False)
     table = Table(title="last runs", title_justify="left")
-    for header in ("run", "started UTC", "took", "trigger", "outcome", "ver", "baseline", "EM"):
+    # The figure each run was gated on (gate.primary_metric as that run had it; named where it differs).
+    shown = result["runs"][0]["primary_metric"] if result["runs"] else "exact_match"
+    for header in ("run", "started UTC", "took", "trigger", "outcome", "ver", "baseline", PRIMARY_HEADERS.get(shown, shown)):
         table.add_column(header, no_wrap=True)
     table.add_column("why", no_wrap=True, overflow="ellipsis", max_width=40)
     for r in result["runs"]:
-        em = r["candidate_exact_match"]
+        value = r["candidate_primary"]
+        figure = f"{value:.3f}" if value is not None else "-"
+        if r["primary_metric"] != shown:
+            figure = f"{r['primary_metric']} {figure}"
         style = OUTCOME_STYLE.get(r["outcome"], "")
         why = r["failure"] if r["outcome"] == "failed" else (r["reason"] if r["outcome"] == "nothing_to_do" else "")
         table.add_row(
             r["run_id"][:8], (r["started"] or "-")[5:16].replace("T", " "), human_duration(r["duration_s"]), (r["trigger"] or "-")[:24],
             f"[{style}]{r['outcome']}[/{style}]" if style else r["outcome"], r["registered_version"] or "-",
-            r["baseline"] or "-", f"{em:.3f}" if em is not None else "-", why or "",
+            r["baseline"] or "-", figure, why or "",
         )
     console.print(table)
     for r in result["runs"]:
