@@ -137,6 +137,7 @@ def test_a_second_run_queues_behind_the_first_which_is_killed_and_resumes_to_the
     assert reference["train"]["resumed_from"] is None and reference["train"]["global_step"] == 100
     assert {"server_start", "params", "data", "validation", "tuning", "evaluation_baseline", "evaluation_candidate",
             "compare", "gate", "total_wall"} <= set(reference["timings"]), reference["timings"]
+    assert reference["timings"]["queue_wait"] > 1.0, reference["timings"]  # the wait for the first run's slot, counted
 
     status = subprocess.run([TUNEGATE, "status", "--json", "-p", str(params)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert status.returncode == 0, status.stderr[-3000:]

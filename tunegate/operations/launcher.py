@@ -56,6 +56,7 @@ class Launch(BaseModel):
     preflight_passed_at: float  # time.time() when the preflight passed
     thread_budget: str  # the budget set before torch was imported, described
     server_start_s: float = 0.0  # seconds the temporary Prefect server took to answer (0: none of ours)
+    queue_wait_s: float = 0.0  # seconds ``tunegate run`` waited for the project's run slot before the flow
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,8 @@ def flow_params(params_file: str, overrides: list[str], launch: Launch | None) -
 
     if launch is not None and params_sha256(launch.params) != launch.params_sha256:
         launch = None  # changed on its way: checked here as if served
-    timings.reset({"server_start": launch.server_start_s} if launch is not None else None)
+    timings.reset({"server_start": launch.server_start_s, **({"queue_wait": launch.queue_wait_s} if launch.queue_wait_s else {})}
+                  if launch is not None else None)
     if launch is not None:
         if time.time() - launch.preflight_passed_at >= RECHECK_AFTER_S:
             check_preflight(launch.params, params_file=params_file, command="retrain flow")
@@ -187,7 +189,7 @@ def run(
                 server_start = NoServer()  # only if the flow reaches Prefect (startup timeout as set above)
             api_url = server_start.wait()
             launch = Launch(params=loaded, params_sha256=params_sha256(loaded), preflight_passed_at=passed_at,
-                            thread_budget=budget, server_start_s=server_start.seconds)
+                            thread_budget=budget, server_start_s=server_start.seconds, queue_wait_s=slot_request.waited)
             from tunegate.adapters.prefect import temporary_api
 
             with temporary_api(api_url):
@@ -225,6 +227,7 @@ class RunSlotRequest:
         self.error: BaseException | None = None
         self.lock = threading.Lock()
         self.taken = self.abandoned = False
+        self.waited = 0.0  # seconds waited for the slot, once taken
         self.thread = threading.Thread(target=self._take, name="tunegate-run-slot", daemon=True)
 
     def start(self) -> RunSlotRequest:
@@ -263,7 +266,7 @@ class RunSlotRequest:
             if self.abandoned:  # the command failed before the flow: let the next run in
                 self.stack.close()
                 return
-            self.taken = True
+            self.taken, self.waited = True, round(float(waited), 2)
         if seen:
             self.console.print(f"{time.strftime('%H:%M:%S')} got the run slot of {model} after waiting {waited:.0f} s for run(s) {', '.join(seen)}",
                                highlight=False, soft_wrap=True)
