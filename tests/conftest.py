@@ -18,11 +18,10 @@ os.environ.pop("PREFECT_API_URL", None)
 # neither wait on each other's slot nor spin OpenMP threads against each other.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
 if os.environ.get("PYTEST_XDIST_WORKER") and _WORKERS > 1:
-    os.environ.setdefault("TUNEGATE_MACHINE_DIR", str(_HOME / "machine"))
-    _threads = str(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
-    for _key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(_key, _threads)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from tunegate.operations.runqueue import MACHINE_DIR_ENV, apply_thread_budget
+
+    os.environ.setdefault(MACHINE_DIR_ENV, str(_HOME / "machine"))
+    apply_thread_budget(_WORKERS)  # the workers as a machine's slots: cores / workers, passive waiting
 
 from tunegate.paths import configure_environment  # noqa: E402
 

@@ -188,8 +188,8 @@ def family_checks(baseline: dict[str, Any], candidate: dict[str, Any], by_key: d
     if strict:
         requirement, threshold = f"strict: the gain's lower bound must reach {-allowed:+.3f}", f"lower bound >= {-allowed:+.3f}"
     else:
-        # "drop" where higher is better; a loss gets worse by rising
-        worse = "drop" if next((d.get("higher_is_better", True) for (m, _), d in by_key.items() if m == metric), True) else "rise"
+        higher_is_better = next((d.get("higher_is_better", True) for (m, _), d in by_key.items() if m == metric), True)
+        worse = "drop" if higher_is_better else "rise"  # a loss gets worse by rising
         requirement, threshold = f"a significant {worse} may not exceed {allowed:.3f}", f"significant {worse} <= {allowed:.3f}"
     checks = []
     for family in sorted(families):

@@ -102,8 +102,10 @@ def flow_params(params_file: str, overrides: list[str], launch: Launch | None) -
 
     if launch is not None and params_sha256(launch.params) != launch.params_sha256:
         launch = None  # changed on its way: checked here as if served
-    timings.reset({"server_start": launch.server_start_s, **({"queue_wait": launch.queue_wait_s} if launch.queue_wait_s else {})}
-                  if launch is not None else None)
+    before = None
+    if launch is not None:  # what `tunegate run` measured before the flow (a queue wait only when it waited)
+        before = {"server_start": launch.server_start_s} | ({"queue_wait": launch.queue_wait_s} if launch.queue_wait_s else {})
+    timings.reset(before)
     if launch is not None:
         if time.time() - launch.preflight_passed_at >= RECHECK_AFTER_S:
             check_preflight(launch.params, params_file=params_file, command="retrain flow")
