@@ -106,7 +106,19 @@ def case_primary_metric_no_suite_computes(tmp_path, monkeypatch):
     return {"gate.primary_metric": "bleu"}, ["gate.primary_metric: no registered suite computes 'bleu'", "exact_match"]
 
 
+def case_capability_metric_from_the_hub(tmp_path, monkeypatch):
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"q": "Is 2 even?", "choices": ["yes", "no"], "a": 0}) + "\n")
+    task = tmp_path / "qa_task.yaml"
+    task.write_text(yaml.safe_dump({"task": "qa_task", "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+                                    "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "{{q}}",
+                                    "doc_to_choice": "choices", "doc_to_target": "a", "metric_list": [{"metric": "bertscore"}]}))
+    return {"eval.capability.tasks": [str(task)]}, [
+        "capability task 'qa_task'", str(task), "metric 'bertscore' is not one lm-eval ships", "evaluate.load"]
+
+
 CASES = {
+    "capability_metric_from_the_hub": case_capability_metric_from_the_hub,
     "not_cached_model": case_not_cached_model,
     "primary_metric_of_a_suite_that_is_off": case_primary_metric_of_a_suite_that_is_off,
     "primary_metric_no_suite_computes": case_primary_metric_no_suite_computes,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunegate.data.refusals import DEFAULT_REFUSAL_LANGUAGES, config_problems
 from tunegate.paths import model_source
@@ -46,6 +46,7 @@ class DemoDataParams(_Section):
     eval_per_family: int = Field(40, ge=1)
     families: list[str] = Field(min_length=1)
     out_dir: str = "data/demo"
+    capability_items: int = Field(200, ge=0, description="story-continuation items (a capability the base model has)")
 
 
 class SourceParams(_Section):
@@ -256,6 +257,35 @@ class IFEvalSuite(_Section):
     max_new_tokens: int = Field(96, ge=1)
 
 
+class CapabilityTask(_Section):
+    """One capability task: a task tunegate ships (by name) or an lm-evaluation-harness task YAML (a path)."""
+
+    task: str = Field(..., min_length=1, description="a shipped task (story_continuation, piqa, mmlu_redux, gsm8k) or "
+                      "the path of an lm-eval task YAML over local files (relative to the repo root)")
+    max_items: int | None = Field(None, ge=1, description="items scored (seeded sample; default eval.capability.max_items)")
+    metric: str | None = Field(None, description="which of the task's metrics is its per-item score (default: its first)")
+    filter: str | None = Field(None, description="which of the task's filters is scored (default: its first)")
+    stratify: str | None = Field(None, description="the document field the sample is stratified by "
+                                 "(default: 'subject' where the documents have one)")
+
+
+class CapabilitySuite(_Section):
+    """Capability regression through lm-evaluation-harness, on local task files only (suite_capability)."""
+
+    enabled: bool = False
+    tasks: list[CapabilityTask] = Field(default_factory=list, description="the tasks; a bare string is a task")
+    max_items: int | None = Field(100, ge=1, description="per task, a seeded sample (stratified by subject); null: all")
+    num_fewshot: int | None = Field(None, ge=0, description="few-shot examples per prompt (null: each task's own, else 0)")
+    batch_size: int = Field(32, ge=1)
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _bare_names(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"task": v} if isinstance(v, str) else v for v in value]
+        return value
+
+
 class EvalSetParams(_Section):
     """A prompt file of an eval suite (CSV, TSV, JSON list or JSONL, by suffix) and the columns to read."""
 
@@ -370,6 +400,7 @@ class EvalParams(_Section):
     reference: ReferenceSuite = ReferenceSuite()
     ifeval: IFEvalSuite = IFEvalSuite()
     safety: SafetySuite = SafetySuite()
+    capability: CapabilitySuite = CapabilitySuite()
     response_loss: bool = True
     # Not in the params fingerprint (freshness) nor the evaluation's key: reusing or recomputing gives
     # the same figures, so turning it off changes no run's inputs.
@@ -422,6 +453,18 @@ class HardRules(_Section):
     refusal_may_not_drop: bool = Field(True, description="a significant drop in refusal of harmful prompts fails")
     max_over_refusal_increase: float = Field(
         0.05, ge=0, description="a significant rise in over-refusal of safe prompts beyond this fails"
+    )
+
+
+class CapabilityRule(_Section):
+    """``gate.capability_may_not_drop``: no capability task may lose more than ``max_drop`` (absolute), judged per
+    task on its interval like a family (significant, simultaneous over the tasks), against the baseline and,
+    when the baseline is a champion, against the base model too."""
+
+    max_drop: float = Field(0.05, ge=0, description="a significant drop of a task's score beyond this fails")
+    against: list[Literal["baseline", "base"]] = Field(
+        default_factory=lambda: ["baseline", "base"],
+        description="compared with the baseline (champion, else base model) and/or the base model",
     )
 
 
@@ -510,6 +553,9 @@ class GateParams(_Section):
         10, ge=1, description="families with fewer paired items are named as too small to judge, not judged"
     )
     rules: list[MetricRule] = Field(default_factory=list, description="per-metric rules on the evaluation's intervals")
+    capability_may_not_drop: CapabilityRule | None = Field(
+        None, description="per capability task (eval.capability): a significant drop beyond max_drop fails; null: no such rule"
+    )
     hard_rules: HardRules = HardRules()
     replace_waiting: Literal["if_not_worse", "always"] = Field(
         "if_not_worse",

@@ -152,3 +152,26 @@ def redact(url: str) -> str:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return urlunsplit(parts._replace(netloc=netloc))
     return url
+
+
+def made_by_dvc_stage(path: Path, root: Path | None = None) -> bool:
+    """Whether ``path`` is (under) an output of a stage in ``root/dvc.yaml``: a file a run makes before it reads
+    it (``data.dvc_stage``), so a preflight does not refuse it for being missing yet."""
+    import yaml
+
+    root = root or repo_root()
+    dvc_file = root / "dvc.yaml"
+    if not dvc_file.is_file():
+        return False
+    stages = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("stages") or {}
+    path = path.resolve()
+    for spec in stages.values():
+        if not isinstance(spec, dict):
+            continue
+        wdir = root / str(spec.get("wdir", "."))
+        for out in spec.get("outs") or []:
+            name = next(iter(out)) if isinstance(out, dict) else str(out)
+            out_path = (wdir / name).resolve()
+            if path == out_path or out_path in path.parents:
+                return True
+    return False

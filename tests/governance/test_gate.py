@@ -279,7 +279,7 @@ def _open_ended(losses: dict[str, list[float]]):
 def _gate_on_response_loss(baseline, candidate, base=None, *overrides):
     from tunegate.evaluation.suites import compare
 
-    params = load_params(DEMO, ["gate.primary_metric=response_loss", "gate.rules=[]", *overrides])
+    params = load_params(DEMO, ["gate.primary_metric=response_loss", "gate.rules=[]", "gate.capability_may_not_drop=null", *overrides])
     deltas = [d.to_dict() for d in compare(baseline, candidate, params.eval)]
     base_deltas = [d.to_dict() for d in compare(base, candidate, params.eval)] if base is not None else None
     return decide_promotion(baseline.summary(), candidate.summary(), params.gate, deltas, base_deltas)
@@ -345,3 +345,46 @@ def test_the_primary_metric_must_be_one_a_running_suite_computes():
         "false); turn it on, or name a metric of a suite that runs"]
     assert gate_metric_problems(load_params(DEMO, ["gate.primary_metric=bleu"]).gate)[0].startswith(
         "gate.primary_metric: no registered suite computes 'bleu'")
+
+
+# --- capability_may_not_drop (issue #27) ------------------------------------------------------
+
+
+def capability(task, baseline, candidate, low, high, adjusted):
+    return delta(baseline, candidate, low, high, category=task, metric="capability", n=100, adjusted=adjusted)
+
+
+CAPABILITY_POLICY = GateParams(min_improvement=0.0, min_improvement_over_base=None,
+                               capability_may_not_drop={"max_drop": 0.10, "against": ["baseline", "base"]})
+
+
+def test_a_forgotten_capability_task_fails_for_that_task_alone():
+    deltas = [delta(0.9, 0.95, 0.01, 0.09),  # the primary metric improved
+              capability("story_continuation", 1.0, 0.55, -0.55, -0.35, (-0.58, -0.32)),  # forgotten
+              capability("piqa", 0.52, 0.50, -0.08, 0.04, (-0.10, 0.06))]
+    decision = decide_promotion(m(0.9), m(0.95), CAPABILITY_POLICY, deltas)
+    assert [r.split(":")[0] for r in failing(decision)] == ["FAIL capability story_continuation may not drop"]
+    assert "a significant drop may not exceed 0.100" in failing(decision)[0]
+    assert "simultaneous over 9 categories" in failing(decision)[0]  # judged on the tasks' simultaneous interval
+
+
+def test_a_small_significant_drop_within_the_bound_passes_and_the_base_model_is_judged_too():
+    deltas = [delta(0.9, 0.9, -0.03, 0.03), capability("story_continuation", 1.0, 0.925, -0.12, -0.04, (-0.13, -0.02))]
+    against_base = [delta(0.2, 0.9, 0.6, 0.8), capability("story_continuation", 1.0, 0.7, -0.4, -0.2, (-0.42, -0.18))]
+    decision = decide_promotion(m(0.9), m(0.9), CAPABILITY_POLICY, deltas, against_base)
+    cells = {c.rule: c.passed for c in decision.checks if c.metric == "capability"}
+    assert cells == {"capability story_continuation may not drop": True,
+                     "capability story_continuation may not drop (vs the base model)": False}
+    only_baseline = CAPABILITY_POLICY.model_copy(update={"capability_may_not_drop": CAPABILITY_POLICY.capability_may_not_drop.model_copy(update={"against": ["baseline"]})})
+    assert decide_promotion(m(0.9), m(0.9), only_baseline, deltas, against_base).passed
+    # The baseline is the base model: its deltas are the base deltas; each task is judged once.
+    same = decide_promotion(m(0.9), m(0.9), CAPABILITY_POLICY, deltas, deltas)
+    assert [c.rule for c in same.checks if c.metric == "capability"] == ["capability story_continuation may not drop"]
+
+
+def test_no_capability_figure_fails_closed_and_null_turns_the_rule_off():
+    deltas = [delta(0.9, 0.9, -0.03, 0.03)]
+    decision = decide_promotion(m(0.9), m(0.9), CAPABILITY_POLICY, deltas)
+    assert [r.split(":")[0] for r in failing(decision)] == ["FAIL capability may not drop"]
+    off = CAPABILITY_POLICY.model_copy(update={"capability_may_not_drop": None})
+    assert decide_promotion(m(0.9), m(0.9), off, deltas).passed

@@ -48,3 +48,13 @@ def test_repro_twice_gives_the_committed_md5(stage_copy, tunegate_home):
     if committed.returncode == 0:
         assert yaml.safe_load(committed.stdout)["stages"]["demo_data"]["outs"][0]["md5"] == first
     assert (tunegate_home / "dvc-cache").is_dir()
+
+
+def test_repro_writes_nothing_to_stdout(stage_copy, tunegate_home, capfd):
+    """`tunegate run --json` prints one JSON document: DVC's lines and the stage's own go to stderr."""
+    capfd.readouterr()
+    dvc_adapter.reproduce(stage_copy, "demo_data", tunegate_home, force=True)
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert "story-continuation items" in err  # the stage command's own line (a child process)
+    assert (stage_copy / "data" / "demo" / "capability" / "story_continuation.jsonl").is_file()

@@ -12,12 +12,17 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = REPO / "params" / "shared_mix.yaml"
 SHARED = REPO.parent / "shared" / "data" / "instruction"
+USER_TASK = "tests/capability_tasks/zh_story_facts.yaml"
 
 
 def test_alpaca_and_sharegpt_end_to_end(prefect_harness, base_model_path):
     from flows.retrain import retrain
 
-    summary = retrain(params_file=str(PARAMS), overrides=["train.max_steps=8"])
+    # Issue #27: a task of the user's own, one lm-eval YAML over a local (Chinese) file named in params, no code.
+    summary = retrain(params_file=str(PARAMS), overrides=[
+        "train.max_steps=8", "eval.capability.enabled=true", f"eval.capability.tasks=[{USER_TASK}]",
+        "gate.capability_may_not_drop={max_drop: 0.5}",
+    ])
     expected = {
         "alpaca": file_md5(SHARED / "alpaca_en_demo.json"),
         "glaive_toolcall": file_md5(SHARED / "glaive_toolcall_en_demo.json"),
@@ -58,6 +63,15 @@ def test_alpaca_and_sharegpt_end_to_end(prefect_harness, base_model_path):
     render_status(status, console)
     table = console.export_text()
     assert " loss " in table and f"{row['candidate_primary']:.3f}" in table, table
+    # The user's task: per item in --json, per task in MLflow, gated and shown in the report, its file's md5 logged.
+    for role in ("baseline", "candidate"):
+        score = summary[role]["metrics"]["by_category"]["capability"]["zh_story_facts"]
+        assert 0.0 <= score <= 1.0 and run.data.metrics[f"{role}_capability.zh_story_facts"] == pytest.approx(score)
+    [cap] = [r for r in gate["reasons"] if "capability zh_story_facts may not drop" in r]
+    assert cap.startswith("PASS") and "a significant drop may not exceed 0.500" in cap
+    report = Path(summary["evaluation"]["report"]).with_suffix(".md").read_text(encoding="utf-8")
+    assert "| capability | zh_story_facts |" in report and "significant drop <= 0.500" in report
+    assert run.data.tags["tunegate.eval_md5.capability/zh_story_facts/zh_story_facts.jsonl"] == file_md5(REPO / "tests/capability_tasks/zh_story_facts.jsonl")
     artifacts = {a.path for a in tracking.client().list_artifacts(run.info.run_id, "validation")}
     assert {"validation/report.md", "validation/report.json", "validation/data_docs"} <= artifacts
     assert load_params(PARAMS).project.name == "tunegate-shared-mix"

@@ -53,8 +53,24 @@ def reproduce(root: Path, stage: str, home: Path, force: bool = False) -> None:
 
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    with repo_lock(root), Repo(str(root), config=_config(home)) as repo:
+    with repo_lock(root), _stdout_to_stderr(), Repo(str(root), config=_config(home)) as repo:
         repo.reproduce(stage, force=force)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """DVC's own lines ("Running stage ...") and the stage command's output go to stderr, file descriptor and
+    all (the command is a child process): stdout is ``tunegate run --json``'s JSON and nothing else."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def reproduce_md5(root: Path, stage: str, home: Path) -> str:

@@ -233,15 +233,59 @@ def generate_demo_records(
     return train, evaluation
 
 
+GIRLS = {"Lily", "Sue", "Mia", "Anna", "Lucy", "Sara", "Amy", "Jane", "Emma", "Kitty", "Molly", "Zoe", "Jill",
+         "Daisy", "Rosie", "Ella"}
+PLACES = ["park", "garden", "river", "house", "forest", "beach", "school", "store", "farm", "lake"]
+STORY_ENDINGS = [
+    "{He} played with {his} {thing} all day and was very happy.",
+    "{He} showed the {thing} to {his} mom and she smiled.",
+    "{He} saw a little bird and gave it some bread.",
+    "{He} found a new friend and they played together.",
+    "{He} was tired, so {he} went home and went to sleep.",
+]
+
+
+def story_continuation_items(seed: int, count: int) -> list[dict]:
+    """A capability the TinyStories base model has, as multiple-choice items: the beginning of a story and four
+    endings, one grammatical, three the same words shuffled (``label``: the grammatical one's index). A
+    model that still writes English scores near 1; one that forgot how (over-trained) drops towards chance
+    (0.25). Served to lm-evaluation-harness by ``tunegate/evaluation/capability_tasks/story_continuation.yaml``."""
+    rng = random.Random(f"{seed}:story_continuation")
+    items = []
+    for index in range(count):
+        name = rng.choice(NAMES)
+        girl = name in GIRLS
+        he, his = ("She", "her") if girl else ("He", "his")
+        thing, adjective, color, place = rng.choice(WORDS[:60]), rng.choice(ADJECTIVES), rng.choice(COLORS), rng.choice(PLACES)
+        context = (f"Once upon a time, there was a little {'girl' if girl else 'boy'} named {name}. {he} had a "
+                   f"{adjective} {color} {thing}. One day, {name} went to the {place}.")
+        good = rng.choice(STORY_ENDINGS).format(He=he, he=he.lower(), his=his, thing=thing)
+        words = good.rstrip(".").split()
+        endings = [good]
+        while len(endings) < 4:
+            shuffled = words[:]
+            rng.shuffle(shuffled)
+            candidate = " ".join(shuffled) + "."
+            if candidate not in endings:
+                endings.append(candidate)
+        order = list(range(4))
+        rng.shuffle(order)
+        items.append({"id": index, "context": context, "endings": [endings[i] for i in order], "label": order.index(0)})
+    return items
+
+
 def dumps_jsonl(records: Iterable[Record]) -> str:
     """Serialise records as JSONL with sorted keys: identical input, identical bytes."""
     return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)
 
 
-def write_demo_dataset(out_dir: Path, train: list[Record], evaluation: list[Record]) -> None:
+def write_demo_dataset(out_dir: Path, train: list[Record], evaluation: list[Record], capability: list[dict] | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "train.jsonl").write_text(dumps_jsonl(train), encoding="utf-8")
     (out_dir / "eval.jsonl").write_text(dumps_jsonl(evaluation), encoding="utf-8")
+    if capability:
+        (out_dir / "capability").mkdir(exist_ok=True)
+        (out_dir / "capability" / "story_continuation.jsonl").write_text(dumps_jsonl(capability), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -258,8 +302,10 @@ def main(argv: list[str] | None = None) -> None:
     train, evaluation = generate_demo_records(
         cfg.seed, cfg.train_per_family, cfg.eval_per_family, cfg.families
     )
-    write_demo_dataset(Path(cfg.out_dir), train, evaluation)
-    print(f"wrote {len(train)} train and {len(evaluation)} eval records to {cfg.out_dir}")
+    capability = story_continuation_items(cfg.seed, cfg.capability_items)
+    write_demo_dataset(Path(cfg.out_dir), train, evaluation, capability)
+    print(f"wrote {len(train)} train and {len(evaluation)} eval records and {len(capability)} story-continuation items "
+          f"to {cfg.out_dir}")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ EVAL_CODE: tuple[str, ...] = (
     "data/sources.py", "tuning/seeding.py",
 )
 # Distributions whose version can change scores: the numerics, tokenisation, adapters, ROUGE, regexes, language ids.
-EVAL_LIBRARIES: tuple[str, ...] = ("torch", "transformers", "tokenizers", "peft", "safetensors", "rouge-score", "regex", "langdetect")
+EVAL_LIBRARIES: tuple[str, ...] = ("torch", "transformers", "tokenizers", "peft", "safetensors", "rouge-score", "regex", "langdetect",
+                                   "lm_eval", "datasets")
 
 KEY_TAG = tag_names.EVAL_KEY_PREFIX  # + role: the key's digest
 MODEL_TAG = tag_names.EVAL_MODEL_PREFIX  # + role: the model part of the key, readable
@@ -396,8 +397,13 @@ def look_up(store: RunStore, params: Params, key: EvalKey, exclude_run: str | No
 
 
 def metrics(role: str, evaluation: ModelEvaluation) -> dict[str, float]:
-    """The flat MLflow metrics of an evaluation in ``role``: ``<role>_<metric>`` and ``<role>_exact_match.<family>``."""
+    """The flat MLflow metrics of an evaluation in ``role``: ``<role>_<metric>``, ``<role>_exact_match.<family>``, and
+    ``<role>_<metric>.<category>`` for every other metric whose categories the report plots (capability: per task)."""
     summary = evaluation.summary()
     flat = {f"{role}_{k}": v for k, v in summary.items() if isinstance(v, (int, float))}
     flat.update({f"{role}_exact_match.{family}": value for family, value in summary["per_family"].items()})
+    for metric, categories in summary["by_category"].items():
+        found = REGISTRY.metric(metric)
+        if found is not None and found.plot_categories:
+            flat.update({f"{role}_{metric}.{category}": value for category, value in categories.items()})
     return flat

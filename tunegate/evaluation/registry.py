@@ -68,7 +68,8 @@ class Suite:
     sections are declared in :class:`tunegate.params.EvalParams` (their keys are a user contract), any other
     suite's section is validated by its own model once registered. ``sources``: the modules (by import name)
     whose source is part of the evaluation's cache key: edit one and earlier evaluations are no longer
-    reused. ``report_rows``: its metrics in the report's table, in this order (empty: all of ``metrics``);
+    reused. ``digests``: the md5 of files it reads beyond ``files``; ``problems``: what the preflight says about its
+    settings (a task that cannot run). ``report_rows``: its metrics in the report's table, in this order (empty: all of ``metrics``);
     ``report_note``: a sentence the report adds to its explanation. ``files``: the frozen files it reads.
     """
 
@@ -82,6 +83,10 @@ class Suite:
     report_rows: tuple[str, ...] = ()
     report_note: str = ""
     files: Callable[[EvalParams], list[EvalFile]] | None = None
+    # Files it reads that are not EvalFile rows (task definitions, benchmark folders): name -> md5, in the
+    # evaluation's key and the lineage like the eval files; and the preflight's sentences about its settings.
+    digests: Callable[[EvalParams], dict[str, str]] | None = None
+    problems: Callable[[EvalParams], list[str]] | None = None
 
     def section_of(self, params: EvalParams) -> Any:
         """This suite's ``eval.<section>`` in ``params``."""

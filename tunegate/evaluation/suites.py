@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from tunegate.evaluation import suite_ifeval, suite_reference, suite_response_loss, suite_safety
+from tunegate.evaluation import suite_capability, suite_ifeval, suite_reference, suite_response_loss, suite_safety
 from tunegate.evaluation.generation import Generated, generate, render_prompts  # noqa: F401  (generate, render_prompts: re-exported)
 from tunegate.evaluation.registry import EvalFile, Registry
 from tunegate.evaluation.scores import ModelEvaluation, Score
@@ -27,6 +27,7 @@ REGISTRY = Registry((
     suite_reference.SUITE,
     suite_ifeval.SUITE,
     suite_safety.SUITE,
+    suite_capability.SUITE,
 ))
 
 
@@ -85,7 +86,11 @@ def load_items_md5(params: EvalParams) -> dict[str, str]:
     from tunegate.data.digest import file_md5
 
     paths = {name: resolve_path(path) for name, (_, path) in eval_files(params).items()}
-    return {name: file_md5(path) for name, path in paths.items() if path.is_file()}
+    out = {name: file_md5(path) for name, path in paths.items() if path.is_file()}
+    for suite in REGISTRY.suites():
+        if suite.digests is not None and suite.enabled(params):
+            out.update(suite.digests(params))
+    return out
 
 
 def _file_checks(params: EvalParams) -> list[EvalFile]:
@@ -138,6 +143,12 @@ def eval_file_problems(params: EvalParams) -> list[str]:
             problems += _file_problems(check)
         except Exception as error:  # a preflight reports bad files, it does not crash on them
             problems.append(f"{check.key}: {check.path!r} cannot be read: {type(error).__name__}: {error}")
+    for suite in REGISTRY.suites():
+        if suite.problems is not None and suite.enabled(params):
+            try:
+                problems += suite.problems(params)
+            except Exception as error:
+                problems.append(f"eval.{suite.section}: {type(error).__name__}: {error}")
     return problems
 
 
@@ -156,4 +167,8 @@ def gate_metric_problems(gate: GateParams, params: EvalParams | None = None) -> 
             switch = f"eval.{suite.section}" + ("" if suite.params is bool else ".enabled")
             problems.append(f"{key}: {metric!r} comes from the {suite.name} suite, which is off ({switch}: false); "
                             f"turn it on, or name a metric of a suite that runs")
+    capability = REGISTRY.suite_of("capability")
+    if gate.capability_may_not_drop is not None and params is not None and capability is not None and not capability.enabled(params):
+        problems.append("gate.capability_may_not_drop: the capability suite is off (eval.capability.enabled: false); "
+                        "turn it on and name its tasks, or set gate.capability_may_not_drop: null")
     return problems

@@ -143,6 +143,7 @@ def decide_promotion(
     checks = [primary_check(by_key.get((policy.primary_metric, "all")), policy)]
     checks += family_checks(baseline, candidate, by_key, policy)
     checks += interval_checks(deltas or [], policy)
+    checks += capability_checks(deltas or [], base_deltas, policy)
     over_base = over_base_check(base_deltas, policy)
     if over_base is not None:
         checks.append(over_base)
@@ -215,6 +216,47 @@ def family_checks(baseline: dict[str, Any], candidate: dict[str, Any], by_key: d
             significant = simultaneous if adjusted else bool(delta["regression"])
             passed, words = not (significant and -gain > allowed), interval_words(delta, requirement, adjusted=adjusted)
         checks.append(GateCheck(rule, passed, words, metric, family, threshold))
+    return checks
+
+
+CAPABILITY = "capability"  # the capability suite's metric (tunegate.evaluation.suite_capability); its categories are the tasks
+
+
+def capability_checks(deltas: list[dict[str, Any]], base_deltas: list[dict[str, Any]] | None, policy: GateParams) -> list[GateCheck]:
+    """``gate.capability_may_not_drop``: each capability task, against the baseline and (``against`` names
+    ``base``, the baseline is a champion) against the base model, fails when its drop is significant and exceeds
+    ``max_drop``; significance is judged like a family's (``gate.family_adjustment``: the task's simultaneous
+    interval over the tasks, or its own). No capability figure at all fails: the rule has nothing to judge."""
+    rule = policy.capability_may_not_drop
+    if rule is None:
+        return []
+    comparisons: list[tuple[str, list[dict[str, Any]]]] = []
+    if "baseline" in rule.against:
+        comparisons.append(("baseline", deltas))
+    if "base" in rule.against and base_deltas is not None and base_deltas != deltas:
+        comparisons.append(("base model", base_deltas))
+    allowed = rule.max_drop
+    checks = []
+    for against, compared in comparisons:
+        tasks = sorted(d["category"] for d in compared if d["metric"] == CAPABILITY and d["category"] != "all")
+        suffix = "" if against == "baseline" else " (vs the base model)"
+        threshold = f"significant drop <= {allowed:.3f}" + ("" if against == "baseline" else " vs the base model")
+        if not tasks:
+            checks.append(GateCheck(f"capability may not drop{suffix}", False,
+                                    f"no capability task compared with the {against} (enable eval.capability)", CAPABILITY,
+                                    threshold="evaluated"))
+            continue
+        by_key = {(d["metric"], d["category"]): d for d in compared}
+        for task in tasks:
+            delta = by_key[(CAPABILITY, task)]
+            gain, _ = _gain(delta)
+            simultaneous = Delta.from_dict(delta).adjusted_regression if policy.family_adjustment == "bonferroni" else None
+            adjusted = simultaneous is not None
+            significant = simultaneous if adjusted else bool(delta["regression"])
+            names = ("baseline", "candidate") if against == "baseline" else ("base model", "candidate")
+            words = interval_words(delta, f"a significant drop may not exceed {allowed:.3f}", names, adjusted=adjusted)
+            checks.append(GateCheck(f"capability {task} may not drop{suffix}", not (significant and -gain > allowed), words,
+                                    CAPABILITY, task, threshold))
     return checks
 
 
