@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -113,6 +115,12 @@ def compare_models(
                              waiting.version if waiting is not None else None, waiting_eval)
     tracking.set_tags(ctx.run_id, {f"{tags.EVAL_MD5_PREFIX}{k}": v for k, v in load_items_md5(params.eval).items()})
     tracking.log_metrics(ctx.run_id, delta_metrics(comparison))
+    if comparison.judge is not None:  # every verdict, and who judged how (lineage, card)
+        tracking.log_dict(ctx.run_id, comparison.judge, "judge/verdicts.json")
+        judged = comparison.judge
+        tracking.set_tags(ctx.run_id, {f"{tags.JUDGE_PREFIX}{k}": str(v) for k, v in judged["judge"].items()}
+                          | {f"{tags.JUDGE_PREFIX}prompt_sha256": judged["prompt_sha256"],
+                             f"{tags.JUDGE_PREFIX}decoding": json.dumps(judged["decoding"], sort_keys=True)})
     regressions = comparison.regressions
     record("evaluation", {"run_id": ctx.run_id, "baseline": ref.to_dict(), "regressions": regressions},
            model_name=params.model.registered_name, commit=ctx.commit)
@@ -135,6 +143,8 @@ def write_report(params: Params, ctx: RunContext, data: DataRef, comparison: Com
         "over_base": comparison.over_base.to_dict() if comparison.over_base else None,
         "waiting": {**waiting.to_dict(), "deltas": [d.to_dict() for d in waiting.deltas if d.category == "all"]} if waiting else None,
         "gate": decision.to_dict(),
+        "judge": comparison.judge,
+        "judge_summary": comparison.candidate_metrics.get("judge"),
     }
     # The loss curve: the steps training logged (the trainer's closing mean is train_mean_loss).
     history = [(m.step, m.value) for m in tracking.client().get_metric_history(ctx.run_id, "train_loss")]

@@ -286,6 +286,65 @@ class CapabilitySuite(_Section):
         return value
 
 
+# MT-Bench's pairwise judge prompt (lm-sys/FastChat, Apache-2.0), system and user parts as one text.
+DEFAULT_JUDGE_PROMPT = (
+    "Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to "
+    "the user question displayed below. You should choose the assistant that follows the user's instructions and "
+    "answers the user's question better. Your evaluation should consider factors such as the helpfulness, "
+    "relevance, accuracy, depth, creativity, and level of detail of their responses. Avoid any position biases and "
+    "ensure that the order in which the responses were presented does not influence your decision. Do not allow "
+    "the length of the responses to influence your evaluation. Be as objective as possible. After providing your "
+    'explanation, output your final verdict by strictly following this format: "[[A]]" if assistant A is better, '
+    '"[[B]]" if assistant B is better, and "[[C]]" for a tie.\n\n'
+    "[User Question]\n{question}\n\n"
+    "[The Start of Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's Answer]\n\n"
+    "[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]"
+)
+
+
+class JudgeParams(_Section):
+    """Who judges (``eval.judge.judge``): an OpenAI-compatible endpoint (vLLM, llama.cpp server, a hosted API) or
+    a local Hugging Face model in this process, whose verdict is read from the log-probabilities of the verdict
+    tokens (so it always parses)."""
+
+    kind: Literal["in_process", "openai"] = "in_process"
+    model_path: str | None = Field(None, description="in_process: a local model directory (null: the run's base model)")
+    chat_template: Literal["alpaca", "chatml"] | None = Field(
+        None, description="in_process: the template for a judge model without one of its own (null: plain text)")
+    base_url: str | None = Field(None, description="openai: the server's base URL, e.g. http://127.0.0.1:8000/v1")
+    model: str | None = Field(None, description="openai: the model name the server serves")
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                    description="openai: the environment variable holding the API key (never the key)")
+    timeout_s: float = Field(60, gt=0)
+    max_tokens: int = Field(512, ge=1, description="openai: the judge's answer budget (explanation and verdict)")
+    temperature: float = Field(0.0, ge=0)
+    retries: int = Field(2, ge=0, description="further attempts after an unparseable answer, a timeout or an HTTP error")
+    prompt: str = Field(DEFAULT_JUDGE_PROMPT, description="the judge's prompt: {question}, {answer_a}, {answer_b}")
+
+    @model_validator(mode="after")
+    def _complete(self) -> JudgeParams:
+        missing = [p for p in ("{question}", "{answer_a}", "{answer_b}") if p not in self.prompt]
+        if missing:
+            raise ValueError(f"judge prompt: it must contain {', '.join(missing)}")
+        if self.kind == "openai" and not (self.base_url and self.model):
+            raise ValueError("judge kind 'openai' needs base_url and model")
+        return self
+
+
+class JudgeSuite(_Section):
+    """A pairwise judge: the candidate's and the baseline's answers to open prompts (default: MT-Bench's 80),
+    each pair judged in both orders (suite_judge)."""
+
+    enabled: bool = False
+    questions: str = Field("../shared/data/eval/mt_bench/question.jsonl",
+                           description="JSONL with turns (MT-Bench) or prompt, and optionally category and question_id")
+    turns: Literal["first", "both"] = Field("first", description="judge the first turn, or both (the second after the model's own first answer)")
+    max_questions: int | None = Field(None, ge=1, description="the first N questions of the file (its order is frozen)")
+    max_new_tokens: int = Field(128, ge=1, description="the answers' budget")
+    max_failure_share: float = Field(0.1, ge=0, le=1, description="more pairs than this share without a verdict fails the suite")
+    judge: JudgeParams = JudgeParams()
+
+
 class EvalSetParams(_Section):
     """A prompt file of an eval suite (CSV, TSV, JSON list or JSONL, by suffix) and the columns to read."""
 
@@ -401,6 +460,7 @@ class EvalParams(_Section):
     ifeval: IFEvalSuite = IFEvalSuite()
     safety: SafetySuite = SafetySuite()
     capability: CapabilitySuite = CapabilitySuite()
+    judge: JudgeSuite = JudgeSuite()
     response_loss: bool = True
     # Not in the params fingerprint (freshness) nor the evaluation's key: reusing or recomputing gives
     # the same figures, so turning it off changes no run's inputs.
@@ -553,6 +613,10 @@ class GateParams(_Section):
         10, ge=1, description="families with fewer paired items are named as too small to judge, not judged"
     )
     rules: list[MetricRule] = Field(default_factory=list, description="per-metric rules on the evaluation's intervals")
+    min_win_rate: float | None = Field(
+        None, ge=0, le=1, description="the judge's win rate against the baseline (champion, else base model; ties count "
+        "half): the lower bound of its interval must reach this; null: no such rule"
+    )
     capability_may_not_drop: CapabilityRule | None = Field(
         None, description="per capability task (eval.capability): a significant drop beyond max_drop fails; null: no such rule"
     )

@@ -52,6 +52,7 @@ BASELINE_SOURCE = "tunegate.baseline_source"  # also on the registered version
 BASELINE_VERSION = "tunegate.baseline_version"  # also on the registered version ("" for the base model)
 WAITING_VERSION = "tunegate.waiting_version"  # the candidate waiting for review when the run started
 EVAL_MD5_PREFIX = "tunegate.eval_md5."  # + eval set name
+JUDGE_PREFIX = "tunegate.judge."  # + kind, model, base_url, path, files_sha256, prompt_sha256, decoding: who judged, how
 EVAL_KEY_PREFIX = "tunegate.eval_key."  # + role: the evaluation cache key's digest
 EVAL_MODEL_PREFIX = "tunegate.eval_model."  # + role: the model part of the key, readable
 EVAL_REUSED_FROM_PREFIX = "tunegate.eval_reused_from."  # + role: the run the evaluation was read from ("" when computed)

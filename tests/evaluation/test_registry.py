@@ -40,14 +40,14 @@ BEFORE = {
     "refusal_rate": ("safety", True),
     "over_refusal_rate": ("safety", False),
 }
-# Registered since (issue #27): the capability suite (lm-evaluation-harness), one metric per item, tasks as categories.
-SINCE = {"capability": ("capability", True)}
+# Registered since (issue #27): the capability suite (lm-evaluation-harness; tasks as categories) and the pairwise judge.
+SINCE = {"capability": ("capability", True), "judge_win_rate": ("judge", True)}
 
 
 def test_the_built_in_suites_are_the_ones_before_the_registry():
     assert {m: (REGISTRY.suite_of(m).name, REGISTRY.higher_is_better(m)) for m in REGISTRY.metric_names()} == BEFORE | SINCE
     assert list(BEFORE | SINCE) == REGISTRY.metric_names()
-    assert [s.section for s in REGISTRY.suites()] == ["response_loss", "reference", "ifeval", "safety", "capability"]
+    assert [s.section for s in REGISTRY.suites()] == ["response_loss", "reference", "ifeval", "safety", "capability", "judge"]
     # Their params sections are EvalParams' own fields: the keys users write are unchanged.
     assert all(s.section in EvalParams.model_fields for s in REGISTRY.suites())
 

@@ -279,7 +279,7 @@ def _open_ended(losses: dict[str, list[float]]):
 def _gate_on_response_loss(baseline, candidate, base=None, *overrides):
     from tunegate.evaluation.suites import compare
 
-    params = load_params(DEMO, ["gate.primary_metric=response_loss", "gate.rules=[]", "gate.capability_may_not_drop=null", *overrides])
+    params = load_params(DEMO, ["gate.primary_metric=response_loss", "gate.rules=[]", "gate.capability_may_not_drop=null", "gate.min_win_rate=null", *overrides])
     deltas = [d.to_dict() for d in compare(baseline, candidate, params.eval)]
     base_deltas = [d.to_dict() for d in compare(base, candidate, params.eval)] if base is not None else None
     return decide_promotion(baseline.summary(), candidate.summary(), params.gate, deltas, base_deltas)

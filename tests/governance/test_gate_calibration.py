@@ -31,7 +31,7 @@ def simulate(sizes: list[int], rate: float, drop: float = 0.0, seed: int = 0) ->
     """Shares of simulations refused by the gate (primary and family rules: the demo policy's, the other
     rules off) and by the rule the gate had before issue #24 (point delta >= 0, each family's point drop
     <= 0.05). The candidate is ``drop`` worse than the baseline on the first family."""
-    params = load_params(DEMO, ["gate.rules=[]", "gate.min_improvement_over_base=null", "gate.capability_may_not_drop=null"])
+    params = load_params(DEMO, ["gate.rules=[]", "gate.min_improvement_over_base=null", "gate.capability_may_not_drop=null", "gate.min_win_rate=null"])
     assert sum(sizes) == 354 or drop > 0
     families = [f"family{j}" for j, size in enumerate(sizes) for _ in range(size)]
     worse = np.array([f == "family0" for f in families])

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = [
     "train.max_steps=80", "train.batch_size=32", "eval.ifeval.enabled=false", "eval.safety.enabled=false",
-    "eval.bootstrap_resamples=1000",
+    "eval.bootstrap_resamples=1000", "eval.capability.enabled=false", "eval.judge.enabled=false",
+    "gate.capability_may_not_drop=null", "gate.min_win_rate=null",
 ]
 
 

@@ -16,7 +16,8 @@ from tunegate.tuning.training import train_model
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = [
-    "train.max_steps=80", "eval.ifeval.enabled=false", "eval.safety.enabled=false", "gate.rules=[]",
+    "train.max_steps=80", "eval.ifeval.enabled=false", "eval.safety.enabled=false", "eval.judge.enabled=false",
+    "gate.rules=[]", "gate.min_win_rate=null",
     "eval.capability.tasks=[story_continuation]", "eval.capability.max_items=100", "eval.bootstrap_resamples=1000",
 ]
 # Full fine-tuning of every weight at 0.01 (the demo's LoRA: 0.005 on adapters): it learns the tasks and

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from tunegate.adapters import mlflow as tracking
 from tunegate.cli import app
 from tunegate.evaluation import cache as eval_cache
+from tunegate.evaluation.comparison import Reference, compare_all
 from tunegate.evaluation.suites import ModelEvaluation, compare
 from tunegate.governance import audit, promotion
 from tunegate.governance.gate import decide_promotion
@@ -321,7 +322,7 @@ def test_a_retrain_as_good_as_the_champion_passes_and_one_worse_on_a_family_is_r
     reverse_words partly); the demo's answers differ by CPU and thread count, so others like them stand in."""
     from collections import Counter
 
-    params = load_params(DEMO)
+    params = load_params(DEMO, ["gate.min_win_rate=null"])  # the family rules on stored scores; no judge re-run here
     champion = ModelEvaluation.from_dict(_stored(first_run["run_id"], "candidate", tmp_path / "champion"))
     base_model = ModelEvaluation.from_dict(_stored(first_run["run_id"], "baseline", tmp_path / "base"))
     per_family = champion.summary()["per_family"]
@@ -415,7 +416,8 @@ def test_resume_continues_the_same_mlflow_run(prefect_harness, first_run):
 # stands in for a full retrain (a full demo run costs ~70 s more).
 OPEN_GATE = ["train.max_steps=6", "gate.min_improvement=-1", "gate.min_improvement_over_base=null", "gate.max_family_regression=1",
              "gate.rules=[{metric: response_loss, max_regression: 100}, {metric: ifeval_instruction_loose, max_regression: 1}]",
-             "gate.hard_rules.refusal_may_not_drop=false", "gate.hard_rules.max_over_refusal_increase=1"]  # 6 steps learn refusing first
+             "gate.hard_rules.refusal_may_not_drop=false", "gate.hard_rules.max_over_refusal_increase=1",
+             "gate.min_win_rate=0", "gate.capability_may_not_drop={max_drop: 1}"]  # 6 steps learn refusing first
 
 
 def _cells(line: str) -> list[str]:
@@ -478,15 +480,29 @@ def assert_one_set_of_figures(proc: subprocess.CompletedProcess, summary: dict, 
         assert report_row[-1] == cell, report_row
         assert _row(card, d["metric"])[-1] == cell
         assert f"<td>{html_lib.escape(cell, quote=False)}</td>" in page
-    # Issue #24: each family's rule beside the family's row, with the simultaneous interval it judged.
+    # Issue #24: each family's rule beside the family's row, with the simultaneous interval it judged; issue #27:
+    # each capability task's rule beside the task's row too.
     families = [c for c in decision["checks"] if c["category"] != "all"]
-    assert families and all(c["rule"].startswith("family ") for c in families)
+    assert families and all(c["rule"].startswith(("family ", "capability ")) for c in families)
+    assert {c["category"] for c in families if c["rule"].startswith("capability ")} == {t.task for t in load_params(DEMO).eval.capability.tasks}
     deltas = {(d["metric"], d["category"]): d for d in summary["evaluation"]["deltas"]}
     for check in families:
         d = deltas[(check["metric"], check["category"])]
         [row] = [cells for cells in map(_cells, report_md.splitlines()) if len(cells) == 8 and cells[:2] == [d["metric"], d["category"]]][:1]
         assert row[-1] == verdict_cell(decision["checks"], d["metric"], d["category"]), row
         assert f"[{d['adjusted_low']:+.3f}, {d['adjusted_high']:+.3f}]" in row[5] and f"[{d['adjusted_low']:+.3f}, {d['adjusted_high']:+.3f}]" in check["detail"]
+    # Issue #27: each capability task's score is the same in --json and MLflow, per role.
+    for role in ("baseline", "candidate"):
+        for task, score in summary[role]["metrics"]["by_category"]["capability"].items():
+            assert run.data.metrics[f"{role}_capability.{task}"] == score
+    # ... and the judge's win rate with its interval: --json, MLflow, the report's judge table, the card.
+    judged = summary["candidate"]["metrics"]["judge"]
+    [win] = [d for d in summary["evaluation"]["deltas"] if (d["metric"], d["category"]) == ("judge_win_rate", "all")]
+    assert judged["win_rate"] == win["candidate"] == run.data.metrics["judge_win_rate"] == summary["candidate"]["metrics"]["judge_win_rate"]
+    assert judged["low"] == run.data.metrics["judge_win_rate_low"] == win["baseline"] + win["low"]
+    judge_row = f"| {judged['win_rate']:.3f} | [{judged['low']:.3f}, {judged['high']:.3f}] | {judged['n']} |"
+    assert judge_row in report_md and f"judge win rate {judged['win_rate']:.3f} [{judged['low']:.3f}, {judged['high']:.3f}]" in card
+    assert run.data.tags["tunegate.judge.prompt_sha256"] == judged["prompt_sha256"] and judged["prompt_sha256"][:16] in card
 
 
 def test_run_approve_run_approve_then_lineage_and_model_card(prefect_harness, first_run, second_run, tunegate_home, tmp_path):
@@ -509,9 +525,12 @@ def test_run_approve_run_approve_then_lineage_and_model_card(prefect_harness, fi
     assert json.loads(json.dumps(fresh.summary())) == reusing["baseline"]["metrics"]
     params = load_params(DEMO, SECOND)
     candidate = ModelEvaluation.from_dict(_stored(reusing["run_id"], "candidate", tmp_path / "candidate"))
-    deltas = json.loads(json.dumps([d.to_dict() for d in compare(fresh, candidate, params.eval)]))
+    # The comparison again from the stored evaluations: every suite's deltas, the judge's verdicts on the stored answers.
+    again = compare_all(params, Reference("champion", first_run["registered_version"]), fresh, candidate)
+    deltas = json.loads(json.dumps([d.to_dict() for d in again.deltas]))
     assert deltas == reusing["evaluation"]["deltas"]
-    decision = decide_promotion(fresh.summary(), candidate.summary(), params.gate, deltas, [reusing["over_base"]["delta"]]).to_dict()
+    assert json.loads(json.dumps(again.candidate_metrics)) == reusing["candidate"]["metrics"]
+    decision = decide_promotion(fresh.summary(), again.candidate_metrics, params.gate, deltas, [reusing["over_base"]["delta"]]).to_dict()
     assert {"passed": decision["passed"], "reasons": decision["reasons"]} == reusing["gate"]
 
     version = second["registered_version"]

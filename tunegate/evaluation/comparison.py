@@ -4,6 +4,7 @@ rule) and the candidate waiting for review, as one JSON-able comparison."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunegate.evaluation.cache import EvaluationOutcome
@@ -65,6 +66,7 @@ class Comparison:
     waiting: WaitingComparison | None = None
     worst: list[dict[str, Any]] = field(default_factory=list)
     truncated_prompts: dict[str, int] = field(default_factory=dict)
+    judge: dict[str, Any] | None = None  # the pairwise judge against the baseline (JudgeOutcome.to_dict()), if it ran
 
     def delta(self, metric: str, category: str = "all") -> Delta | None:
         return next((d for d in self.deltas if d.metric == metric and d.category == category), None)
@@ -88,6 +90,7 @@ class Comparison:
             "waiting": self.waiting.to_dict() if self.waiting else None,
             "worst": self.worst,
             "truncated_prompts": self.truncated_prompts,
+            "judge": self.judge,
         }
 
 
@@ -109,13 +112,26 @@ def compare_all(
         base_deltas = deltas
     else:
         base_deltas = []
-    over_base = next((d for d in base_deltas if d.metric == params.gate.primary_metric and d.category == "all"), None)
     waiting_deltas = compare(evaluation_of(waiting_eval), candidate_ev, params.eval) if waiting_version and waiting_eval is not None else []
+    candidate_metrics, judged = candidate_ev.summary(), None
+    if params.eval.judge.enabled:
+        judged, judge_deltas = pairwise_judge(params, baseline_ev, candidate_ev)
+        deltas += judge_deltas
+        if baseline.source == "base_model":
+            base_deltas = deltas
+        if waiting_version and waiting_eval is not None:
+            waiting_deltas += pairwise_judge(params, evaluation_of(waiting_eval), candidate_ev)[1]
+        if base_eval is not None and params.gate.primary_metric == "judge_win_rate":  # the over-base rule judges it too
+            base_deltas += pairwise_judge(params, evaluation_of(base_eval), candidate_ev)[1]
+        candidate_metrics["judge"] = judge_summary(judged, judge_deltas)
+        if candidate_metrics["judge"]["win_rate"] is not None:
+            candidate_metrics["judge_win_rate"] = candidate_metrics["judge"]["win_rate"]
+    over_base = next((d for d in base_deltas if d.metric == params.gate.primary_metric and d.category == "all"), None)
     return Comparison(
         baseline=baseline,
         baseline_metrics=baseline_ev.summary(),
         baseline_evaluation=provenance,
-        candidate_metrics=candidate_ev.summary(),
+        candidate_metrics=candidate_metrics,
         deltas=tuple(deltas),
         base_deltas=tuple(base_deltas),
         base_evaluation=base_provenance,
@@ -123,7 +139,48 @@ def compare_all(
         waiting=WaitingComparison(waiting_version, tuple(waiting_deltas), provenance_of(waiting_eval)) if waiting_deltas else None,
         worst=worst_regressions(baseline_ev, candidate_ev),
         truncated_prompts={"baseline": baseline_ev.truncated_prompts, "candidate": candidate_ev.truncated_prompts},
+        judge=judged,
     )
+
+
+def pairwise_judge(params: Params, reference: ModelEvaluation, candidate: ModelEvaluation) -> tuple[dict[str, Any], list[Delta]]:
+    """The judge on the two models' answers (``examples["judge"]``), both orders: its outcome (every pair, the
+    judge's identity, prompt hash, decoding) and the ``judge_win_rate`` deltas against parity, overall and per
+    category (none when the suite failed: the gate then fails closed)."""
+    from tunegate.evaluation.cache import tree_sha256
+    from tunegate.evaluation.judge import make_judge, judge_answers, win_rate_scores
+
+    judge = make_judge(params.eval.judge.judge, str(params.base_model_path()))
+    try:
+        outcome = judge_answers(params.eval.judge, reference.examples.get("judge", []), candidate.examples.get("judge", []), judge)
+    finally:
+        judge.close()
+    if outcome.judge.get("kind") == "in_process":
+        outcome.judge["files_sha256"] = tree_sha256(Path(outcome.judge["path"]), remember=True)
+    if outcome.failed:
+        return outcome.to_dict(), []
+    parity, scores = win_rate_scores(outcome)
+    return outcome.to_dict(), compare(ModelEvaluation(scores={"judge_win_rate": parity}),
+                                      ModelEvaluation(scores={"judge_win_rate": scores}), params.eval)
+
+
+def judge_summary(judged: dict[str, Any], deltas: list[Delta]) -> dict[str, Any]:
+    """The judge's figures as every view shows them: the win rate and its interval (parity + the delta's), the
+    counts, the answers' length difference, who judged and how; ``failed`` when the suite failed."""
+    overall = next((d for d in deltas if d.category == "all"), None)
+    return {
+        "win_rate": overall.candidate if overall else None,
+        "low": overall.baseline + overall.low if overall else None,
+        "high": overall.baseline + overall.high if overall else None,
+        "n": overall.n if overall else 0,
+        "counts": judged["counts"],
+        "length_difference_chars": judged["length_difference_chars"],
+        "judge": judged["judge"],
+        "prompt_sha256": judged["prompt_sha256"],
+        "decoding": judged["decoding"],
+        "requests": judged["requests"],
+        "failed": judged["failed"],
+    }
 
 
 def delta_metrics(comparison: Comparison) -> dict[str, float]:
@@ -137,4 +194,16 @@ def delta_metrics(comparison: Comparison) -> dict[str, float]:
         | {f"delta_{d.metric}_high": d.high for d in overall}
         | ({f"over_base_{over_base.metric}": over_base.delta, f"over_base_{over_base.metric}_low": over_base.low,
             f"over_base_{over_base.metric}_high": over_base.high} if over_base else {})
+        | _judge_metrics(comparison.candidate_metrics.get("judge"))
     )
+
+
+def _judge_metrics(judged: dict[str, Any] | None) -> dict[str, float]:
+    """``judge_win_rate`` with its interval's bounds, the counts and the length difference (MLflow)."""
+    if not judged or judged.get("win_rate") is None:
+        return {}
+    out = {"judge_win_rate": judged["win_rate"], "judge_win_rate_low": judged["low"], "judge_win_rate_high": judged["high"]}
+    out |= {f"judge_pairs_{k}": float(v) for k, v in judged["counts"].items()}
+    if judged.get("length_difference_chars") is not None:
+        out["judge_length_difference_chars"] = judged["length_difference_chars"]
+    return out

@@ -164,6 +164,7 @@ def render_markdown(
         ]
         if vs:
             lines += [""] + [f"- {reason}" for reason in vs["reasons"]]
+    lines += judge_section(context.get("judge"), context.get("judge_summary"), checks, verdict_cell)
     flagged = [d for d in deltas if d.category != "all" and d.regression]
     lines += ["", "## Significantly worse by category", ""]
     if flagged:
@@ -187,6 +188,51 @@ def render_markdown(
     else:
         lines.append("None: the candidate answers every example the baseline answered exactly.")
     return "\n".join(lines) + "\n"
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def judge_examples(pairs: list[dict[str, Any]], seed: int = 0, sample: int = 3, worst: int = 3) -> list[dict[str, Any]]:
+    """The pairs the report shows side by side: a seeded sample, then the candidate's losses (both orders
+    preferred the reference), each once."""
+    import random
+
+    judged = [p for p in pairs if p["outcome"] != "failed"]
+    chosen = random.Random(seed).sample(judged, min(sample, len(judged)))
+    chosen += [p for p in judged if p["outcome"] == "loss" and p not in chosen][:worst]
+    return chosen
+
+
+def judge_section(judge: Mapping[str, Any] | None, summary: Mapping[str, Any] | None, checks: list[dict[str, Any]],
+                  verdict_cell: VerdictCell) -> list[str]:
+    """The pairwise judge: who judged and how, the win rate with its interval and the gate's cell, the counts,
+    the answers' length difference, and a few pairs side by side with both orders' verdicts."""
+    if not judge or not summary:
+        return []
+    who = judge["judge"]
+    name = who.get("model") or who.get("path")
+    lines = ["", "## Judge: candidate vs baseline, pairwise", "",
+             f"Judge `{who.get('kind')}` `{name}`" + (f" at `{who['base_url']}`" if who.get("base_url") else "")
+             + f"; prompt sha256 `{judge['prompt_sha256'][:16]}`; decoding {judge['decoding']}; {judge['requests']} request(s).", ""]
+    if summary.get("failed"):
+        lines += [f"**The judge suite failed:** {summary['failed']}", ""]
+    else:
+        counts = summary["counts"]
+        lines += [
+            "| win rate | interval | pairs | won | tied | of them inconsistent | lost | no verdict | length difference (chars) | gate |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+            f"| {summary['win_rate']:.3f} | [{summary['low']:.3f}, {summary['high']:.3f}] | {summary['n']} | {counts['win']} | "
+            f"{counts['tie']} | {counts['inconsistent']} | {counts['loss']} | {counts['failed']} | "
+            f"{summary['length_difference_chars']:+.0f} | {verdict_cell(checks, 'judge_win_rate', 'all')} |", "",
+        ]
+    for pair in judge_examples(judge["pairs"]):
+        lines += [f"- **{pair['category']}** `{pair['key']}` ({pair['outcome']}; verdicts {pair['verdict_ab']} with the baseline "
+                  f"first, {pair['verdict_ba']} with the candidate first): {_short(pair['prompt'], 200)!r}",
+                  f"  - baseline: {_short(pair['reference'])!r}", f"  - candidate: {_short(pair['candidate'])!r}"]
+    return lines
 
 
 def _png(fig) -> str:

@@ -184,6 +184,7 @@ def offline(task: str = "") -> Iterator[None]:
 
         patches += [(datasets.config, "HF_DATASETS_OFFLINE", True), (datasets.config, "HF_HUB_OFFLINE", True),
                     (huggingface_hub.constants, "HF_HUB_OFFLINE", True)]
+        patches += _quiet_progress()
         try:
             import evaluate
 
@@ -208,6 +209,26 @@ def offline(task: str = "") -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _quiet_progress() -> list[tuple[Any, str, Any]]:
+    """lm-eval's progress bars pass ``disable=`` themselves (so ``TQDM_DISABLE`` does not reach them): its modules'
+    ``tqdm`` replaced by a silent one for the block; the suite's own progress line says what runs."""
+    import importlib
+    from functools import partial
+
+    from tqdm import tqdm
+
+    def silent(*args, **kwargs):
+        kwargs["disable"] = True
+        return tqdm(*args, **kwargs)
+
+    out = []
+    for name in ("lm_eval.models.huggingface", "lm_eval.api.model", "lm_eval.api.task"):
+        module = importlib.import_module(name)
+        if getattr(module, "tqdm", None) is tqdm:
+            out.append((module, "tqdm", partial(silent)))
+    return out
 
 
 def sample_indices(docs: list[dict[str, Any]], max_items: int | None, seed: int, task: str, stratify: str | None) -> list[int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from tunegate.evaluation import suite_capability, suite_ifeval, suite_reference, suite_response_loss, suite_safety
+from tunegate.evaluation import suite_capability, suite_ifeval, suite_judge, suite_reference, suite_response_loss, suite_safety
 from tunegate.evaluation.generation import Generated, generate, render_prompts  # noqa: F401  (generate, render_prompts: re-exported)
 from tunegate.evaluation.registry import EvalFile, Registry
 from tunegate.evaluation.scores import ModelEvaluation, Score
@@ -28,6 +28,7 @@ REGISTRY = Registry((
     suite_ifeval.SUITE,
     suite_safety.SUITE,
     suite_capability.SUITE,
+    suite_judge.SUITE,
 ))
 
 
@@ -167,6 +168,10 @@ def gate_metric_problems(gate: GateParams, params: EvalParams | None = None) -> 
             switch = f"eval.{suite.section}" + ("" if suite.params is bool else ".enabled")
             problems.append(f"{key}: {metric!r} comes from the {suite.name} suite, which is off ({switch}: false); "
                             f"turn it on, or name a metric of a suite that runs")
+    judge = REGISTRY.suite_of("judge_win_rate")
+    if gate.min_win_rate is not None and params is not None and judge is not None and not judge.enabled(params):
+        problems.append("gate.min_win_rate: the judge suite is off (eval.judge.enabled: false); turn it on, or set "
+                        "gate.min_win_rate: null")
     capability = REGISTRY.suite_of("capability")
     if gate.capability_may_not_drop is not None and params is not None and capability is not None and not capability.enabled(params):
         problems.append("gate.capability_may_not_drop: the capability suite is off (eval.capability.enabled: false); "

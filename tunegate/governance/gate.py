@@ -144,6 +144,7 @@ def decide_promotion(
     checks += family_checks(baseline, candidate, by_key, policy)
     checks += interval_checks(deltas or [], policy)
     checks += capability_checks(deltas or [], base_deltas, policy)
+    checks += win_rate_checks(deltas or [], candidate, policy)
     over_base = over_base_check(base_deltas, policy)
     if over_base is not None:
         checks.append(over_base)
@@ -258,6 +259,34 @@ def capability_checks(deltas: list[dict[str, Any]], base_deltas: list[dict[str, 
             checks.append(GateCheck(f"capability {task} may not drop{suffix}", not (significant and -gain > allowed), words,
                                     CAPABILITY, task, threshold))
     return checks
+
+
+JUDGE = "judge_win_rate"  # the judge suite's metric (tunegate.evaluation.judge): candidate vs baseline, against parity
+
+
+def win_rate_checks(deltas: list[dict[str, Any]], candidate: dict[str, Any], policy: GateParams) -> list[GateCheck]:
+    """``gate.min_win_rate``: the judge's win rate against the baseline (ties and inconsistent orders count half),
+    its interval's lower bound must reach the bound. A judge suite that failed (too many pairs without a verdict,
+    an endpoint down) or did not run fails the rule: closed, not open."""
+    bound = policy.min_win_rate
+    if bound is None:
+        return []
+    rule, threshold = "judge win rate", f"lower bound >= {bound:.3f}"
+    judged = candidate.get("judge") or {}
+    delta = {(d["metric"], d["category"]): d for d in deltas}.get((JUDGE, "all"))
+    if delta is None:
+        why = f"the judge suite failed: {judged['failed']}" if judged.get("failed") else "not judged (enable eval.judge)"
+        return [GateCheck(rule, False, why, JUDGE, threshold=threshold)]
+    low, high = delta["baseline"] + delta["low"], delta["baseline"] + delta["high"]
+    counts = judged.get("counts") or {}
+    length = judged.get("length_difference_chars")
+    words = (f"win rate {delta['candidate']:.3f} against the baseline over {delta['n']} pairs "
+             f"({percent(delta.get('confidence', 0.95))} interval [{low:.3f}, {high:.3f}]; "
+             f"{counts.get('win', '?')} won, {counts.get('tie', '?')} tied ({counts.get('inconsistent', '?')} of them "
+             f"inconsistent between the orders), {counts.get('loss', '?')} lost"
+             + (f"; answers {length:+.0f} characters longer on average" if length is not None else "")
+             + f"); the lower bound must reach {bound:.3f}")
+    return [GateCheck(rule, low >= bound, words, JUDGE, threshold=threshold)]
 
 
 def categories_of(summary: dict[str, Any], metric: str) -> dict[str, float]:

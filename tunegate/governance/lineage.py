@@ -137,6 +137,23 @@ def _level(deltas: list[dict[str, Any]]) -> str:
     return percent(next((d["confidence"] for d in deltas if "confidence" in d), 0.95))
 
 
+def _judge_lines(judged: dict[str, Any] | None) -> list[str]:
+    """Who judged the candidate against the baseline and how, and the win rate (the figures the run's summary holds)."""
+    if not judged:
+        return []
+    who = judged["judge"]
+    line = (f"- judge: `{who.get('kind')}` `{who.get('model') or who.get('path')}`"
+            + (f" at `{who['base_url']}`" if who.get("base_url") else "")
+            + (f" (files sha256 `{who['files_sha256'][:16]}`)" if who.get("files_sha256") else "")
+            + f"; prompt sha256 `{judged['prompt_sha256'][:16]}`; decoding {judged['decoding']}")
+    if judged.get("failed"):
+        return [line, f"- judge suite failed: {judged['failed']}", ""]
+    counts = judged["counts"]
+    return [line, f"- judge win rate {judged['win_rate']:.3f} [{judged['low']:.3f}, {judged['high']:.3f}] over {judged['n']} pairs: "
+            f"{counts['win']} won, {counts['tie']} tied ({counts['inconsistent']} inconsistent), {counts['loss']} lost; "
+            f"the candidate's answers {judged['length_difference_chars']:+.0f} characters longer on average", ""]
+
+
 def render_model_card(chain: dict[str, Any], summary: dict[str, Any] | None = None) -> str:
     """A markdown model card for one registered version."""
     d, t, e, g = chain["data"], chain["training"], chain["evaluation"], chain["gate"]
@@ -165,6 +182,7 @@ def render_model_card(chain: dict[str, Any], summary: dict[str, Any] | None = No
         *[f"| {x['metric']} | {x['baseline']:.3f} | {x['candidate']:.3f} | {x['delta']:+.3f} | [{x['low']:+.3f}, {x['high']:+.3f}] | "
           f"{verdict_cell(g.get('checks', []), x['metric'])} |" for x in e["deltas"]],
         "",
+        *_judge_lines(((summary or {}).get("candidate") or {}).get("metrics", {}).get("judge")),
         "## Gate decision: " + ("passed" if g["passed"] else "failed"),
         *[f"- {r}" for r in g["reasons"]],
         "",
