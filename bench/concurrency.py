@@ -44,7 +44,7 @@ def write_params(work: Path, project: str) -> Path:
 
 
 def start(params: Path, env: dict[str, str], steps: int) -> subprocess.Popen:
-    sets = [f"train.max_steps={steps}", "eval.ifeval.enabled=false", "eval.safety.enabled=false",
+    sets = [f"train.max_steps={steps}", "eval.ifeval.enabled=false", "eval.safety.enabled=false", "eval.capability.enabled=false", "eval.judge.enabled=false", "gate.capability_may_not_drop=null", "gate.min_win_rate=null",
             "eval.bootstrap_resamples=100", "eval.max_new_tokens=8",
             "gate.rules=[{metric: response_loss, max_regression: 0.5}]"]  # the demo's ifeval rule is off with its suite
     args = [TUNEGATE, "run", "--json", "-p", str(params)]

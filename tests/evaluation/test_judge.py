@@ -175,3 +175,20 @@ def test_bench_judge_measures_agreement_with_human_labels(mode, capsys):
         verdicts = ["tie"] * 6
         assert result["agreement"] == pytest.approx(1 / 6) and result["position_consistency"] == 0.0
     assert result["cohen_kappa"] == pytest.approx(cohen_kappa_score(labels, verdicts, labels=["a", "b", "tie"]))
+
+
+def test_the_in_process_judge_scores_every_token_where_the_options_differ_beyond_the_letter(base_model_path, monkeypatch):
+    """A tokenizer that splits the verdicts differently (``[[C]]`` in one token, say) gets each option scored in
+    full; the verdicts still always parse."""
+    section = JudgeSuite(enabled=True, judge=JudgeParams(kind="in_process", model_path=str(base_model_path)))
+    judge = InProcessJudge(section.judge, str(base_model_path))
+    real = judge._options
+
+    def uneven(rendered):
+        prefix, options = real(rendered)
+        assert len({tuple(o[1:]) for o in options}) == 1  # stories260K: the fast path's shape
+        return prefix, [options[0], options[1], options[2][:1]]  # C without its "]]"
+
+    monkeypatch.setattr(judge, "_options", uneven)
+    outcome = judge_answers(section, answers(False, 4), answers(True, 4), judge)
+    assert outcome.counts()["failed"] == 0 and all(p["verdict_ab"] in "ABC" for p in outcome.pairs)

@@ -44,7 +44,7 @@ def small_run(demo_data, tmp_path_factory, prefect_harness, base_model_path):
         "project.name=tunegate-suite-registry", "data.dvc_stage=null", f"data.train=[{{path: '{train}', name: demo}}]",
         f"data.eval=[{{path: '{evaluation}', name: demo_eval}}]", "validation.coverage=[]", "validation.min_records=1",
         "validation.refusal_share=[0, 1]", "train.max_steps=1", "train.logging_steps=1", "eval.max_new_tokens=8",
-        "eval.reference.rouge=false", "eval.ifeval.enabled=false", "eval.safety.enabled=false",
+        "eval.reference.rouge=false", "eval.ifeval.enabled=false", "eval.safety.enabled=false", "eval.capability.enabled=false", "eval.judge.enabled=false", "gate.capability_may_not_drop=null", "gate.min_win_rate=null",
         "eval.bootstrap_resamples=200", "gate.rules=[{metric: response_loss, max_regression: 0.5}]",  # ifeval is off
         "gate.min_improvement=-1", "gate.min_improvement_over_base=null", "gate.min_family_items=1",
     ]

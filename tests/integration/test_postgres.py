@@ -28,7 +28,8 @@ PG = {"host": "127.0.0.1", "port": os.environ.get("TUNEGATE_TEST_PG_PORT", "5432
 # The smallest run that still trains, evaluates against the base model, passes the gate and registers; host B's
 # 6-step model takes alias candidate from host A's 300-step one only because the newest wins (replace_waiting).
 TINY_RUN = ["--set", "train.max_steps=6", "--set", "train.batch_size=8", "--set", "eval.max_new_tokens=8",
-            "--set", "eval.ifeval.enabled=false", "--set", "eval.safety.enabled=false",
+            "--set", "eval.ifeval.enabled=false", "--set", "eval.safety.enabled=false", "--set", "eval.capability.enabled=false",
+            "--set", "eval.judge.enabled=false", "--set", "gate.capability_may_not_drop=null", "--set", "gate.min_win_rate=null",
             "--set", "gate.min_improvement=-1", "--set", "gate.min_improvement_over_base=null", "--set", "gate.max_family_regression=1", "--set", "gate.rules=[]",
             "--set", "gate.replace_waiting=always"]
 RUN_EVENTS = ("run_started", "gate_decision", "registered", "run_finished")

@@ -26,7 +26,7 @@ def test_review_form_promotes_like_the_cli(prefect_harness, base_model_path):
 
     name = f"paused-{uuid.uuid4().hex[:6]}"
     overrides = [f"model.registered_name={name}", "train.max_steps=5", "gate.min_improvement=-1", "gate.min_improvement_over_base=null",
-                 "gate.max_family_regression=1", "gate.rules=[]", "eval.ifeval.enabled=false", "eval.safety.enabled=false"]
+                 "gate.max_family_regression=1", "gate.rules=[]", "eval.ifeval.enabled=false", "eval.safety.enabled=false", "eval.capability.enabled=false", "eval.judge.enabled=false", "gate.capability_may_not_drop=null", "gate.min_win_rate=null"]
     result = {}
 
     def run():

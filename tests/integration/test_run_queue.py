@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 TUNEGATE = str(Path(sys.executable).parent / "tunegate")
 # 100 steps: the default checkpoint every 50 steps falls in the middle of training.
-SETS = ["train.max_steps=100", "train.batch_size=8", "eval.ifeval.enabled=false", "eval.safety.enabled=false", "eval.bootstrap_resamples=200",
+SETS = ["train.max_steps=100", "train.batch_size=8", "eval.ifeval.enabled=false", "eval.safety.enabled=false", "eval.capability.enabled=false", "eval.judge.enabled=false", "gate.capability_may_not_drop=null", "gate.min_win_rate=null", "eval.bootstrap_resamples=200",
         "eval.max_new_tokens=16", "gate.rules=[{metric: response_loss, max_regression: 0.5}]"]  # the demo's ifeval rule: off with its suite
 
 

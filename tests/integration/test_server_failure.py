@@ -35,7 +35,7 @@ from tunegate.paths import free_port
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 TUNEGATE = str(Path(sys.executable).parent / "tunegate")
-QUICK = ["train.max_steps=6", "eval.ifeval.enabled=false", "eval.safety.enabled=false", "gate.min_improvement=-1", "gate.min_improvement_over_base=null",
+QUICK = ["train.max_steps=6", "eval.ifeval.enabled=false", "eval.safety.enabled=false", "eval.capability.enabled=false", "eval.judge.enabled=false", "gate.capability_may_not_drop=null", "gate.min_win_rate=null", "gate.min_improvement=-1", "gate.min_improvement_over_base=null",
          "gate.max_family_regression=1", "gate.rules=[]", "eval.bootstrap_resamples=200"]
 
 

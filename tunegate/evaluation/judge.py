@@ -140,25 +140,43 @@ class InProcessJudge:
             return text + "Verdict: [["
         return prompt + "\n\nVerdict: [["
 
-    def judge(self, prompts: list[str]) -> list[Verdict]:
-        import torch
-
+    def _options(self, rendered: str) -> tuple[list[int], list[list[int]]]:
+        """The prompt's tokens and each verdict's, tokenized in context (``[[A]]`` as the tokenizer splits it
+        there, not ``A]]`` alone, which a SentencePiece tokenizer would start with a word boundary): the longest
+        prefix all three share, and each option's tokens after it."""
         from tunegate.data.tokenize import unbounded_length
 
-        tokenizer = self.tokenizer
+        with unbounded_length(self.tokenizer):  # longer than the context: cut in judge(), the end kept
+            fulls = [self.tokenizer(rendered + f"{o}]]", add_special_tokens=False)["input_ids"] for o in self.OPTIONS]
+        shared = 0
+        while all(shared < len(f) for f in fulls) and len({f[shared] for f in fulls}) == 1:
+            shared += 1
+        return fulls[0][:shared], [f[shared:] for f in fulls]
+
+    def judge(self, prompts: list[str]) -> list[Verdict]:
+        """One verdict per prompt. Where the three options differ only in their first token and share the rest
+        (``A``/``B``/``C`` then ``]]``, as for Llama, GPT-2 and Qwen tokenizers), one forward pass over the prompt
+        compares that token's log-probability; otherwise each option's tokens are scored in full."""
+        import torch
+
         context = getattr(self.model.config, "max_position_embeddings", None) or 2048
-        options = [tokenizer(f"{o}]]", add_special_tokens=False)["input_ids"] for o in self.OPTIONS]
-        rows, spans = [], []
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        rows, spans, fast = [], [], []
         for prompt in prompts:
             self.requests += 1
-            with unbounded_length(tokenizer):  # longer than the context: cut below, the end kept
-                ids = tokenizer(self._rendered(prompt), add_special_tokens=False)["input_ids"]
-            for option in options:
-                keep = ids[-(context - len(option)):]  # too long: the end (the verdict's cue) is kept
-                rows.append(keep + option)
-                spans.append((len(keep), len(option)))
-        scores: list[float] = []
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            prefix, options = self._options(self._rendered(prompt))
+            one_token = all(o for o in options) and len({tuple(o[1:]) for o in options}) == 1
+            fast.append(one_token)
+            if one_token:
+                keep = prefix[-context:]
+                rows.append(keep)
+                spans.append([(len(keep), [o[0]]) for o in options])
+            else:
+                for option in options:
+                    keep = prefix[-(context - len(option)):]  # too long: the end (the verdict's cue) is kept
+                    rows.append(keep + option)
+                    spans.append([(len(keep), option)])
+        scores: list[list[float]] = []
         with torch.no_grad():
             for start in range(0, len(rows), self.batch_size):
                 chunk, chunk_spans = rows[start:start + self.batch_size], spans[start:start + self.batch_size]
@@ -166,13 +184,22 @@ class InProcessJudge:
                 ids = torch.tensor([r + [pad] * (width - len(r)) for r in chunk])
                 mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk])
                 logprobs = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)
-                for row, (begin, length) in enumerate(chunk_spans):
-                    targets = ids[row, begin:begin + length]
-                    scores.append(float(logprobs[row, begin - 1:begin - 1 + length].gather(-1, targets[:, None]).sum()))
-        verdicts = []
-        for n in range(len(prompts)):
-            best = max(range(3), key=lambda k: scores[3 * n + k])
-            verdicts.append(Verdict(self.OPTIONS[best]))
+                for row, row_spans in enumerate(chunk_spans):
+                    out = []
+                    for begin, tokens in row_spans:
+                        targets = torch.tensor(tokens)
+                        positions = torch.arange(begin - 1, begin - 1 + len(tokens))
+                        out.append(float(logprobs[row, positions, targets].sum()))
+                    scores.append(out)
+        verdicts, cursor = [], 0
+        for one_token in fast:
+            if one_token:
+                per_option = scores[cursor]
+                cursor += 1
+            else:
+                per_option = [scores[cursor + k][0] for k in range(3)]
+                cursor += 3
+            verdicts.append(Verdict(self.OPTIONS[max(range(3), key=per_option.__getitem__)]))
         return verdicts
 
 

@@ -70,6 +70,9 @@ def _lineage(name: str, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
             "baseline": {"source": run_tags.get(tags.BASELINE_SOURCE), "version": run_tags.get(tags.BASELINE_VERSION) or None},
             "deltas": [d for d in (summary.get("evaluation") or {}).get("deltas", []) if d["category"] == "all"],
             "report": f"runs:/{ref.run_id}/report/evaluation.html",
+            # the frozen eval and benchmark files' md5 (capability tasks' files included), and who judged how
+            "eval_md5": {k.removeprefix(tags.EVAL_MD5_PREFIX): v for k, v in sorted(run_tags.items()) if k.startswith(tags.EVAL_MD5_PREFIX)},
+            "judge": {k.removeprefix(tags.JUDGE_PREFIX): v for k, v in sorted(run_tags.items()) if k.startswith(tags.JUDGE_PREFIX)},
         },
         "gate": {"passed": gate.get("passed"), "reasons": gate.get("reasons", []), "checks": gate.get("checks", [])},
         "approvals": approvals,
@@ -98,6 +101,8 @@ def render_lineage(chain: dict[str, Any]) -> str:
         f"   params {t['params_file']}  method {t['method']}  base {t['base_model']}  final loss {t['final_loss']}",
         "4. evaluation vs " + (f"champion version {e['baseline']['version']}" if e["baseline"]["source"] == "champion" else "the base model"),
         *[f"   {x['metric']}: {x['baseline']:.3f} -> {x['candidate']:.3f} ({x['delta']:+.3f}, [{x['low']:+.3f}, {x['high']:+.3f}])" for x in e["deltas"]],
+        *[f"   eval file {name}: md5 {md5}" for name, md5 in e.get("eval_md5", {}).items()],
+        *([f"   judge: {', '.join(f'{k} {v}' for k, v in e['judge'].items())}"] if e.get("judge") else []),
         f"   report {e['report']}",
         "5. gate: " + ("passed" if g["passed"] else "FAILED"),
         *[f"   {r}" for r in g["reasons"]],
