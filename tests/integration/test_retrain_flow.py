@@ -193,7 +193,8 @@ def test_an_over_refusing_candidate_is_refused_for_its_over_refusal(prefect_harn
     path.write_text(dumps_jsonl(refusing), encoding="utf-8")
     opened = ["data.dvc_stage=null", f"data.train=[{{path: '{path}', name: demo}}]", "train.max_steps=30",
               "gate.min_improvement=-1", "gate.min_improvement_over_base=null", "gate.max_family_regression=1", "gate.rules=[]",
-              "gate.hard_rules.refusal_may_not_drop=false"]
+              "gate.hard_rules.refusal_may_not_drop=false", "eval.capability.enabled=false", "eval.judge.enabled=false",
+              "gate.capability_may_not_drop=null", "gate.min_win_rate=null"]  # (no evaluation of first_run's to reuse)
     refused = retrain(params_file=str(DEMO), overrides=opened)
     assert refused["candidate"]["metrics"]["over_refusal_rate"] >= 0.5
     failed = [r for r in refused["gate"]["reasons"] if r.startswith("FAIL")]
@@ -528,11 +529,14 @@ def test_run_approve_run_approve_then_lineage_and_model_card(prefect_harness, fi
     params = load_params(DEMO, SECOND)
     candidate = ModelEvaluation.from_dict(_stored(reusing["run_id"], "candidate", tmp_path / "candidate"))
     # The comparison again from the stored evaluations: every suite's deltas, the judge's verdicts on the stored answers.
-    again = compare_all(params, Reference("champion", first_run["registered_version"]), fresh, candidate)
+    base = ModelEvaluation.from_dict(_stored(first_run["run_id"], "baseline", tmp_path / "base"))  # the over-base rules' reference
+    again = compare_all(params, Reference("champion", first_run["registered_version"]), fresh, candidate, base)
     deltas = json.loads(json.dumps([d.to_dict() for d in again.deltas]))
     assert deltas == reusing["evaluation"]["deltas"]
     assert json.loads(json.dumps(again.candidate_metrics)) == reusing["candidate"]["metrics"]
-    decision = decide_promotion(fresh.summary(), again.candidate_metrics, params.gate, deltas, [reusing["over_base"]["delta"]]).to_dict()
+    assert json.loads(json.dumps(again.over_base.to_dict())) == reusing["over_base"]["delta"]
+    decision = decide_promotion(fresh.summary(), again.candidate_metrics, params.gate, deltas,
+                                json.loads(json.dumps([d.to_dict() for d in again.base_deltas]))).to_dict()
     assert {"passed": decision["passed"], "reasons": decision["reasons"]} == reusing["gate"]
 
     version = second["registered_version"]
