@@ -154,24 +154,25 @@ def redact(url: str) -> str:
     return url
 
 
-def made_by_dvc_stage(path: Path, root: Path | None = None) -> bool:
-    """Whether ``path`` is (under) an output of a stage in ``root/dvc.yaml``: a file a run makes before it reads
-    it (``data.dvc_stage``), so a preflight does not refuse it for being missing yet."""
+def dvc_stage_outs(root: Path | None = None) -> dict[str, list[Path]]:
+    """Every stage of ``root/dvc.yaml`` (default: the repo's) -> the absolute paths of its ``outs``; empty without a dvc.yaml."""
     import yaml
 
     root = root or repo_root()
     dvc_file = root / "dvc.yaml"
     if not dvc_file.is_file():
-        return False
+        return {}
     stages = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("stages") or {}
+    outs: dict[str, list[Path]] = {}
+    for name, spec in stages.items():
+        if isinstance(spec, dict):
+            wdir = root / str(spec.get("wdir", "."))
+            outs[name] = [(wdir / (next(iter(o)) if isinstance(o, dict) else str(o))).resolve() for o in spec.get("outs") or []]
+    return outs
+
+
+def made_by_dvc_stage(path: Path, root: Path | None = None) -> bool:
+    """Whether ``path`` is (under) an output of a stage in ``root/dvc.yaml``: a file a run makes before it reads
+    it (``data.dvc_stage``), so a preflight does not refuse it for being missing yet."""
     path = path.resolve()
-    for spec in stages.values():
-        if not isinstance(spec, dict):
-            continue
-        wdir = root / str(spec.get("wdir", "."))
-        for out in spec.get("outs") or []:
-            name = next(iter(out)) if isinstance(out, dict) else str(out)
-            out_path = (wdir / name).resolve()
-            if path == out_path or out_path in path.parents:
-                return True
-    return False
+    return any(path == out or out in path.parents for outs in dvc_stage_outs(root).values() for out in outs)

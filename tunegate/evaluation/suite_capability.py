@@ -17,7 +17,6 @@ flow starts a task whose dataset or metric would need a download.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 from collections import defaultdict
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from tunegate.evaluation.generation import Generated
 from tunegate.evaluation.registry import Metric, Suite
 from tunegate.evaluation.scores import ModelEvaluation, Score
 from tunegate.params import CapabilitySuite, CapabilityTask, EvalParams
-from tunegate.paths import made_by_dvc_stage, resolve_path
+from tunegate.paths import environment, made_by_dvc_stage, resolve_path
 
 # ``dataset_path`` values that read local files (datasets' packaged builders); anything else is a hub id
 # unless it is a local directory.
@@ -172,19 +171,14 @@ class OfflineRefusal(RuntimeError):
 def offline(task: str = "") -> Iterator[None]:
     """The block runs with the hub switched off for huggingface_hub and datasets, and ``evaluate.load``
     refused with one line naming ``task`` and the fix."""
-    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TQDM_DISABLE")}
-    os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1"})
-    patches = []
-    try:
+    with environment({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1"}):
         import datasets
         import datasets.config
         import huggingface_hub.constants
 
         datasets.disable_progress_bars()
-
-        patches += [(datasets.config, "HF_DATASETS_OFFLINE", True), (datasets.config, "HF_HUB_OFFLINE", True),
-                    (huggingface_hub.constants, "HF_HUB_OFFLINE", True)]
-        patches += _quiet_progress()
+        patches = [(datasets.config, "HF_DATASETS_OFFLINE", True), (datasets.config, "HF_HUB_OFFLINE", True),
+                   (huggingface_hub.constants, "HF_HUB_OFFLINE", True), *_quiet_progress()]
         try:
             import evaluate
 
@@ -203,12 +197,6 @@ def offline(task: str = "") -> Iterator[None]:
         finally:
             for obj, name, value in old:
                 setattr(obj, name, value)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _quiet_progress() -> list[tuple[Any, str, Any]]:
@@ -278,24 +266,23 @@ def run_capability(model, tokenizer, records, params: EvalParams, result: ModelE
         logging.getLogger(name).setLevel(logging.ERROR)
     result.scores[METRIC] = []
     result.examples["capability"] = []
-    with offline(", ".join(t.name for t in tasks)):
-        from lm_eval import evaluator
-        from lm_eval.tasks import TaskManager
+    from lm_eval import evaluator
+    from lm_eval.tasks import TaskManager
 
-        lm = _lm(model, tokenizer, section.batch_size)
-        for task in tasks:
-            with offline(task.name):
-                manager = TaskManager(include_defaults=False)
-                loaded = manager.load([task.config])["tasks"]
-                task_object = loaded[task.name]
-                docs = list(task_object.eval_docs)
-                indices = sample_indices(docs, task.entry.max_items or section.max_items, params.seed, task.name, task.entry.stratify)
-                out = evaluator.simple_evaluate(
-                    model=lm, tasks=[task_object], samples={task.name: indices}, num_fewshot=section.num_fewshot,
-                    bootstrap_iters=0, log_samples=True, verbosity="ERROR", task_manager=manager, random_seed=params.seed,
-                    numpy_random_seed=params.seed, torch_random_seed=params.seed, fewshot_random_seed=params.seed,
-                )
-            _collect(task, task_object, indices, out, result)
+    lm = _lm(model, tokenizer, section.batch_size)
+    for task in tasks:
+        with offline(task.name):
+            manager = TaskManager(include_defaults=False)
+            loaded = manager.load([task.config])["tasks"]
+            task_object = loaded[task.name]
+            docs = list(task_object.eval_docs)
+            indices = sample_indices(docs, task.entry.max_items or section.max_items, params.seed, task.name, task.entry.stratify)
+            out = evaluator.simple_evaluate(
+                model=lm, tasks=[task_object], samples={task.name: indices}, num_fewshot=section.num_fewshot,
+                bootstrap_iters=0, log_samples=True, verbosity="ERROR", task_manager=manager, random_seed=params.seed,
+                numpy_random_seed=params.seed, torch_random_seed=params.seed, fewshot_random_seed=params.seed,
+            )
+        _collect(task, task_object, indices, out, result)
 
 
 def _collect(task: LoadedTask, task_object, indices: list[int], out: dict[str, Any], result: ModelEvaluation) -> None:

@@ -119,24 +119,9 @@ def audit_problems(params: Params) -> list[str]:
 
 def dvc_stage_outputs(stage: str, root: Path | None = None) -> list[Path] | None:
     """Absolute paths of the ``outs`` of ``stage`` in ``root/dvc.yaml``; None when there is no such stage."""
-    import yaml
+    from tunegate.paths import dvc_stage_outs
 
-    from tunegate.paths import repo_root
-
-    root = root or repo_root()
-    dvc_file = root / "dvc.yaml"
-    if not dvc_file.is_file():
-        return None
-    stages = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("stages") or {}
-    spec = stages.get(stage)
-    if not isinstance(spec, dict):
-        return None
-    wdir = root / str(spec.get("wdir", "."))
-    outs: list[Path] = []
-    for out in spec.get("outs") or []:
-        name = next(iter(out)) if isinstance(out, dict) else str(out)
-        outs.append((wdir / name).resolve())
-    return outs
+    return dvc_stage_outs(root).get(stage)
 
 
 def data_problems(params: Params, root: Path | None = None) -> list[str]:
