@@ -47,6 +47,8 @@ class DemoDataParams(_Section):
     families: list[str] = Field(min_length=1)
     out_dir: str = "data/demo"
     capability_items: int = Field(200, ge=0, description="story-continuation items (a capability the base model has)")
+    preference_per_family: int = Field(0, ge=0, description="seeded preference pairs per family (chosen: the correct, "
+                                       "concise answer; rejected: a wrong, needlessly refusing or verbose one); 0: none")
 
 
 class SourceParams(_Section):
@@ -240,6 +242,119 @@ class TrainParams(_Section):
         if self.device == "cpu" and self.precision != "fp32":
             raise ValueError(f"precision {self.precision} needs device: auto on a GPU; on CPU use fp32")
         return self
+
+
+PREFERENCE_FORMATS = ("trl", "ranking_alpaca", "ranking_sharegpt", "hh", "kto")
+PREFERENCE_RULES: dict[str, str] = {
+    "schema": "error",
+    "min_records": "error",
+    "non_empty": "error",
+    "identical": "error",
+    "prompt_mismatch": "error",
+    "duplicates": "error",
+    "eval_overlap": "error",
+    "pii": "error",
+    "secrets": "error",
+    "length_bias": "warning",
+}
+# Rules about single pairs may drop the offending pairs instead of stopping the run.
+PREFERENCE_RECORD_RULES = {"non_empty", "identical", "prompt_mismatch", "duplicates", "eval_overlap", "pii", "secrets"}
+
+
+class PreferenceSource(_Section):
+    path: str = Field(..., description="JSON list or JSONL file of preference pairs, relative to the repo root")
+    name: str | None = Field(None, description="short name (default: the file's stem); the family of its pairs")
+    format: Literal["auto", "trl", "ranking_alpaca", "ranking_sharegpt", "hh", "kto"] = Field(
+        "auto", description="trl: prompt/chosen/rejected (text or messages; no prompt: the shared prefix); "
+        "ranking_alpaca / ranking_sharegpt: LLaMA-Factory ranking records; hh: Anthropic HH transcripts; "
+        "kto: unpaired records with label true/false (train.objective kto only)")
+    columns: dict[str, str] = Field(default_factory=dict, description="format field -> your field")
+    max_records: int | None = Field(None, ge=1, description="cap on pairs taken from this source")
+
+    def source_name(self) -> str:
+        return self.name or Path(self.path).stem
+
+
+class PreferenceData(_Section):
+    train: list[PreferenceSource] = Field(min_length=1)
+    eval: list[PreferenceSource] = Field(default_factory=list, description="held-out pairs; empty: eval_fraction of train")
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+
+
+class PreferenceValidation(_Section):
+    min_records: int = Field(8, ge=1)
+    max_length_bias: float = Field(0.75, gt=0.5, le=1, description="length_bias fires above this share of pairs whose "
+                                   "chosen answer is longer than the rejected one (DPO learns verbosity from it)")
+    rules: dict[str, Severity] = Field(default_factory=dict, description="severity per rule, over the defaults")
+
+    @model_validator(mode="after")
+    def _known_rules(self) -> PreferenceValidation:
+        for rule, severity in self.rules.items():
+            if rule not in PREFERENCE_RULES:
+                raise ValueError(f"unknown preference rule {rule!r}; rules: {', '.join(PREFERENCE_RULES)}")
+            if severity == "drop" and rule not in PREFERENCE_RECORD_RULES:
+                raise ValueError(f"preference rule {rule!r} is about the whole dataset and cannot 'drop' pairs")
+        return self
+
+    def severity(self, rule: str) -> str:
+        return self.rules.get(rule, PREFERENCE_RULES[rule])
+
+
+class PreferenceTrain(_Section):
+    """The preference stage's own training settings; everything else (method, device, precision, adapter
+    shape, checkpoints, seeds) is ``train``'s."""
+
+    beta: float = Field(0.1, gt=0, description="DPO's beta: how far the policy may move from the reference")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO / robust loss")
+    epochs: float = Field(1, gt=0)
+    max_steps: int = Field(-1, description="-1: run the full number of epochs")
+    learning_rate: float = Field(5e-4, gt=0)
+    batch_size: int = Field(16, ge=1, description="pairs per device")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    max_length: int = Field(256, ge=8, description="prompt + answer tokens; longer pairs are cut at the end")
+    max_prompt_length: int = Field(128, ge=1, description="prompt tokens kept (the last ones) before the answer")
+
+
+class PreferenceGate(_Section):
+    beat_parent_on: str = Field(
+        "judge_win_rate", min_length=1,
+        description="the metric on which the preference-tuned model must beat its parent (the model it started from): "
+        "judge_win_rate: the lower bound of the win rate against the parent must reach min_win_rate_vs_parent; any "
+        "other metric: the lower bound of its gain over the parent must exceed 0")
+    min_win_rate_vs_parent: float = Field(0.5, ge=0, le=1)
+    may_not_drop_vs_parent: bool = Field(True, description="no metric of any suite may be significantly worse than the parent's")
+    fallback: Literal["parent", "none"] = Field(
+        "parent", description="parent: when the preference-tuned model is refused and the parent was trained in this "
+        "run (start_from: sft), the parent goes through the gate instead; none: the run registers nothing")
+
+
+class PreferenceParams(_Section):
+    """The preference stage (``train.objective: dpo``): DPO on chosen/rejected pairs, its reference the model it
+    starts from, frozen."""
+
+    start_from: str = Field(
+        "sft", description="sft: the SFT model this run trains first; champion (or another alias, or "
+        "models:/<name>@<alias>, or a version number): a registered version, a preference-only run")
+    data: PreferenceData
+    validation: PreferenceValidation = PreferenceValidation()
+    train: PreferenceTrain = PreferenceTrain()
+    gate: PreferenceGate = PreferenceGate()
+
+    @field_validator("start_from")
+    @classmethod
+    def _start(cls, value: str) -> str:
+        import re
+
+        if value == "sft" or value.isdigit() or re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", value) \
+                or re.fullmatch(r"models:/[^@/]+@[A-Za-z][A-Za-z0-9_-]*", value) or re.fullmatch(r"models:/[^@/]+/\d+", value):
+            return value
+        raise ValueError(f"preference.start_from {value!r}: sft, an alias (champion), a version number, "
+                         "or models:/<name>@<alias>")
+
+    def starts_from_sft(self) -> bool:
+        return self.start_from == "sft"
 
 
 class ReferenceSuite(_Section):
@@ -708,11 +823,21 @@ class Params(_Section):
     schedule: ScheduleParams = ScheduleParams()
     audit: AuditParams = AuditParams()
     runs: RunsParams = RunsParams()
+    preference: PreferenceParams | None = Field(None, description="the preference stage (train.objective: dpo)")
 
     @model_validator(mode="after")
     def _stage_needs_demo_data(self) -> Params:
         if self.data.dvc_stage == "demo_data" and self.demo_data is None:
             raise ValueError("data.dvc_stage is 'demo_data' but there is no demo_data section")
+        from tunegate.tuning import objectives
+
+        preference = getattr(objectives.get(self.train.objective), "preference", False) if self.train.objective in objectives.names() else False
+        if preference and self.preference is None:
+            raise ValueError(f"train.objective {self.train.objective} trains on preference pairs: add a preference section "
+                             "(preference.data.train: your chosen/rejected files; README: Preference tuning)")
+        if self.preference is not None and not preference:
+            raise ValueError(f"a preference section is given to a train.objective {self.train.objective} run: set "
+                             "train.objective: dpo to tune on its pairs, or remove the section")
         return self
 
     def base_model_path(self) -> str:

@@ -51,6 +51,7 @@ class TrainResult:
     merged_dir: Path | None = None
     trainer_args: dict[str, Any] = field(default_factory=dict)
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    checks: dict[str, Any] = field(default_factory=dict)  # the objective's checks before the first step (dpo: reference)
 
     def metrics(self) -> dict[str, float]:
         """The closing figures a run logs (MLflow names), at step ``global_step``."""
@@ -171,6 +172,26 @@ def shared_arguments(params: Params, output_dir: Path) -> dict[str, Any]:
     )
 
 
+def sft_stage_params(params: Params) -> Params:
+    """The params of a run's SFT stage: ``train`` as it is, with ``train.objective: sft`` where the run's
+    objective is a preference one (``preference.start_from: sft`` trains the SFT model first)."""
+    if not getattr(objectives.get(params.train.objective), "preference", False):
+        return params
+    return params.model_copy(update={"train": params.train.model_copy(update={"objective": "sft"})})
+
+
+PREFERENCE_TRAIN_KEYS = ("epochs", "max_steps", "learning_rate", "batch_size", "gradient_accumulation_steps", "warmup_ratio")
+
+
+def preference_stage_params(params: Params) -> Params:
+    """The params of a run's preference stage: ``train`` with ``preference.train``'s steps, learning rate and
+    batch (everything else, method, device, precision, adapter and checkpoints, is ``train``'s)."""
+    t = params.preference.train
+    update = {key: getattr(t, key) for key in PREFERENCE_TRAIN_KEYS} | {"max_length": t.max_length, "padding_free": False,
+                                                                       "packing": False, "group_by_length": False}
+    return params.model_copy(update={"train": params.train.model_copy(update=update)})
+
+
 def sft_config(params: Params, output_dir: Path):
     """The ``sft`` objective's SFTConfig (for scripts that drive SFTTrainer themselves, e.g. bench/train.py)."""
     return objectives.get("sft").config(params, shared_arguments(params, output_dir))
@@ -263,9 +284,12 @@ def train_model(
     log_step: StepLogger | None = None,
     log_checkpoint: CheckpointLogger | None = None,
     log_line: LineLogger | None = None,
+    start_from: Path | None = None,
 ) -> TrainResult:
     """Tune the base model on ``records`` with the objective ``train.objective`` names; save under ``work_dir/model``.
 
+    A preference objective (dpo) tunes the saved tunegate model ``start_from`` instead, on pair records, with
+    ``preference.train``'s steps (:func:`preference_stage_params`); its reference is that model, frozen.
     When ``work_dir/checkpoints`` holds a checkpoint (an earlier attempt of the same
     run that died), training resumes from it instead of starting over.
     """
@@ -273,16 +297,34 @@ def train_model(
     from tunegate.tuning.seeding import seed_everything
 
     objective = objectives.get(params.train.objective)
+    preference = bool(getattr(objective, "preference", False))
     check_environment(params)
     seed_everything(params.project.seed)
-    tokenizer = load_tokenizer(model_source(params.model.base_model), params.model.chat_template)
-    dataset = objective.dataset(params, tokenizer, records)
-    model = load_model_for_training(params)
-    from tunegate.tuning.packing import resolve_batching
+    reference = None
+    base_model = str(model_source(params.model.base_model))
+    if preference:
+        from tunegate.tuning.modeling import read_model_info
+        from tunegate.tuning.objectives.dpo import load_policy
 
-    params, batching = resolve_batching(params, model)  # train.padding_free and the layout for this model
-    if log_line and int(os.environ.get("RANK", "0")) == 0:
-        log_line(batching.line)
+        if start_from is None:
+            raise TrainingSetupError(f"train.objective {objective.name} tunes a tuned model: no starting model was given")
+        params = preference_stage_params(params)
+        base_model = read_model_info(Path(start_from)).base_model
+        model, reference, tokenizer = load_policy(start_from, params)
+        dataset = objective.dataset(params, tokenizer, records)
+        layout = "padded"
+        if log_line and int(os.environ.get("RANK", "0")) == 0:
+            log_line(f"preference pairs: {len(dataset)}, starting from {start_from} (the reference, frozen)")
+    else:
+        tokenizer = load_tokenizer(model_source(params.model.base_model), params.model.chat_template)
+        dataset = objective.dataset(params, tokenizer, records)
+        model = load_model_for_training(params)
+        from tunegate.tuning.packing import resolve_batching
+
+        params, batching = resolve_batching(params, model)  # train.padding_free and the layout for this model
+        layout = batching.layout
+        if log_line and int(os.environ.get("RANK", "0")) == 0:
+            log_line(batching.line)
     checkpoint_dir = work_dir / "checkpoints"
     resume = latest_checkpoint(checkpoint_dir)
     trainer = objective.trainer(objectives.TrainerParts(
@@ -291,13 +333,18 @@ def train_model(
         tokenizer=tokenizer,
         args=objective.config(params, shared_arguments(params, checkpoint_dir)),
         train_dataset=dataset,
-        peft_config=peft_config(params) if params.train.method != "full" else None,
+        peft_config=peft_config(params) if params.train.method != "full" and not preference else None,
         callbacks=[_callback(log_step, log_checkpoint, checkpoint_dir, params.train.checkpoint_minutes, log_line)],
-        batching=batching.layout,
+        batching=layout,
+        ref_model=reference,
     ))
     _quiet(trainer)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
+    checks: dict[str, Any] = {}
+    before = getattr(objective, "before_training", None)
+    if before is not None and resume is None:  # e.g. dpo: the reference scores like the starting model
+        checks = before(trainer)
     started_at = time.time()
     runtime, training_loss = _train_or_resume(trainer, resume)
     finished_at = time.time()
@@ -318,13 +365,16 @@ def train_model(
         finished_at=finished_at,
         trainer_args=json.loads(trainer.args.to_json_string()),
         log_history=list(trainer.state.log_history),
+        checks=checks,
     )
     if trainer.is_world_process_zero():
         from tunegate.data.templates import template_id
+        from tunegate.tuning.objectives.dpo import drop_reference_adapter
 
+        drop_reference_adapter(trainer.model)  # the saved model is the policy alone, one adapter like SFT's
         info = ModelInfo(
             method=params.train.method,
-            base_model=str(model_source(params.model.base_model)),
+            base_model=base_model,
             chat_template=template_id(tokenizer.chat_template),
         )
         save_model(trainer.model, tokenizer, result.model_dir, info, dump_params(params))

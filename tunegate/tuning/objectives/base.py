@@ -38,6 +38,9 @@ class TrainerParts:
     # How batches are laid out (tunegate.tuning.packing.resolve_batching): "rows" asks the trainer for
     # packing.PackedRowsCollator; "flattened" and "packed" are in args (padding_free, packing) already.
     batching: str = "padded"
+    # A preference objective's frozen reference when it is a separate model (full weights); None: an adapter's
+    # frozen copy inside ``model`` (TRL's ``ref`` adapter), or no reference at all (SFT).
+    ref_model: PreTrainedModel | None = None
 
 
 class Objective(Protocol):
@@ -46,6 +49,9 @@ class Objective(Protocol):
     the shared code resumes it, swaps its progress callbacks and reads its state and arguments."""
 
     name: str
+    # True: trains on preference pairs (tunegate.data.preference) from a tuned model (preference.start_from), its
+    # reference that model, frozen; False: on chat records from the base model.
+    preference: bool
 
     def dataset(self, params: Any, tokenizer: PreTrainedTokenizerBase, records: list[Record]) -> Dataset:
         """The training dataset, from the canonical records (rendered with ``tokenizer``'s template)."""

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 class SFT:
     name = "sft"
+    preference = False
 
     def dataset(self, params: Any, tokenizer: PreTrainedTokenizerBase, records: list[Record]) -> Dataset:
         from datasets import Dataset
