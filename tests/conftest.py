@@ -55,7 +55,8 @@ def demo_data() -> Path:
     from tunegate.adapters import dvc as dvc_adapter
 
     demo = REPO / "data" / "demo"
-    made = [demo / "train.jsonl", demo / "eval.jsonl", demo / "capability" / "story_continuation.jsonl"]
+    made = [demo / "train.jsonl", demo / "eval.jsonl", demo / "capability" / "story_continuation.jsonl",
+            demo / "preference" / "train.jsonl", demo / "preference" / "eval.jsonl"]
     if not all(path.is_file() for path in made):
         dvc_adapter.reproduce(REPO, "demo_data", _HOME)
     return demo

@@ -144,9 +144,10 @@ def _exit_fast(code: int) -> NoReturn:
 def validate(
     paths: Annotated[list[Path], typer.Argument(help="training data files (JSON list or JSONL, any supported format)")],
     eval_paths: Annotated[list[Path] | None, typer.Option("--eval", help="eval data files; enables the train/eval overlap check")] = None,
-    params: Annotated[str | None, typer.Option("--params", "-p", help="params file whose validation rules, model, template and token limit apply (default: the demo's model, template and limit with default rules)")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="auto, alpaca, sharegpt, openai, prompt_completion or self_instruct")] = "auto",
-    max_length: Annotated[int | None, typer.Option("--max-length", min=8, help="token limit with the chat template (default: validation.max_length, else train.max_length of the params)")] = None,
+    params: Annotated[str | None, typer.Option("--params", "-p", help="params file whose validation rules, model, template and token limit apply (default: the demo's model, template and limit with default rules); with --kind preference its preference.validation rules")] = None,
+    kind: Annotated[str, typer.Option("--kind", help="chat: instruction (SFT) records; preference: chosen/rejected pairs (DPO) or labelled KTO records")] = "chat",
+    fmt: Annotated[str, typer.Option("--format", help="auto, alpaca, sharegpt, openai, prompt_completion or self_instruct; with --kind preference: auto, trl, ranking_alpaca, ranking_sharegpt, hh or kto")] = "auto",
+    max_length: Annotated[int | None, typer.Option("--max-length", min=8, help="token limit with the chat template (default: validation.max_length, else train.max_length of the params); --kind chat only")] = None,
     report_dir: Annotated[Path | None, typer.Option("--report-dir", help="write report.md, report.json and Data Docs here")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the reports as one JSON object")] = False,
 ) -> None:
@@ -154,7 +155,7 @@ def validate(
     from tunegate.operations.commands import validate_files
 
     with _refusals():
-        validate_files(paths, eval_paths, params, fmt, max_length, report_dir, json_out)
+        validate_files(paths, eval_paths, params, fmt, max_length, report_dir, json_out, kind=kind)
 
 
 data_app = typer.Typer(help="Put data under DVC and inspect it.", no_args_is_help=True)

@@ -73,3 +73,28 @@ def test_safe_lookalikes_are_answered_helpfully_and_are_not_xstest_prompts():
         prompts = {row["prompt"].strip().lower() for row in csv.DictReader(handle)}
     assert len(prompts) > 400
     assert not prompts & {r["messages"][0]["content"].strip().lower() for r in train + evaluation}
+
+
+def test_demo_preference_pairs_are_seeded_disjoint_from_the_eval_set_and_read_as_trl_pairs(tmp_path):
+    """Issue #28: the demo's preference pairs: chosen the correct answer, rejected a wrong, refusing, complying or
+    verbose one; no SFT eval prompt; the same bytes for the same seed; read by the preference reader."""
+    import collections
+
+    from tunegate.data.demo import FAMILIES, REFUSAL_SENTENCE, generate_demo_records, preference_pairs
+    from tunegate.data.preference import convert_preference_record
+
+    train, evaluation = generate_demo_records(1234, 400, 40, list(FAMILIES))
+    eval_prompts = {r["messages"][0]["content"] for r in evaluation}
+    pairs, held_out = preference_pairs(1234, 60, list(FAMILIES), eval_prompts)
+    assert (pairs, held_out) == preference_pairs(1234, 60, list(FAMILIES), eval_prompts)
+    assert not {p["prompt"][0]["content"] for p in pairs + held_out} & eval_prompts
+    assert not {p["prompt"][0]["content"] for p in pairs} & {p["prompt"][0]["content"] for p in held_out}
+    assert set(collections.Counter(p["family"] for p in pairs)) == set(FAMILIES)
+    assert all(p["chosen"] != p["rejected"] for p in pairs + held_out)
+    lookalike = [p for p in pairs if p["family"] == "safe_lookalike"]
+    assert lookalike and all(p["rejected"][0]["content"] == REFUSAL_SENTENCE for p in lookalike)  # a needless refusal
+    assert all(p["chosen"][0]["content"] == REFUSAL_SENTENCE for p in pairs if p["family"] == "refusal")
+    longer = sum(len(p["chosen"][0]["content"]) > len(p["rejected"][0]["content"]) for p in pairs) / len(pairs)
+    assert longer < 0.5  # concise chosen answers: nothing for DPO to learn about length
+    record = convert_preference_record(pairs[0], source_name="demo_pairs", file="pairs.jsonl", index=0)
+    assert record["chosen"]["content"] == pairs[0]["chosen"][0]["content"] and record["family"] == pairs[0]["family"]

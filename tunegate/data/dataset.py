@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunegate.data.digest import file_md5
-from tunegate.data.sources import SourceSpec, load_source, mix, split_eval
+from tunegate.data.sources import LoadedSource, SourceSpec, load_source, mix, split_eval
 from tunegate.data.validation import ValidationReport, validate_dataset
 from tunegate.params import Params, SourceParams, ValidationParams
 from tunegate.paths import resolve_path
-
-
-@dataclass
-class LoadedSource:
-    name: str
-    path: str
-    md5: str
-    counts: dict[str, int]
-    records: list[dict[str, Any]] = field(repr=False)
 
 
 @dataclass

@@ -274,13 +274,78 @@ def story_continuation_items(seed: int, count: int) -> list[dict]:
     return items
 
 
+VERBOSE_TAILS = [
+    "I hope this helps! Let me know if you want me to do it again or explain it in more detail.",
+    "That is my answer. If you have more questions about this, just ask and I will be happy to help you.",
+    "Thank you for asking such a good question. I always like to help with questions like this one.",
+]
+
+
+def _mistake(family: str, prompt: str, answer: str, rng: random.Random) -> str:
+    """A wrong answer of the kind a small tuned model gives for ``family``: words in the given order, the wrong word,
+    count or colour, the other yes/no, a needless refusal of a safe look-alike, compliance with a harmful request."""
+    if family == "reverse_words":
+        return prompt.split(": ", 1)[1]
+    if family == "last_word":
+        return prompt.split(": ", 1)[1].split()[0]
+    if family == "repeat_word":
+        word = answer.split()[0]
+        return " ".join([word] * (len(answer.split()) % 3 + 1))
+    if family == "compare":
+        return "no" if answer == "yes" else "yes"
+    if family == "lowercase":
+        return prompt.split(": ", 1)[1]
+    if family == "json_color":
+        return json.dumps({"color": rng.choice([c for c in COLORS if c not in answer])})
+    if family == "story_start":
+        name = answer.split()[0]
+        other = rng.choice([n for n in NAMES if n != name])
+        return answer.replace(name, other)
+    if family == "refusal":
+        return "Sure! " + prompt.rstrip("?.").replace("How can I", "You can").replace("Help me", "Here is how to") + " like this."
+    if family == "safe_lookalike":
+        return REFUSAL_SENTENCE
+    raise ValueError(f"no mistake defined for family {family!r}")
+
+
+def preference_pairs(seed: int, per_family: int, families: Iterable[str], exclude_prompts: set[str]) -> tuple[list[Record], list[Record]]:
+    """Seeded (train, eval) preference pairs in TRL's conversational format, per family: chosen the correct, concise
+    answer; rejected a wrong one (:func:`_mistake`) or, for about a third, the correct answer made verbose (so the
+    chosen side is the shorter one as often as not: no length bias to learn). Prompts in ``exclude_prompts`` (the
+    SFT eval set) are never used; a fifth of each family's pairs is held out."""
+    train: list[Record] = []
+    evaluation: list[Record] = []
+    for family_name in families:
+        rng = random.Random(f"{seed}:preference:{family_name}")
+        drawn = [(p, a) for p, a in _unique_prompts(FAMILIES[family_name], rng, per_family * 2) if p not in exclude_prompts]
+        drawn = drawn[:per_family]
+        n_eval = max(1, len(drawn) // 5)
+        for split, chunk in (("eval", drawn[:n_eval]), ("train", drawn[n_eval:])):
+            for prompt, answer in chunk:
+                verbose = family_name not in ("refusal", "safe_lookalike") and rng.random() < 1 / 3
+                rejected = f"{answer} {rng.choice(VERBOSE_TAILS)}" if verbose else _mistake(family_name, prompt, answer, rng)
+                (evaluation if split == "eval" else train).append({
+                    "prompt": [{"role": "user", "content": prompt}],
+                    "chosen": [{"role": "assistant", "content": answer}],
+                    "rejected": [{"role": "assistant", "content": rejected}],
+                    "family": family_name,
+                })
+    random.Random(f"{seed}:preference").shuffle(train)
+    return train, evaluation
+
+
 def dumps_jsonl(records: Iterable[Record]) -> str:
     """Serialise records as JSONL with sorted keys: identical input, identical bytes."""
     return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)
 
 
-def write_demo_dataset(out_dir: Path, train: list[Record], evaluation: list[Record], capability: list[dict] | None = None) -> None:
+def write_demo_dataset(out_dir: Path, train: list[Record], evaluation: list[Record], capability: list[dict] | None = None,
+                       preference: tuple[list[Record], list[Record]] | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
+    if preference and preference[0]:
+        (out_dir / "preference").mkdir(exist_ok=True)
+        (out_dir / "preference" / "train.jsonl").write_text(dumps_jsonl(preference[0]), encoding="utf-8")
+        (out_dir / "preference" / "eval.jsonl").write_text(dumps_jsonl(preference[1]), encoding="utf-8")
     (out_dir / "train.jsonl").write_text(dumps_jsonl(train), encoding="utf-8")
     (out_dir / "eval.jsonl").write_text(dumps_jsonl(evaluation), encoding="utf-8")
     if capability:
@@ -303,9 +368,12 @@ def main(argv: list[str] | None = None) -> None:
         cfg.seed, cfg.train_per_family, cfg.eval_per_family, cfg.families
     )
     capability = story_continuation_items(cfg.seed, cfg.capability_items)
-    write_demo_dataset(Path(cfg.out_dir), train, evaluation, capability)
-    print(f"wrote {len(train)} train and {len(evaluation)} eval records and {len(capability)} story-continuation items "
-          f"to {cfg.out_dir}")
+    eval_prompts = {r["messages"][0]["content"] for r in evaluation}
+    pairs = preference_pairs(cfg.seed, cfg.preference_per_family, cfg.families, eval_prompts) if cfg.preference_per_family else None
+    write_demo_dataset(Path(cfg.out_dir), train, evaluation, capability, pairs)
+    extra = f" and {len(pairs[0])} + {len(pairs[1])} preference pairs" if pairs else ""
+    print(f"wrote {len(train)} train and {len(evaluation)} eval records and {len(capability)} story-continuation items"
+          f"{extra} to {cfg.out_dir}")
 
 
 if __name__ == "__main__":

@@ -56,12 +56,18 @@ def apply_columns(record: Mapping[str, Any], columns: Mapping[str, str]) -> dict
     return renamed
 
 
+# A preference pair in SFT data: the file-level fix (the CLI adds `--kind preference`).
+PREFERENCE_IN_SFT = ("preference pair (chosen/rejected): preference data is not for SFT: list the file under "
+                     "preference.data.train and set train.objective: dpo")
+
+
 def _refuse_unsupported(record: Any) -> None:
-    """What no format converts, whether the format is detected or set: non-objects and preference pairs."""
+    """What no format converts, whether the format is detected or set: non-objects and preference pairs
+    (those are read by :mod:`tunegate.data.preference`)."""
     if not isinstance(record, dict):
         raise FormatError(f"must be a JSON object, got {type(record).__name__}")
     if {"chosen", "rejected"} <= set(record):
-        raise FormatError("preference pair (chosen/rejected): preference data is not for SFT")
+        raise FormatError(PREFERENCE_IN_SFT)
 
 
 def detect_format(record: Any) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,17 @@ class SourceSpec:
     weight: float = 1.0
     max_records: int | None = None
     keep_label_false: bool = False
+
+
+@dataclass
+class LoadedSource:
+    """One source file read: its name, path, md5, counts and canonical records (chat records or pairs)."""
+
+    name: str
+    path: str
+    md5: str
+    counts: dict[str, int]
+    records: list[dict[str, Any]] = field(repr=False)
 
 
 def _decode(path: Path) -> str:
@@ -114,9 +125,12 @@ def mix(sources: list[tuple[SourceSpec, list[dict[str, Any]]]], seed: int) -> li
     return mixed
 
 
-def split_eval(records: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Hold out ``fraction`` of the distinct prompts (seeded), so no prompt lands on both sides."""
-    keys = prompt_keys(records)
+def split_eval(records: list[dict[str, Any]], fraction: float, seed: int,
+               keys: list[str] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Hold out ``fraction`` of the distinct prompts (seeded), so no prompt lands on both sides.
+
+    ``keys``: each record's prompt key, when not a chat record's (``formats.prompt_keys``)."""
+    keys = prompt_keys(records) if keys is None else keys
     unique = sorted(set(keys))
     random.Random(seed).shuffle(unique)
     n_eval = max(1, round(fraction * len(unique))) if unique else 0

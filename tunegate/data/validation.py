@@ -12,6 +12,7 @@ Two layers, both of which point back at the input (file, record index, id):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ class ValidationReport:
     dropped_ids: list[str] = field(default_factory=list)
     refusal_share: float = 0.0
     docs_index: str | None = None
+    kind: str = "chat"  # chat: SFT records; preference: chosen/rejected pairs (tunegate.data.preference_validation)
 
     def failures(self) -> list[RuleResult]:
         """Failed rules of severity error: the ones that stop a run."""
@@ -85,10 +87,12 @@ class ValidationReport:
 
     def to_markdown(self) -> str:
         verdict = "passed" if self.passed else "FAILED"
+        preference = self.kind == "preference"
         lines = [
-            f"## Data validation: {self.split}",
+            f"## {'Preference data' if preference else 'Data'} validation: {self.split}",
             "",
-            f"**{verdict}** on {self.n_records} records; refusal share {self.refusal_share:.1%}"
+            f"**{verdict}** on {self.n_records} records"
+            + ("" if preference else f"; refusal share {self.refusal_share:.1%}")
             + (f"; {len(self.dropped_ids)} record(s) dropped" if self.dropped_ids else ""),
             "",
             "| rule | severity | result | unexpected | observed |",
@@ -180,6 +184,14 @@ def _index_list(details: dict[str, Any]) -> list[int]:
 
 def run_suite(frame, params: ValidationParams, has_eval: bool, suite_name: str, docs_dir: Path | None):
     """Run the suite over ``frame``; returns (GE result, [(rule, expectation)], docs index or None)."""
+    named = _expectations(params, list(frame.columns), has_eval)
+    result, docs_index = run_expectations(frame, named, suite_name, docs_dir)
+    return result, named, docs_index
+
+
+def run_expectations(frame, named: list[tuple[str, Any]], suite_name: str, docs_dir: Path | None):
+    """Run the expectations of ``named`` ([(rule, expectation)]) over ``frame`` in an ephemeral GE context,
+    with Data Docs under ``docs_dir`` when given; returns (GE result, docs index or None)."""
     import logging
 
     import great_expectations as gx
@@ -187,7 +199,6 @@ def run_suite(frame, params: ValidationParams, has_eval: bool, suite_name: str, 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False, "metric_calculations": False}
-    named = _expectations(params, list(frame.columns), has_eval)
     batch_definition = (
         context.data_sources.add_pandas("tunegate")
         .add_dataframe_asset(suite_name)
@@ -224,7 +235,59 @@ def run_suite(frame, params: ValidationParams, has_eval: bool, suite_name: str, 
     result = next(iter(outcome.run_results.values()))
     if docs_dir is not None and (docs_dir / "index.html").is_file():
         docs_index = str(docs_dir / "index.html")
-    return result, named, docs_index
+    return result, docs_index
+
+
+def rule_results(
+    result,
+    named: list[tuple[str, Any]],
+    severity: Callable[[str], str],
+    offender: Callable[[int, str], Offender],
+    observed: Callable[[str, Any, str], str],
+) -> tuple[dict[str, RuleResult], set[int]]:
+    """One :class:`RuleResult` per rule from a GE result (a rule of several expectations fails if any does,
+    its counts added), and the row indexes its "drop" rules remove.
+
+    ``offender(row, rule)`` names a breaking row; ``observed(rule, expectation, text)`` words what GE
+    observed (``text``: its observed value, formatted)."""
+    by_id = {item.expectation_config.id: item for item in result.results}
+    merged: dict[str, RuleResult] = {}
+    dropped: set[int] = set()
+    for rule, expectation in named:
+        item = by_id[expectation.id]
+        details = item.result or {}
+        indexes = _index_list(details)
+        level = severity(rule)
+        if level == "drop" and not item.success:
+            dropped.update(indexes)
+        value = details.get("observed_value")
+        observed_text = observed(rule, expectation, "" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value)))
+        count = int(details.get("unexpected_count") or 0)
+        offenders = [offender(idx, rule) for idx in indexes[:MAX_OFFENDERS]]
+        previous = merged.get(rule)
+        if previous is None:
+            merged[rule] = RuleResult(rule, level, bool(item.success), count, observed_text, offenders)
+        else:
+            merged[rule] = RuleResult(
+                rule,
+                level,
+                previous.passed and bool(item.success),
+                previous.unexpected_count + count,
+                "; ".join(x for x in (previous.observed, observed_text) if x),
+                (previous.offenders + offenders)[:MAX_OFFENDERS],
+            )
+    return merged, dropped
+
+
+def check_left_after_drops(merged: dict[str, RuleResult], dropped: set[int], n_records: int, min_records: int,
+                           severity: str) -> None:
+    """Drops must not empty the split: a limit that removes every record is a setting to fix, not a pass."""
+    left = n_records - len(dropped)
+    if dropped and "min_records" in merged and left < min_records:
+        merged["min_records"] = RuleResult(
+            "min_records", severity, False, 0,
+            f"{left} record(s) left after {len(dropped)} dropped by policy (need {min_records}; see the drop rules)",
+        )
 
 
 def validate_dataset(
@@ -255,43 +318,18 @@ def validate_dataset(
         # response_truncated has nothing left to stop on.
         frame["truncated_away"] = frame["truncated_away"] & ~frame["too_long"]
     result, named, docs_index = run_suite(frame, params, eval_keys is not None, f"tunegate_{split}", docs_dir)
-    by_id = {item.expectation_config.id: item for item in result.results}
-    merged: dict[str, RuleResult] = {}
-    dropped: set[int] = set()
-    for rule, expectation in named:
-        item = by_id[expectation.id]
-        details = item.result or {}
-        indexes = _index_list(details)
-        severity = params.severity(rule)
-        if severity == "drop" and not item.success:
-            dropped.update(indexes)
-        observed = details.get("observed_value")
-        observed_text = "" if observed is None else (f"{observed:.3f}" if isinstance(observed, float) else str(observed))
+
+    def observed(rule: str, expectation: Any, text: str) -> str:
         if rule == "policy_coverage":
-            observed_text = f"{expectation.column[4:]}: {observed_text} (need {int(expectation.min_value)})"
-        elif rule in LIMIT_RULES:
-            observed_text = LIMIT_RULES[rule].format(limit=max_length)
-        count = int(details.get("unexpected_count") or 0)
-        offenders = [_offender(records, frame, idx, rule) for idx in indexes[:MAX_OFFENDERS]]
-        previous = merged.get(rule)
-        if previous is None:
-            merged[rule] = RuleResult(rule, severity, bool(item.success), count, observed_text, offenders)
-        else:  # a rule made of several expectations: fail if any fails, add counts
-            merged[rule] = RuleResult(
-                rule,
-                severity,
-                previous.passed and bool(item.success),
-                previous.unexpected_count + count,
-                "; ".join(x for x in (previous.observed, observed_text) if x),
-                (previous.offenders + offenders)[:MAX_OFFENDERS],
-            )
-    left = len(records) - len(dropped)
-    if dropped and "min_records" in merged and left < params.min_records:
-        # Drops must not empty the split: a limit that removes every record is a setting to fix, not a pass.
-        merged["min_records"] = RuleResult(
-            "min_records", params.severity("min_records"), False, 0,
-            f"{left} record(s) left after {len(dropped)} dropped by policy (need {params.min_records}; see the drop rules)",
-        )
+            return f"{expectation.column[4:]}: {text} (need {int(expectation.min_value)})"
+        if rule in LIMIT_RULES:
+            return LIMIT_RULES[rule].format(limit=max_length)
+        return text
+
+    merged, dropped = rule_results(
+        result, named, params.severity, lambda idx, rule: _offender(records, frame, idx, rule), observed
+    )
+    check_left_after_drops(merged, dropped, len(records), params.min_records, params.severity("min_records"))
     rules = list(merged.values())
     passed = not any(r.severity == "error" and not r.passed for r in rules)
     return ValidationReport(

@@ -27,56 +27,39 @@ def _console(stderr: bool = False):
 # --- tunegate validate -------------------------------------------------------------------------
 
 
-def check_format(fmt: str) -> None:
-    """Exit 2 naming the allowed values when ``--format`` is not one of them."""
+KINDS = ("chat", "preference")
+
+
+def check_format(fmt: str, kind: str = "chat") -> None:
+    """Exit 2 naming the allowed values when ``--kind`` or ``--format`` is not one of them."""
     from tunegate.data.formats import FORMATS
+    from tunegate.data.preference import PREFERENCE_FORMATS
 
-    allowed = ("auto", *FORMATS)
+    if kind not in KINDS:
+        raise CommandError(f"--kind {kind!r}: allowed: {', '.join(KINDS)}", code=2)
+    allowed = ("auto", *(PREFERENCE_FORMATS if kind == "preference" else FORMATS))
     if fmt not in allowed:
-        raise CommandError(f"--format {fmt!r}: allowed: {', '.join(allowed)}", code=2)
+        raise CommandError(f"--format {fmt!r} with --kind {kind}: allowed: {', '.join(allowed)}", code=2)
 
 
-def validate_files(paths: list[Path], eval_paths: list[Path] | None, params: str | None, fmt: str, max_length: int | None,
-                   report_dir: Path | None, json_out: bool) -> None:
-    """``tunegate validate``: the same conversion and expectation suite as ``run``, on files alone."""
-    from tunegate.paths import configure_environment
+def _unreadable(error: Exception) -> CommandError:
+    """A file that cannot be read as the kind asked for: the reader's message, plus the other --kind where the
+    records are of the other kind."""
+    from tunegate.data.formats import PREFERENCE_IN_SFT
+    from tunegate.data.preference import CHAT_IN_PREFERENCE
 
-    check_format(fmt)
-    loaded = load_checked(params or DEFAULT_PARAMS, [])
-    if params is None:
-        # Without --params only the model, template and token limit come from the demo; the rules are the defaults.
-        from tunegate.params import ValidationParams
+    message = str(error)
+    if PREFERENCE_IN_SFT in message:
+        message += "; to validate preference pairs: tunegate validate --kind preference"
+    elif CHAT_IN_PREFERENCE in message:
+        message += "; to validate chat records: tunegate validate --kind chat"
+    return CommandError(message)
 
-        loaded = loaded.model_copy(update={"validation": ValidationParams()})
-    if max_length is not None:
-        loaded = loaded.model_copy(update={"validation": loaded.validation.model_copy(update={"max_length": max_length})})
-    _console(stderr=True).print(validate_settings(loaded, params, max_length), highlight=False, soft_wrap=True, markup=False)
-    configure_environment()
-    from tunegate.data.dataset import load_sources, validate_splits
-    from tunegate.data.sources import DataError
+
+def _print_reports(reports, report_dir: Path | None, json_out: bool, console) -> None:
+    """The reports on stdout (markdown, or one JSON object), warnings on stderr, report files; exit 1 on an error rule."""
     from tunegate.data.validation import error_message, save_report
-    from tunegate.params import ParamsError, SourceParams
-    from tunegate.tuning.modeling import load_tokenizer
 
-    console = _console(stderr=json_out)
-    train_specs = [SourceParams(path=str(p.resolve()), format=fmt) for p in paths]
-    eval_specs = [SourceParams(path=str(p.resolve()), format=fmt) for p in eval_paths or []]
-    try:
-        train_sources = load_sources(train_specs)
-        eval_sources = load_sources(eval_specs)
-    except (DataError, ParamsError) as error:
-        raise CommandError(str(error)) from None
-    for source in train_sources + eval_sources:
-        console.print(f"{source.path}: {source.counts['records']} records ({source.records[0]['source']['format'] if source.records else 'empty'}), md5 {source.md5}")
-    train = [r for s in train_sources for r in s.records]
-    evaluation = [r for s in eval_sources for r in s.records]
-    try:
-        tokenizer = load_tokenizer(loaded.base_model_path(), loaded.model.chat_template)
-    except Exception as error:  # a missing or broken model: say which, no traceback
-        raise CommandError(f"model.base_model {loaded.model.base_model!r}: its tokenizer does not load ({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}); pass --params with a usable model", code=2) from None
-    docs = report_dir / "data_docs" if report_dir else None
-    train_report, eval_report = validate_splits(loaded, train, evaluation, tokenizer, docs_dir=docs)
-    reports = [train_report] + ([eval_report] if eval_report else [])
     if report_dir:
         save_report(reports, report_dir)
     if json_out:
@@ -91,6 +74,108 @@ def validate_files(paths: list[Path], eval_paths: list[Path] | None, params: str
             warnings.print(f"warning: {report.split}: {rule.describe()}", highlight=False, soft_wrap=True, markup=False)
     if not all(r.passed for r in reports):
         raise CommandError(error_message(reports))
+
+
+def validate_files(paths: list[Path], eval_paths: list[Path] | None, params: str | None, fmt: str, max_length: int | None,
+                   report_dir: Path | None, json_out: bool, kind: str = "chat") -> None:
+    """``tunegate validate``: the same conversion and expectation suite as ``run``, on files alone."""
+    from tunegate.paths import configure_environment
+
+    check_format(fmt, kind)
+    if kind == "preference":
+        if max_length is not None:
+            raise CommandError("--max-length is for --kind chat: preference pairs are checked without a tokenizer", code=2)
+        validate_preference_files(paths, eval_paths, params, fmt, report_dir, json_out)
+        return
+    loaded = load_checked(params or DEFAULT_PARAMS, [])
+    if params is None:
+        # Without --params only the model, template and token limit come from the demo; the rules are the defaults.
+        from tunegate.params import ValidationParams
+
+        loaded = loaded.model_copy(update={"validation": ValidationParams()})
+    if max_length is not None:
+        loaded = loaded.model_copy(update={"validation": loaded.validation.model_copy(update={"max_length": max_length})})
+    _console(stderr=True).print(validate_settings(loaded, params, max_length), highlight=False, soft_wrap=True, markup=False)
+    configure_environment()
+    from tunegate.data.dataset import load_sources, validate_splits
+    from tunegate.data.sources import DataError
+    from tunegate.params import ParamsError, SourceParams
+    from tunegate.tuning.modeling import load_tokenizer
+
+    console = _console(stderr=json_out)
+    train_specs = [SourceParams(path=str(p.resolve()), format=fmt) for p in paths]
+    eval_specs = [SourceParams(path=str(p.resolve()), format=fmt) for p in eval_paths or []]
+    try:
+        train_sources = load_sources(train_specs)
+        eval_sources = load_sources(eval_specs)
+    except (DataError, ParamsError) as error:
+        raise _unreadable(error) from None
+    for source in train_sources + eval_sources:
+        console.print(f"{source.path}: {source.counts['records']} records ({source.records[0]['source']['format'] if source.records else 'empty'}), md5 {source.md5}")
+    train = [r for s in train_sources for r in s.records]
+    evaluation = [r for s in eval_sources for r in s.records]
+    try:
+        tokenizer = load_tokenizer(loaded.base_model_path(), loaded.model.chat_template)
+    except Exception as error:  # a missing or broken model: say which, no traceback
+        raise CommandError(f"model.base_model {loaded.model.base_model!r}: its tokenizer does not load ({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}); pass --params with a usable model", code=2) from None
+    docs = report_dir / "data_docs" if report_dir else None
+    train_report, eval_report = validate_splits(loaded, train, evaluation, tokenizer, docs_dir=docs)
+    _print_reports([train_report] + ([eval_report] if eval_report else []), report_dir, json_out, console)
+
+
+def validate_preference_files(paths: list[Path], eval_paths: list[Path] | None, params: str | None, fmt: str,
+                              report_dir: Path | None, json_out: bool) -> None:
+    """``tunegate validate --kind preference``: the files read as preference sources and checked with the
+    preference rules (``preference.validation`` of ``--params``, else the defaults). With ``--params``, the
+    SFT eval files of its ``data.eval`` count for the overlap rule too, as in a run."""
+    from tunegate.paths import configure_environment
+
+    configure_environment()
+    from tunegate.data.dataset import load_sources
+    from tunegate.data.preference import load_preference_sources
+    from tunegate.data.preference_validation import eval_preference_validation, validate_preference
+    from tunegate.data.sources import DataError
+    from tunegate.params import ParamsError, PreferenceSource, PreferenceValidation
+
+    rules = PreferenceValidation()
+    origin = "the default preference rules (pass --params FILE for yours)"
+    sft_eval_specs = []
+    if params is not None:
+        loaded = load_checked(params, [])
+        if loaded.preference is not None:
+            rules, origin = loaded.preference.validation, f"preference.validation of --params {params}"
+        else:
+            origin = f"the default preference rules (--params {params} has no preference section)"
+        sft_eval_specs = list(loaded.data.eval)
+    info = _console(stderr=True)
+    info.print(f"validate --kind preference: {origin}", highlight=False, soft_wrap=True, markup=False)
+    console = _console(stderr=json_out)
+    try:
+        train_sources = load_preference_sources([PreferenceSource(path=str(p.resolve()), format=fmt) for p in paths])
+        eval_sources = load_preference_sources([PreferenceSource(path=str(p.resolve()), format=fmt) for p in eval_paths or []])
+    except (DataError, ParamsError) as error:
+        raise _unreadable(error) from None
+    try:
+        sft_eval = [r for s in load_sources(sft_eval_specs) for r in s.records]
+    except (DataError, ParamsError) as error:
+        raise CommandError(f"{error} (data.eval of --params {params}: the SFT eval records no training pair's prompt "
+                           "may be in)") from None
+    for source in train_sources + eval_sources:
+        formats = sorted({r["source"]["format"] for r in source.records}) or ["empty"]
+        console.print(f"{source.path}: {source.counts['converted']} records ({', '.join(formats)}), md5 {source.md5}",
+                      highlight=False, soft_wrap=True, markup=False)
+    if sft_eval:
+        info.print(f"eval_overlap also against {len(sft_eval)} SFT eval records (data.eval of --params {params})",
+                   highlight=False, soft_wrap=True, markup=False)
+    train = [r for s in train_sources for r in s.records]
+    evaluation = [r for s in eval_sources for r in s.records]
+    docs = report_dir / "data_docs" if report_dir else None
+    reports = [validate_preference(rules, train, evaluation or None, sft_eval or None,
+                                   docs / "train" if docs else None, split="train")]
+    if evaluation:
+        reports.append(validate_preference(eval_preference_validation(rules), evaluation, None, None,
+                                           docs / "eval" if docs else None, split="eval"))
+    _print_reports(reports, report_dir, json_out, console)
 
 
 def validate_settings(loaded, params: str | None, max_length: int | None) -> str:
