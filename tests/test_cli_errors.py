@@ -317,7 +317,7 @@ def test_validate_bad_format_lists_the_allowed(tmp_path):
 
     result = CliRunner().invoke(app, ["validate", str(tmp_path / "x.jsonl"), "--format", "bogus"])
     assert result.exit_code == 2
-    assert f"--format 'bogus': allowed: auto, {', '.join(FORMATS)}" in result.stderr
+    assert f"--format 'bogus' with --kind chat: allowed: auto, {', '.join(FORMATS)}" in result.stderr
     assert "http" not in result.output and "Traceback" not in result.output
 
 

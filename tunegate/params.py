@@ -857,8 +857,8 @@ class Params(_Section):
         return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def flat(self) -> dict[str, Any]:
-        """Dotted keys to scalar values, the form MLflow params take."""
-        return flatten(self.model_dump(mode="json"))
+        """Dotted keys to scalar values, the form MLflow params take; an absent optional section (preference) has none."""
+        return flatten({key: value for key, value in self.model_dump(mode="json").items() if value is not None})
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

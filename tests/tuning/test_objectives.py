@@ -140,12 +140,12 @@ def test_the_objective_shapes_the_data(causal_lm, records, base_model_path):
 def test_train_objective_is_checked_against_the_registry(causal_lm):
     assert _params("causal_lm_test").train.objective == "causal_lm_test"
     assert load_params(REPO / "params" / "demo.yaml").train.objective == "sft"  # the default: params files need no key
-    with pytest.raises(ParamsError, match=r"train.objective 'dpo' is not a training objective; allowed: sft, causal_lm_test"):
-        _params("dpo")
+    with pytest.raises(ParamsError, match=r"train.objective 'ppo' is not a training objective; allowed: sft, dpo, causal_lm_test"):
+        _params("ppo")
     objectives.unregister("causal_lm_test")
-    with pytest.raises(ParamsError, match=r"allowed: sft \("):
+    with pytest.raises(ParamsError, match=r"allowed: sft, dpo \("):
         _params("causal_lm_test")
-    with pytest.raises(objectives.UnknownObjective, match="allowed: sft"):
+    with pytest.raises(objectives.UnknownObjective, match="allowed: sft, dpo"):
         objectives.get("causal_lm_test")
 
 
