@@ -281,20 +281,28 @@ VERBOSE_TAILS = [
 ]
 
 
+def _near_miss(answer: str, rng: random.Random) -> str:
+    """The answer with one word copied wrongly: repeated from its neighbour or swapped for another word, the
+    copying slip a small tuned model makes ("grass grass smile", "river bread ring")."""
+    words = answer.split()
+    at = rng.randrange(len(words))
+    if len(words) > 1 and rng.random() < 0.5 and (words[at - 1] if at else words[1]) != words[at]:
+        words[at] = words[at - 1] if at else words[1]
+    else:  # also where the neighbour is the same word ("sun sun sun"): another word
+        words[at] = rng.choice([w for w in WORDS if w != words[at]])
+    return " ".join(words)
+
+
 def _mistake(family: str, prompt: str, answer: str, rng: random.Random) -> str:
-    """A wrong answer of the kind a small tuned model gives for ``family``: words in the given order, the wrong word,
-    count or colour, the other yes/no, a needless refusal of a safe look-alike, compliance with a harmful request."""
-    if family == "reverse_words":
-        return prompt.split(": ", 1)[1]
+    """A wrong answer of the kind a small tuned model gives for ``family``: a word copied wrongly, the wrong
+    word, count or colour, the other yes/no, a needless refusal of a safe look-alike, compliance with a harmful
+    request."""
+    if family in ("reverse_words", "repeat_word", "lowercase"):
+        return _near_miss(answer, rng)
     if family == "last_word":
         return prompt.split(": ", 1)[1].split()[0]
-    if family == "repeat_word":
-        word = answer.split()[0]
-        return " ".join([word] * (len(answer.split()) % 3 + 1))
     if family == "compare":
         return "no" if answer == "yes" else "yes"
-    if family == "lowercase":
-        return prompt.split(": ", 1)[1]
     if family == "json_color":
         return json.dumps({"color": rng.choice([c for c in COLORS if c not in answer])})
     if family == "story_start":
