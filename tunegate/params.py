@@ -307,6 +307,8 @@ class PreferenceTrain(_Section):
     beta: float = Field(0.1, gt=0, description="DPO's beta: how far the policy may move from the reference")
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"] = "sigmoid"
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO / robust loss")
+    sft_weight: float = Field(0.0, ge=0, description="adds the chosen answer's SFT loss at this weight (RPO, TRL's "
+                              "loss_type [..., sft]): keeps the chosen answers likely while the margin grows; 0: plain DPO")
     epochs: float = Field(1, gt=0)
     max_steps: int = Field(-1, description="-1: run the full number of epochs")
     learning_rate: float = Field(5e-4, gt=0)

@@ -53,25 +53,29 @@ class TrainResult:
     log_history: list[dict[str, Any]] = field(default_factory=list)
     checks: dict[str, Any] = field(default_factory=dict)  # the objective's checks before the first step (dpo: reference)
 
-    def metrics(self) -> dict[str, float]:
-        """The closing figures a run logs (MLflow names), at step ``global_step``."""
+    def metrics(self, prefix: str = "train") -> dict[str, float]:
+        """The closing figures a run logs (MLflow names), at step ``global_step``; ``prefix`` "dpo" for the
+        preference stage of a run that tuned twice."""
         return {
-            "train_final_loss": self.final_loss,
-            "train_runtime_s": self.train_runtime_s,
-            "train_tokens": self.num_tokens,
-            "train_tokens_per_second_overall": self.tokens_per_second,
-            "trainable_params": self.trainable_params,
-            "total_params": self.total_params,
+            f"{prefix}_final_loss": self.final_loss,
+            f"{prefix}_runtime_s": self.train_runtime_s,
+            f"{prefix}_tokens": self.num_tokens,
+            f"{prefix}_tokens_per_second_overall": self.tokens_per_second,
+            f"{'' if prefix == 'train' else prefix + '_'}trainable_params": self.trainable_params,
+            f"{'' if prefix == 'train' else prefix + '_'}total_params": self.total_params,
         }
 
 
-def step_metrics(values: dict[str, float]) -> dict[str, float]:
-    """A trainer log entry under the names a run logs: ``train_<key>``. The trainer's closing summary's
-    ``train_loss`` is the mean over the whole run, not a step's loss: it becomes ``train_mean_loss``, so the
-    loss curve does not end with a jump."""
-    renamed = {("train_" + k if not k.startswith("train") else k): v for k, v in values.items()}
-    if "train_runtime" in values and "train_loss" in values:
-        renamed["train_mean_loss"] = renamed.pop("train_loss")
+def step_metrics(values: dict[str, float], prefix: str = "train") -> dict[str, float]:
+    """A trainer log entry under the names a run logs: ``train_<key>`` (``prefix`` "dpo": ``dpo_<key>``, e.g.
+    ``dpo_rewards/margins``, the preference stage's). The trainer's closing summary's ``train_loss`` is the
+    mean over the whole run, not a step's loss: it becomes ``<prefix>_mean_loss``, so the loss curve does not
+    end with a jump."""
+    closing = "train_runtime" in values and "train_loss" in values
+    values = {(k[len("train_"):] if k.startswith("train_") else k): v for k, v in values.items()}
+    renamed = {f"{prefix}_{k}": v for k, v in values.items()}
+    if closing:
+        renamed[f"{prefix}_mean_loss"] = renamed.pop(f"{prefix}_loss")
     return renamed
 
 
@@ -126,6 +130,32 @@ def load_model_for_training(params: Params):
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
     return model
+
+
+def load_starting_model(start_dir: Path, params: Params):
+    """(policy, reference or None, tokenizer) from a saved tunegate model directory: an adapter loaded
+    trainable over its base (TRL makes the frozen ``ref`` copy), or full weights plus a frozen second copy."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunegate.data.templates import load_tokenizer
+    from tunegate.tuning.modeling import read_model_info
+
+    start_dir = Path(start_dir)
+    info = read_model_info(start_dir)
+    tokenizer = load_tokenizer(start_dir, None)  # the template the starting model was tuned with
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[params.train.precision]
+    kwargs: dict[str, Any] = {"trust_remote_code": False, "use_safetensors": True, "dtype": dtype}
+    if info.method == "full":
+        policy = AutoModelForCausalLM.from_pretrained(str(start_dir), **kwargs)
+        reference = AutoModelForCausalLM.from_pretrained(str(start_dir), **kwargs)
+        reference.requires_grad_(False).eval()
+        return policy, reference, tokenizer
+    from peft import PeftModel
+
+    base = load_model_for_training(params.model_copy(update={"model": params.model.model_copy(update={"base_model": info.base_model})}))
+    policy = PeftModel.from_pretrained(base, str(start_dir), is_trainable=True)
+    return policy, None, tokenizer
 
 
 def shared_arguments(params: Params, output_dir: Path) -> dict[str, Any]:
@@ -285,6 +315,7 @@ def train_model(
     log_checkpoint: CheckpointLogger | None = None,
     log_line: LineLogger | None = None,
     start_from: Path | None = None,
+    eval_records: list[dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Tune the base model on ``records`` with the objective ``train.objective`` names; save under ``work_dir/model``.
 
@@ -304,13 +335,12 @@ def train_model(
     base_model = str(model_source(params.model.base_model))
     if preference:
         from tunegate.tuning.modeling import read_model_info
-        from tunegate.tuning.objectives.dpo import load_policy
 
         if start_from is None:
             raise TrainingSetupError(f"train.objective {objective.name} tunes a tuned model: no starting model was given")
         params = preference_stage_params(params)
         base_model = read_model_info(Path(start_from)).base_model
-        model, reference, tokenizer = load_policy(start_from, params)
+        model, reference, tokenizer = load_starting_model(Path(start_from), params)
         dataset = objective.dataset(params, tokenizer, records)
         layout = "padded"
         if log_line and int(os.environ.get("RANK", "0")) == 0:
@@ -348,6 +378,10 @@ def train_model(
     started_at = time.time()
     runtime, training_loss = _train_or_resume(trainer, resume)
     finished_at = time.time()
+    if preference and eval_records:
+        from tunegate.tuning.objectives.dpo import held_out_margins
+
+        checks["held_out"] = held_out_margins(trainer, tokenizer, params, eval_records)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     tokens = max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0)
     result = TrainResult(

@@ -92,7 +92,8 @@ class DPO:
         return DPOConfig(
             **shared,
             beta=t.beta,
-            loss_type=[t.loss_type],
+            loss_type=[t.loss_type, "sft"] if t.sft_weight else [t.loss_type],
+            loss_weights=[1.0, t.sft_weight] if t.sft_weight else None,
             label_smoothing=t.label_smoothing,
             max_length=t.max_length,
             truncation_mode="keep_start",
@@ -129,36 +130,6 @@ def _trainer_class():
     return TunegateDPOTrainer
 
 
-def load_policy(start_dir, params: Any):
-    """(policy, reference or None, tokenizer) from a saved tunegate model directory: an adapter loaded
-    trainable over its base (TRL makes the frozen ``ref`` copy), or full weights plus a frozen second copy."""
-    from pathlib import Path
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from tunegate.data.templates import load_tokenizer
-    from tunegate.tuning.modeling import read_model_info
-
-    start_dir = Path(start_dir)
-    info = read_model_info(start_dir)
-    tokenizer = load_tokenizer(start_dir, None)  # the template the starting model was tuned with
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[params.train.precision]
-    kwargs: dict[str, Any] = {"trust_remote_code": False, "use_safetensors": True, "dtype": dtype}
-    if info.method == "full":
-        policy = AutoModelForCausalLM.from_pretrained(str(start_dir), **kwargs)
-        reference = AutoModelForCausalLM.from_pretrained(str(start_dir), **kwargs)
-        reference.requires_grad_(False).eval()
-        return policy, reference, tokenizer
-    from peft import PeftModel
-
-    from tunegate.tuning.training import load_model_for_training
-
-    base = load_model_for_training(params.model_copy(update={"model": params.model.model_copy(update={"base_model": info.base_model})}))
-    policy = PeftModel.from_pretrained(base, str(start_dir), is_trainable=True)
-    return policy, None, tokenizer
-
-
 def drop_reference_adapter(model) -> None:
     """Remove TRL's frozen ``ref`` adapter before saving, so the saved model is one adapter like SFT's."""
     if REFERENCE_ADAPTER in getattr(model, "peft_config", {}):
@@ -172,13 +143,15 @@ class ReferenceMismatch(RuntimeError):
 REFERENCE_TOLERANCE = 1e-4  # summed log-probability, nats: fp32 forward of the same weights twice agrees far closer
 
 
-def pair_log_probs(trainer, pairs: int = 8, reference: bool = False):
-    """Summed log-probabilities of the chosen and rejected answers of the first ``pairs`` training pairs, under
-    the policy (``reference`` False) or the trainer's frozen reference, by TRL's own forward (the fused head)."""
+def pair_log_probs(trainer, pairs: int = 8, reference: bool = False, rows: list[dict] | None = None):
+    """Summed log-probabilities of the chosen and rejected answers of ``rows`` (tokenised pairs; default the first
+    ``pairs`` training pairs), under the policy (``reference`` False) or the trainer's frozen reference, by TRL's
+    own forward (the fused head)."""
     import torch
 
-    n = min(pairs, len(trainer.train_dataset))
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(n)])
+    if rows is None:
+        rows = [trainer.train_dataset[i] for i in range(min(pairs, len(trainer.train_dataset)))]
+    batch = trainer.data_collator(rows)
     inputs = {k: v.to(trainer.accelerator.device) if hasattr(v, "to") else v for k, v in batch.items()}
     if reference:
         chosen, rejected = trainer.compute_ref_log_probs(trainer.model, inputs)
@@ -211,3 +184,19 @@ def check_reference(trainer, pairs: int = 8) -> dict[str, Any]:
                                 f"difference {diff:.4g} on {check['pairs']} pairs, tolerance {REFERENCE_TOLERANCE}): the "
                                 "reference must be the starting model, frozen; nothing was trained")
     return check
+
+
+def held_out_margins(trainer, tokenizer, params: Any, records: list[Record], batch_size: int = 16) -> dict[str, Any]:
+    """Each held-out pair's log-probability margin (chosen - rejected) under the trained policy and under the
+    frozen reference (the parent): the candidate's implicit reward prefers the chosen answer where its margin
+    exceeds the reference's (TRL's ``rewards/accuracies`` per pair)."""
+    t = params.preference.train
+    rows = tokenize_pairs(tokenizer, records, t.max_length, t.max_prompt_length)
+    policy, reference = [], []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start: start + batch_size]
+        for out, ref in ((policy, False), (reference, True)):
+            chosen, rejected = pair_log_probs(trainer, reference=ref, rows=chunk)
+            out += [float(c - r) for c, r in zip(chosen, rejected)]
+    return {"keys": [r["id"] for r in records], "families": [str(r.get("family") or "all") for r in records],
+            "policy_margin": policy, "reference_margin": reference, "beta": t.beta}
