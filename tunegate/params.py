@@ -327,6 +327,17 @@ class PreferenceGate(_Section):
         "other metric: the lower bound of its gain over the parent must exceed 0")
     min_win_rate_vs_parent: float = Field(0.5, ge=0, le=1)
     may_not_drop_vs_parent: bool = Field(True, description="no metric of any suite may be significantly worse than the parent's")
+    max_drop_vs_parent: dict[str, float] = Field(
+        default_factory=dict, description="per metric, how far a significant loss against the parent may go before it "
+        "fails (in the metric's units, e.g. response_loss: 0.02 nats); an unlisted metric: none")
+
+    @field_validator("max_drop_vs_parent")
+    @classmethod
+    def _tolerances(cls, value: dict[str, float]) -> dict[str, float]:
+        negative = [metric for metric, bound in value.items() if bound < 0]
+        if negative:
+            raise ValueError(f"preference.gate.max_drop_vs_parent: {', '.join(negative)}: a tolerance is >= 0")
+        return value
     fallback: Literal["parent", "none"] = Field(
         "parent", description="parent: when the preference-tuned model is refused and the parent was trained in this "
         "run (start_from: sft), the parent goes through the gate instead; none: the run registers nothing")

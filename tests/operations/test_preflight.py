@@ -229,3 +229,40 @@ def test_template_without_end_of_turn_is_refused(base_model_path, tmp_path):
     )
     problems = preflight.tokenizer_problems(params, model)
     assert len(problems) == 1 and "cannot learn where to stop" in problems[0]
+
+
+# --- preference data (issue #28): the wrong kind of file is refused before anything starts ---------------
+
+
+def _pref_params(train_path: str, sft_path: str | None = None):
+    raw = yaml.safe_load((REPO / "params" / "demo_preference.yaml").read_text())
+    raw["preference"]["data"] = {"train": [{"path": train_path}]}
+    if sft_path:
+        raw["data"] = {"train": [{"path": sft_path}], "dvc_stage": None}
+    return parse_params(raw, "test")
+
+
+def test_chat_records_as_preference_data_and_pairs_as_instruction_data_are_refused(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "Hallo?", "chosen": "Guten Tag!", "rejected": "Nein."}) + "\n")
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}) + "\n")
+    kto = REPO.parent / "shared" / "data" / "instruction" / "kto_en_demo.json"
+    problems = preflight.data_problems(_pref_params(str(chat)))
+    assert len(problems) == 1 and problems[0].startswith(f"preference.data.train[0].path: {chat}: holds chat records")
+    assert "instruction data goes under data.train" in problems[0]
+    problems = preflight.data_problems(_pref_params(str(pairs), sft_path=str(pairs)))
+    assert len(problems) == 1 and problems[0].startswith(f"data.train[0].path: {pairs}: holds preference pairs")
+    assert "list it under preference.data.train and set train.objective: dpo" in problems[0]
+    problems = preflight.data_problems(_pref_params(str(kto)))
+    assert len(problems) == 1 and "unpaired records (label true/false, KTO data)" in problems[0]
+    assert preflight.data_problems(_pref_params(str(pairs))) == []
+
+
+def test_a_preference_section_needs_the_dpo_objective_and_dpo_needs_one():
+    from tunegate.params import ParamsError, load_params
+
+    with pytest.raises(ParamsError, match="a preference section is given to a train.objective sft run"):
+        load_params(REPO / "params" / "demo_preference.yaml", ["train.objective=sft"])
+    with pytest.raises(ParamsError, match="train.objective dpo trains on preference pairs: add a preference section"):
+        load_params(DEMO, ["train.objective=dpo"])

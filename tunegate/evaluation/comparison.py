@@ -50,6 +50,61 @@ class WaitingComparison:
 
 
 @dataclass(frozen=True)
+class ParentComparison:
+    """A preference-tuned candidate against its parent (the model it started from, its frozen DPO reference) on
+    every suite, the judge and the held-out pairs (``preference``: the implicit-reward accuracy, the share of
+    held-out pairs where the candidate's implicit reward prefers the chosen answer, with its interval about
+    parity, and each model's own share of pairs it gives the chosen answer the higher log-probability)."""
+
+    parent: dict[str, Any]
+    deltas: tuple[Delta, ...]
+    evaluation: dict[str, Any]
+    judge: dict[str, Any] | None = None
+    preference: dict[str, Any] = field(default_factory=dict)
+
+    def delta(self, metric: str, category: str = "all") -> Delta | None:
+        return next((d for d in self.deltas if d.metric == metric and d.category == category), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"parent": self.parent, "deltas": [d.to_dict() for d in self.deltas], "evaluation": self.evaluation,
+                "judge": self.judge, "preference": self.preference}
+
+
+PREFERENCE_ACCURACY = "preference_accuracy"
+
+
+def preference_figures(params: Params, held_out: dict[str, Any]) -> tuple[dict[str, Any], list[Delta]]:
+    """The held-out pairs' figures (:func:`tunegate.tuning.objectives.dpo.held_out_margins`): the implicit-reward
+    accuracy (candidate margin above the parent's: 1, equal: 0.5, below: 0) with its paired bootstrap interval
+    about parity, overall and per family, and the reference-free shares of each model."""
+    from tunegate.evaluation.scores import Score
+
+    policy, reference = held_out["policy_margin"], held_out["reference_margin"]
+    keys, families = held_out["keys"], held_out["families"]
+
+    def won(a: float, b: float) -> float:
+        return 1.0 if a > b else 0.5 if a == b else 0.0
+
+    scores = [Score(k, f, won(p, r)) for k, f, p, r in zip(keys, families, policy, reference)]
+    parity = [Score(k, f, 0.5) for k, f in zip(keys, families)]
+    deltas = compare(ModelEvaluation(scores={PREFERENCE_ACCURACY: parity}), ModelEvaluation(scores={PREFERENCE_ACCURACY: scores}),
+                     params.eval) if scores else []
+    overall = next((d for d in deltas if d.category == "all"), None)
+    n = len(scores)
+    figures = {
+        "pairs": n,
+        "accuracy": overall.candidate if overall else None,
+        "low": overall.baseline + overall.low if overall else None,
+        "high": overall.baseline + overall.high if overall else None,
+        "candidate_prefers_chosen": sum(won(p, 0.0) for p in policy) / n if n else None,
+        "parent_prefers_chosen": sum(won(r, 0.0) for r in reference) / n if n else None,
+        "mean_margin_gain": sum(p - r for p, r in zip(policy, reference)) / n if n else None,
+        "beta": held_out.get("beta"),
+    }
+    return figures, deltas
+
+
+@dataclass(frozen=True)
 class Comparison:
     """The candidate against every reference of a run: what the gate judges and every view shows.
     ``deltas``: against the baseline; ``base_deltas``: against the base model (the baseline's own when the
@@ -67,6 +122,7 @@ class Comparison:
     worst: list[dict[str, Any]] = field(default_factory=list)
     truncated_prompts: dict[str, int] = field(default_factory=dict)
     judge: dict[str, Any] | None = None  # the pairwise judge against the baseline (JudgeOutcome.to_dict()), if it ran
+    parent: ParentComparison | None = None  # a preference-tuned candidate against the model it started from
 
     def delta(self, metric: str, category: str = "all") -> Delta | None:
         return next((d for d in self.deltas if d.metric == metric and d.category == category), None)
@@ -91,12 +147,32 @@ class Comparison:
             "worst": self.worst,
             "truncated_prompts": self.truncated_prompts,
             "judge": self.judge,
+            "parent": self.parent.to_dict() if self.parent else None,
         }
+
+
+def compare_parent(params: Params, parent: dict[str, Any], parent_eval: Evaluated, candidate_eval: Evaluated,
+                   held_out: dict[str, Any] | None) -> ParentComparison:
+    """The preference-tuned candidate against its parent on every suite, the judge (both orders) and the held-out
+    pairs (:func:`preference_figures`)."""
+    parent_ev, candidate_ev = evaluation_of(parent_eval), evaluation_of(candidate_eval)
+    deltas = compare(parent_ev, candidate_ev, params.eval)
+    judged = None
+    if params.eval.judge.enabled:
+        judged, judge_deltas = pairwise_judge(params, parent_ev, candidate_ev)
+        deltas += judge_deltas
+        judged = {**judged, "summary": judge_summary(judged, judge_deltas)}
+    figures: dict[str, Any] = {}
+    if held_out:
+        figures, accuracy = preference_figures(params, held_out)
+        deltas += accuracy
+    return ParentComparison(parent, tuple(deltas), provenance_of(parent_eval), judged, figures)
 
 
 def compare_all(
     params: Params, baseline: Reference, baseline_eval: Evaluated, candidate_eval: Evaluated,
     base_eval: Evaluated | None = None, waiting_version: str | None = None, waiting_eval: Evaluated | None = None,
+    parent: ParentComparison | None = None,
 ) -> Comparison:
     """Deltas with bootstrap intervals against the baseline, the base model and the waiting candidate.
     ``base_eval``: the base model's, when the baseline is a champion; with the base model as baseline, the
@@ -140,6 +216,7 @@ def compare_all(
         worst=worst_regressions(baseline_ev, candidate_ev),
         truncated_prompts={"baseline": baseline_ev.truncated_prompts, "candidate": candidate_ev.truncated_prompts},
         judge=judged,
+        parent=parent,
     )
 
 
@@ -195,7 +272,28 @@ def delta_metrics(comparison: Comparison) -> dict[str, float]:
         | ({f"over_base_{over_base.metric}": over_base.delta, f"over_base_{over_base.metric}_low": over_base.low,
             f"over_base_{over_base.metric}_high": over_base.high} if over_base else {})
         | _judge_metrics(comparison.candidate_metrics.get("judge"))
+        | _parent_metrics(comparison.parent)
     )
+
+
+def _parent_metrics(parent: ParentComparison | None) -> dict[str, float]:
+    """Against the parent: ``parent_delta_<metric>[.<category>]``, the judge's win rate and the held-out pairs'
+    figures (``preference_accuracy`` with ``_low``/``_high``, each model's own share)."""
+    if parent is None:
+        return {}
+    out = {f"parent_delta_{d.metric}{'' if d.category == 'all' else '.' + d.category}": d.delta for d in parent.deltas
+           if d.metric not in ("judge_win_rate", PREFERENCE_ACCURACY)}
+    judged = (parent.judge or {}).get("summary") or {}
+    if judged.get("win_rate") is not None:
+        out |= {"parent_judge_win_rate": judged["win_rate"], "parent_judge_win_rate_low": judged["low"],
+                "parent_judge_win_rate_high": judged["high"]}
+    figures = parent.preference
+    if figures.get("accuracy") is not None:
+        out |= {PREFERENCE_ACCURACY: figures["accuracy"], f"{PREFERENCE_ACCURACY}_low": figures["low"],
+                f"{PREFERENCE_ACCURACY}_high": figures["high"],
+                "preference_candidate_prefers_chosen": figures["candidate_prefers_chosen"],
+                "preference_parent_prefers_chosen": figures["parent_prefers_chosen"]}
+    return out
 
 
 def _judge_metrics(judged: dict[str, Any] | None) -> dict[str, float]:

@@ -165,6 +165,7 @@ def render_markdown(
         if vs:
             lines += [""] + [f"- {reason}" for reason in vs["reasons"]]
     lines += judge_section(context.get("judge"), context.get("judge_summary"), checks, verdict_cell)
+    lines += preference_section(context.get("preference"), verdict_cell)
     flagged = [d for d in deltas if d.category != "all" and d.regression]
     lines += ["", "## Significantly worse by category", ""]
     if flagged:
@@ -188,6 +189,44 @@ def render_markdown(
     else:
         lines.append("None: the candidate answers every example the baseline answered exactly.")
     return "\n".join(lines) + "\n"
+
+
+def preference_section(preference: Mapping[str, Any] | None, verdict_cell: VerdictCell) -> list[str]:
+    """A preference run's stage: what it started from (the parent, its DPO reference), the held-out pairs, the
+    DPO model against its parent on every suite with the gate's verdicts, and which model the run went on with."""
+    if not preference:
+        return []
+    parent, reference = preference["parent"], preference["reference"]
+    dpo_gate = preference["gate"]
+    checks = dpo_gate.get("checks", [])
+    check = reference.get("check") or {}
+    lines = ["", f"## Preference stage ({preference['objective']})", "",
+             f"- parent (where DPO started): {parent['label']}" + (f", `{parent['model_uri']}`" if parent.get("model_uri") else ""),
+             f"- reference: the parent, frozen"
+             + (f" (checked before the first step: log-probabilities equal within {check['max_abs_logp_difference']:.2g} "
+                f"on {check['pairs']} pairs)" if check else ""),
+             f"- preference pairs: {preference['data']['n_train']} train, {preference['data']['n_eval']} held out "
+             f"(md5 `{preference['data']['train_md5']}`, `{preference['data']['eval_md5']}`)",
+             f"- DPO: {preference['dpo']['steps']} steps, beta {preference['dpo']['beta']}, {preference['dpo']['loss_type']} loss, "
+             f"final loss {preference['dpo']['final_loss']:.4f}",
+             f"- outcome: {preference['why']}", ""]
+    against = (preference.get("comparisons") or {}).get("parent")
+    if against:
+        held = against.get("held_out") or {}
+        if held.get("accuracy") is not None:
+            lines += [f"Held-out pairs: the DPO model's implicit reward prefers the chosen answer in **{held['accuracy']:.3f}** of "
+                      f"{held['pairs']} (interval [{held['low']:.3f}, {held['high']:.3f}] about parity 0.5); the chosen answer has the "
+                      f"higher log-probability in {held['parent_prefers_chosen']:.3f} of them under the parent and "
+                      f"{held['candidate_prefers_chosen']:.3f} under the DPO model.", ""]
+        lines += ["| metric | parent | DPO model | delta | interval | change | gate |", "|---|---:|---:|---:|---|---|---|"]
+        lines += [
+            f"| {d['metric']} | {_fmt(d['baseline'])} | {_fmt(d['candidate'])} | {d['delta']:+.3f} | [{d['low']:+.3f}, {d['high']:+.3f}] | "
+            f"{change(Delta.from_dict(d))} | {verdict_cell(checks, d['metric'], 'all')} |"
+            for d in against["deltas"] if d["category"] == "all"
+        ]
+    lines += ["", f"DPO model's gate: {'PASSED' if dpo_gate['passed'] else 'FAILED'}", ""]
+    lines += [f"- {reason}" for reason in dpo_gate["reasons"]]
+    return lines
 
 
 def _short(text: str, limit: int = 300) -> str:

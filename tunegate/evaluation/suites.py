@@ -153,7 +153,7 @@ def eval_file_problems(params: EvalParams) -> list[str]:
     return problems
 
 
-def gate_metric_problems(gate: GateParams, params: EvalParams | None = None) -> list[str]:
+def gate_metric_problems(gate: GateParams, params: EvalParams | None = None, preference: Any = None) -> list[str]:
     """One sentence per metric the gate's policy names that no registered suite computes (the primary metric,
     each rule's), and with ``params`` one per metric whose suite is disabled there (the gate would have no
     figure to judge). For a preflight: the metric names a rule may use are the registry's."""
@@ -172,8 +172,31 @@ def gate_metric_problems(gate: GateParams, params: EvalParams | None = None) -> 
     if gate.min_win_rate is not None and params is not None and judge is not None and not judge.enabled(params):
         problems.append("gate.min_win_rate: the judge suite is off (eval.judge.enabled: false); turn it on, or set "
                         "gate.min_win_rate: null")
+    if preference is not None:
+        problems += preference_gate_problems(preference, params)
     capability = REGISTRY.suite_of("capability")
     if gate.capability_may_not_drop is not None and params is not None and capability is not None and not capability.enabled(params):
         problems.append("gate.capability_may_not_drop: the capability suite is off (eval.capability.enabled: false); "
                         "turn it on and name its tasks, or set gate.capability_may_not_drop: null")
+    return problems
+
+
+def preference_gate_problems(preference: Any, params: EvalParams | None = None) -> list[str]:
+    """The metrics ``preference.gate`` names (``beat_parent_on``, ``max_drop_vs_parent``'s keys) that no registered
+    suite computes (``preference_accuracy``: the held-out pairs'), or whose suite is off in ``params``."""
+    gate = preference.gate
+    named = [("preference.gate.beat_parent_on", gate.beat_parent_on)]
+    named += [(f"preference.gate.max_drop_vs_parent.{m}", m) for m in gate.max_drop_vs_parent]
+    known = ", ".join([*REGISTRY.metric_names(), "preference_accuracy"])
+    problems = []
+    for key, metric in named:
+        if metric == "preference_accuracy":  # always measured: the held-out pairs (data.eval or eval_fraction of train)
+            continue
+        suite = REGISTRY.suite_of(metric)
+        if suite is None:
+            problems.append(f"{key}: no registered suite computes {metric!r}; the metrics: {known}")
+        elif params is not None and not suite.enabled(params):
+            switch = f"eval.{suite.section}" + ("" if suite.params is bool else ".enabled")
+            problems.append(f"{key}: {metric!r} comes from the {suite.name} suite, which is off ({switch}: false); "
+                            f"turn it on, or name a metric of a suite that runs")
     return problems

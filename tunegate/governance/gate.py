@@ -8,7 +8,7 @@ from dataclasses import replace as replace_field
 from typing import Any, Literal
 
 from tunegate.evaluation.stats import Delta, percent
-from tunegate.params import GateParams
+from tunegate.params import GateParams, PreferenceGate
 
 
 @dataclass(frozen=True)
@@ -113,12 +113,18 @@ def decide(
     baseline: dict[str, Any], candidate: dict[str, Any], policy: GateParams, deltas: Sequence[Delta | dict[str, Any]],
     base_deltas: Sequence[Delta | dict[str, Any]] | None = None, waiting_version: str | None = None,
     waiting_deltas: Sequence[Delta | dict[str, Any]] | None = None,
+    parent_deltas: Sequence[Delta | dict[str, Any]] | None = None, preference: PreferenceGate | None = None,
+    parent_label: str = "the parent",
 ) -> GateDecision:
     """The run's decision: :func:`decide_promotion` on the rules, and with a candidate waiting for review
     (``waiting_version``, the new candidate's deltas against it) the waiting-candidate policy: the new one
     replaces it only if not significantly worse (:func:`waiting_checks`), or always
-    (``gate.replace_waiting: always``)."""
+    (``gate.replace_waiting: always``). A preference-tuned candidate (``parent_deltas``: against the model it
+    started from) must also pass :func:`parent_checks`."""
     decision = decide_promotion(baseline, candidate, policy, _plain(deltas), _plain(base_deltas) if base_deltas is not None else None)
+    if parent_deltas is not None and preference is not None:
+        checks = decision.checks + parent_checks(_plain(parent_deltas), preference, parent_label)
+        decision = GateDecision(passed=all(c.passed for c in checks), checks=checks)
     if waiting_version is None:
         return decision
     checks = waiting_checks(_plain(waiting_deltas or []), policy)
@@ -393,3 +399,60 @@ def waiting_checks(waiting_deltas: list[dict[str, Any]], policy: GateParams) -> 
         checks.insert(0, GateCheck(f"{policy.primary_metric} vs the waiting candidate", False, "not compared",
                                    policy.primary_metric, threshold="not significantly worse"))
     return checks
+
+
+PARENT_RULE = "vs parent"  # every preference rule's name begins with it: the fallback tells them from the gate's own
+
+
+def parent_checks(deltas: list[dict[str, Any]], policy: PreferenceGate, parent_label: str = "the parent") -> list[GateCheck]:
+    """A preference-tuned candidate against its parent (the model it started from): it must beat the parent on
+    ``preference.gate.beat_parent_on`` (the judge's win rate: its lower bound must reach
+    ``min_win_rate_vs_parent``; any other metric: the lower bound of its gain must exceed 0) and, with
+    ``may_not_drop_vs_parent``, be significantly worse on no suite's overall figure (beyond the metric's
+    ``max_drop_vs_parent``, where params give one)."""
+    by_key = {(d["metric"], d["category"]): d for d in deltas}
+    metric = policy.beat_parent_on
+    names = (parent_label, "candidate")
+    checks = []
+    delta = by_key.get((metric, "all"))
+    if metric == JUDGE:
+        bound = policy.min_win_rate_vs_parent
+        threshold, rule = f"lower bound >= {bound:.3f}", f"{PARENT_RULE}: judge win rate"
+        if delta is None:
+            checks.append(GateCheck(rule, False, f"not judged against {parent_label} (enable eval.judge)", JUDGE, threshold=threshold))
+        else:
+            low, high = delta["baseline"] + delta["low"], delta["baseline"] + delta["high"]
+            checks.append(GateCheck(rule, low >= bound, f"win rate {delta['candidate']:.3f} against {parent_label} over {delta['n']} "
+                                    f"pairs ({percent(delta.get('confidence', 0.95))} interval [{low:.3f}, {high:.3f}]); the lower "
+                                    f"bound must reach {bound:.3f}", JUDGE, threshold=threshold))
+    else:
+        rule, threshold = f"{PARENT_RULE}: {metric} gain", "lower bound of the gain > 0 over the parent"
+        if delta is None:
+            checks.append(GateCheck(rule, False, f"{metric} not compared with {parent_label}", metric, threshold=threshold))
+        else:
+            _, gain_low = _gain(delta)
+            words = "the gain's lower bound must exceed 0" + _gain_means(delta)
+            if metric == "preference_accuracy":
+                names = ("parity", "candidate")
+                words = "on the held-out pairs the candidate's implicit reward must prefer the chosen answer beyond parity"
+            checks.append(GateCheck(rule, gain_low > 0, interval_words(delta, words, names), metric, threshold=threshold))
+    if policy.may_not_drop_vs_parent:
+        for d in deltas:
+            if d["category"] != "all" or d["metric"] in (metric, JUDGE, "preference_accuracy"):
+                continue
+            tolerance = policy.max_drop_vs_parent.get(d["metric"], 0.0)
+            gain, _ = _gain(d)
+            if tolerance:
+                words, threshold = f"a significant loss may not exceed {tolerance:.3f}", f"a significant loss <= {tolerance:.3f}"
+            else:
+                words, threshold = "may not be significantly worse", f"not significantly worse than {parent_label}"
+            checks.append(GateCheck(f"{PARENT_RULE}: {d['metric']} may not drop", not (d["regression"] and -gain > tolerance),
+                                    interval_words(d, words, (parent_label, "candidate")), d["metric"], threshold=threshold))
+    return checks
+
+
+def fails_only_against_parent(decision: GateDecision) -> bool:
+    """True when every failed check of ``decision`` is a preference rule against the parent (the candidate would
+    otherwise have passed the gate)."""
+    failed = [c for c in decision.checks if c.outcome == "FAIL"]
+    return bool(failed) and all(c.rule.startswith(PARENT_RULE) for c in failed)

@@ -75,6 +75,7 @@ def _lineage(name: str, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
             "judge": {k.removeprefix(tags.JUDGE_PREFIX): v for k, v in sorted(run_tags.items()) if k.startswith(tags.JUDGE_PREFIX)},
         },
         "gate": {"passed": gate.get("passed"), "reasons": gate.get("reasons", []), "checks": gate.get("checks", [])},
+        "preference": _preference_lineage(ref, run_tags, run.data.metrics, summary.get("preference")),
         "approvals": approvals,
         "history": history,
         "run_events": [{"seq": e["seq"], "event": e["event"], "time": e["time"]} for e in run_events],
@@ -83,6 +84,50 @@ def _lineage(name: str, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
                         if version in (d.registry, d.audited)],
     }
     return chain, summary
+
+
+def _preference_lineage(ref, run_tags: dict[str, str], metrics: dict[str, float], summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A run that tuned twice (train.objective dpo): which of its two models this version is, what the preference
+    stage started from (its parent, the DPO reference), both stages' data md5s and the DPO model's verdicts."""
+    if not summary:
+        return None
+    held = ((summary.get("comparisons") or {}).get("parent") or {}).get("held_out") or {}
+    return {
+        "stage": ref.tags.get(tags.REGISTERED_STAGE) or summary.get("stage"),
+        "objective": summary.get("objective"),
+        "parent": summary.get("parent"),
+        "reference": run_tags.get(tags.REFERENCE),
+        "reference_check": (summary.get("reference") or {}).get("check"),
+        "train_md5": run_tags.get(tags.PREFERENCE_TRAIN_MD5),
+        "eval_md5": run_tags.get(tags.PREFERENCE_EVAL_MD5),
+        "sources": {k.removeprefix(tags.PREFERENCE_SOURCE_MD5_PREFIX): v for k, v in run_tags.items()
+                    if k.startswith(tags.PREFERENCE_SOURCE_MD5_PREFIX)},
+        "dpo_final_loss": metrics.get("dpo_final_loss"),
+        "held_out": held,
+        "dpo_gate": {"passed": (summary.get("gate") or {}).get("passed"), "reasons": (summary.get("gate") or {}).get("reasons", [])},
+        "why": summary.get("why"),
+    }
+
+
+def _preference_lines(p: dict[str, Any] | None, indent: str = "   ") -> list[str]:
+    if not p:
+        return []
+    parent = p.get("parent") or {}
+    check = p.get("reference_check") or {}
+    held = p.get("held_out") or {}
+    lines = [
+        f"{indent}this version is the run's {'DPO model' if p['stage'] == 'preference' else 'SFT model (the DPO model was refused)'}",
+        f"{indent}preference stage ({p['objective']}) from {parent.get('label')}"
+        + (f" ({parent['model_uri']})" if parent.get("model_uri") else "") + f"; reference {p.get('reference')}"
+        + (f", checked equal before the first step (max log-prob difference {check['max_abs_logp_difference']:.2g})" if check else ""),
+        f"{indent}preference data md5 train {p.get('train_md5')}, held out {p.get('eval_md5')}",
+        *[f"{indent}preference source {name}: {md5}" for name, md5 in (p.get("sources") or {}).items()],
+        f"{indent}DPO final loss {p.get('dpo_final_loss')}"
+        + (f"; held-out implicit-reward accuracy {held['accuracy']:.3f} [{held['low']:.3f}, {held['high']:.3f}] over {held['pairs']} pairs"
+           if held.get("accuracy") is not None else ""),
+        f"{indent}DPO model's gate: {'passed' if p['dpo_gate']['passed'] else 'FAILED'}; {p.get('why')}",
+    ]
+    return lines
 
 
 def render_lineage(chain: dict[str, Any]) -> str:
@@ -99,6 +144,7 @@ def render_lineage(chain: dict[str, Any]) -> str:
         "3. training",
         f"   run {t['run_id']}  commit {t['commit']}{' (dirty)' if t['git_dirty'] == 'true' else ''}  by {t['initiator']}{'' if t.get('initiator_authenticated') else ' (not authenticated)'}",
         f"   params {t['params_file']}  method {t['method']}  base {t['base_model']}  final loss {t['final_loss']}",
+        *_preference_lines(chain.get("preference")),
         "4. evaluation vs " + (f"champion version {e['baseline']['version']}" if e["baseline"]["source"] == "champion" else "the base model"),
         *[f"   {x['metric']}: {x['baseline']:.3f} -> {x['candidate']:.3f} ({x['delta']:+.3f}, [{x['low']:+.3f}, {x['high']:+.3f}])" for x in e["deltas"]],
         *[f"   eval file {name}: md5 {md5}" for name, md5 in e.get("eval_md5", {}).items()],
@@ -180,6 +226,7 @@ def render_model_card(chain: dict[str, Any], summary: dict[str, Any] | None = No
         f"- dataset md5 `{d['data_md5']}`; {data.get('n_train', '?')} train / {data.get('n_eval', '?')} eval records",
         *[f"- source `{name}`: md5 `{md5}`" for name, md5 in d["sources"].items()],
         "",
+        *((["## Preference tuning", *_preference_lines(chain["preference"], "- "), ""]) if chain.get("preference") else []),
         "## Evaluation vs " + (f"champion version {e['baseline']['version']}" if e["baseline"]["source"] == "champion" else "the base model"),
         "",
         f"| metric | baseline | candidate | delta | {_level(e['deltas'])} interval | gate |",

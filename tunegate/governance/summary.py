@@ -41,6 +41,7 @@ class RunSummary(TypedDict, total=False):
     waiting: dict[str, Any]
     timings: dict[str, float]
     review: dict[str, Any]
+    preference: dict[str, Any]  # train.objective dpo: the preference stage (tasks.preference.preference_outcome)
 
 
 def build_summary(
@@ -144,6 +145,17 @@ def render_markdown(summary: RunSummary) -> str:
     lines += ["", f"## Gate: {'PASSED' if gate['passed'] else 'FAILED'}", ""]
     lines += [f"- {reason}" for reason in gate["reasons"]]
     lines.append("")
+    preference = summary.get("preference")
+    if preference:  # a run that tuned twice: which model this summary is about, and why
+        parent = preference["parent"]
+        held = ((preference.get("comparisons") or {}).get("parent") or {}).get("held_out") or {}
+        lines += [f"## Preference stage ({preference['objective']})", "",
+                  f"- parent and reference: {parent['label']} (frozen)",
+                  *([f"- held-out pairs: implicit-reward accuracy {held['accuracy']:.3f} [{held['low']:.3f}, {held['high']:.3f}] "
+                     f"over {held['pairs']}"] if held.get("accuracy") is not None else []),
+                  f"- DPO model's gate: {'PASSED' if preference['gate']['passed'] else 'FAILED'}",
+                  *[f"  - {reason}" for reason in preference["gate"]["reasons"] if reason.startswith("FAIL")],
+                  f"- {preference['why']}", ""]
     waiting = summary.get("waiting")
     if waiting:
         lines += [f"## Against version {waiting['version']}, waiting for review", ""]

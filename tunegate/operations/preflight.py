@@ -141,12 +141,16 @@ def data_problems(params: Params, root: Path | None = None) -> list[str]:
             )
         else:
             made_by_stage = outs
-    for section, sources in (("train", params.data.train), ("eval", params.data.eval)):
+    sections = [("data.train", params.data.train, "chat"), ("data.eval", params.data.eval, "chat")]
+    if params.preference is not None:
+        sections += [("preference.data.train", params.preference.data.train, "preference"),
+                     ("preference.data.eval", params.preference.data.eval, "preference")]
+    for section, sources, kind in sections:
         for i, source in enumerate(sources):
             path = resolve_path(source.path)
             if any(path == out or path.is_relative_to(out) for out in made_by_stage):
                 continue  # `dvc repro <stage>` makes it when the flow starts
-            key = f"data.{section}[{i}].path"
+            key = f"{section}[{i}].path"
             if not path.exists():
                 problems.append(
                     f"{key}: {source.path!r} does not exist (resolved to {path}; relative paths are read "
@@ -154,7 +158,36 @@ def data_problems(params: Params, root: Path | None = None) -> list[str]:
                 )
             elif not path.is_file():
                 problems.append(f"{key}: {path} is a directory; name a JSON or JSONL file inside it")
+            elif (wrong := kind_problem(path, kind, getattr(source, "columns", None))) is not None:
+                problems.append(f"{key}: {path}: {wrong}")
     return problems
+
+
+def kind_problem(path: Path, kind: str, columns: dict[str, str] | None = None) -> str | None:
+    """Preference pairs given as instruction data, or chat records as preference data, told by the file's first
+    record (the rest is read and validated when the flow runs); None when the first record is of ``kind``."""
+    from tunegate.data.formats import apply_columns
+    from tunegate.data.sources import DataError, iter_raw_records
+
+    try:
+        first = next((raw for _, raw in iter_raw_records(path)), None)
+    except DataError:
+        return None  # unreadable data is named, with its record, by the data stage
+    if not isinstance(first, dict):
+        return None
+    keys = set(apply_columns(first, columns or {}))
+    paired = {"chosen", "rejected"} <= keys
+    unpaired = "label" in keys and ("messages" in keys or {"prompt", "completion"} <= keys)
+    if kind == "chat" and paired:
+        return ("holds preference pairs (chosen/rejected), not instruction data: list it under preference.data.train "
+                "and set train.objective: dpo")
+    if kind == "preference" and unpaired and not paired:
+        return ("holds unpaired records (label true/false, KTO data): train.objective dpo needs chosen/rejected pairs; "
+                "pair them, or use the file as instruction data under data.train (labelled-false records are dropped)")
+    if kind == "preference" and not paired and not unpaired:
+        return ("holds chat records (no chosen/rejected), not preference pairs: instruction data goes under data.train; "
+                "preference pairs need chosen and rejected answers")
+    return None
 
 
 # --- eval files ---------------------------------------------------------------------------------
@@ -164,7 +197,7 @@ def eval_problems(params: Params) -> list[str]:
     """The enabled eval suites' files: missing files, missing columns, empty files; gate metrics no suite computes."""
     from tunegate.evaluation.suites import eval_file_problems, gate_metric_problems
 
-    return list(eval_file_problems(params.eval)) + gate_metric_problems(params.gate, params.eval)
+    return list(eval_file_problems(params.eval)) + gate_metric_problems(params.gate, params.eval, params.preference)
 
 
 # --- base model ---------------------------------------------------------------------------------
