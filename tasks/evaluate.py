@@ -11,12 +11,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from tasks.common import RETRY_TRANSIENT, BaselineRef, DataRef, RunContext, timed
+from tasks.preference import ParentRef
 from tasks.queue import compute_slot
+from tasks.train import TunedModel
 from tunegate import tags
 from tunegate.adapters import mlflow as tracking
 from tunegate.evaluation import cache as eval_cache
 from tunegate.evaluation.cache import EvaluationOutcome
-from tunegate.evaluation.comparison import Comparison, Evaluated, Reference, compare_all, delta_metrics
+from tunegate.evaluation.comparison import Comparison, Evaluated, ParentComparison, Reference, compare_all, compare_parent, delta_metrics
 from tunegate.evaluation.report import baseline_label, plots, render_html, render_markdown
 from tunegate.evaluation.suites import load_items_md5
 from tunegate.governance.trail import record
@@ -72,13 +74,14 @@ def evaluate(
     ``evaluation/<role>.json``, tagged with the evaluation's key for later runs.
     """
     logger = get_run_logger()
-    trained_by = ctx.run_id if role == "candidate" else (
+    # The candidate, and a preference stage's parent trained in this run (its SFT model), were trained here.
+    trained_by = ctx.run_id if role == "candidate" or (role == "parent" and version is None) else (
         tracking.get_version(params.model.registered_name, version).run_id if version else None)
     key, reason = eval_cache.key_or_reason(params, data.eval_md5, model_dir, trained_by)
     if reason:
         logger.warning("%s: %s", role, reason)
     earlier = None
-    if key is not None and role != "candidate":
+    if key is not None and role != "candidate" and not (role == "parent" and version is None):
         earlier, reason, problems = eval_cache.look_up(tracking, params, key, exclude_run=ctx.run_id)
         for problem in problems:
             logger.warning("%s: cannot reuse %s", role, problem)
@@ -105,14 +108,14 @@ def evaluate(
 def compare_models(
     params: Params, ctx: RunContext, data: DataRef, baseline: BaselineRef,
     baseline_eval: Evaluated, candidate_eval: Evaluated, base_eval: Evaluated | None = None,
-    waiting: BaselineRef | None = None, waiting_eval: Evaluated | None = None,
+    waiting: BaselineRef | None = None, waiting_eval: Evaluated | None = None, parent: ParentComparison | None = None,
 ) -> Comparison:
     """:func:`tunegate.evaluation.comparison.compare_all`, logged: deltas with bootstrap intervals against
     the baseline, the base model and the waiting candidate (the report is written after the gate:
     :func:`write_report`). The evaluations are what :func:`evaluate` returned (or plain ``ModelEvaluation`` s)."""
     ref = Reference(baseline.source, baseline.version)
     comparison = compare_all(params, ref, baseline_eval, candidate_eval, base_eval,
-                             waiting.version if waiting is not None else None, waiting_eval)
+                             waiting.version if waiting is not None else None, waiting_eval, parent)
     tracking.set_tags(ctx.run_id, {f"{tags.EVAL_MD5_PREFIX}{k}": v for k, v in load_items_md5(params.eval).items()})
     tracking.log_metrics(ctx.run_id, delta_metrics(comparison))
     if comparison.judge is not None:  # every verdict, and who judged how (lineage, card)
@@ -129,8 +132,27 @@ def compare_models(
 
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
+@timed("compare_parent")
+def compare_with_parent(params: Params, ctx: RunContext, parent: ParentRef, parent_eval: Evaluated, candidate_eval: Evaluated,
+                        candidate: TunedModel) -> ParentComparison:
+    """The preference-tuned candidate against its parent (:func:`tunegate.evaluation.comparison.compare_parent`):
+    every suite, the judge in both orders, and the held-out pairs' implicit-reward accuracy; logged."""
+    compared = compare_parent(params, dict(parent.to_dict()), parent_eval, candidate_eval, candidate.checks.get("held_out"))
+    if compared.judge is not None:
+        tracking.log_dict(ctx.run_id, compared.judge, "judge/verdicts_vs_parent.json")
+    figures = compared.preference
+    if figures.get("accuracy") is not None:
+        get_run_logger().info("held-out pairs: the candidate's implicit reward prefers the chosen answer in %.3f of %d "
+                              "(interval [%.3f, %.3f]); the parent gives the chosen answer the higher log-probability in %.3f, "
+                              "the candidate in %.3f", figures["accuracy"], figures["pairs"], figures["low"], figures["high"],
+                              figures["parent_prefers_chosen"], figures["candidate_prefers_chosen"])
+    return compared
+
+
+@task(cache_policy=NONE, **RETRY_TRANSIENT)
 @timed("report")
-def write_report(params: Params, ctx: RunContext, data: DataRef, comparison: Comparison, decision: GateDecision) -> str:
+def write_report(params: Params, ctx: RunContext, data: DataRef, comparison: Comparison, decision: GateDecision,
+                 preference=None) -> str:
     """The evaluation report (markdown + HTML with plots), after the gate: its figures are the comparison's
     and its verdicts the gate's own (:func:`tunegate.governance.gate.verdict_cell`). Written under
     ``$TUNEGATE_HOME/reports/<run>``, logged to MLflow under ``report/`` and attached to the Prefect run."""
@@ -145,6 +167,7 @@ def write_report(params: Params, ctx: RunContext, data: DataRef, comparison: Com
         "gate": decision.to_dict(),
         "judge": comparison.judge,
         "judge_summary": comparison.candidate_metrics.get("judge"),
+        "preference": preference.summary if preference is not None else None,  # tasks.preference.PreferenceOutcome
     }
     # The loss curve: the steps training logged (the trainer's closing mean is train_mean_loss).
     history = [(m.step, m.value) for m in tracking.client().get_metric_history(ctx.run_id, "train_loss")]

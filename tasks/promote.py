@@ -33,9 +33,18 @@ def gate(params: Params, comparison: Comparison, ctx: RunContext) -> GateDecisio
     for review the policy that says whether the new one replaces it. Logged, tagged and audited."""
     logger = get_run_logger()
     waiting = comparison.waiting
+    parent = comparison.parent  # a preference-tuned candidate: also against the model it started from
     decision = decide(comparison.baseline_metrics, comparison.candidate_metrics, params.gate, comparison.deltas,
-                      comparison.base_deltas, waiting.version if waiting else None, waiting.deltas if waiting else None)
+                      comparison.base_deltas, waiting.version if waiting else None, waiting.deltas if waiting else None,
+                      parent.deltas if parent else None, params.preference.gate if parent and params.preference else None,
+                      parent.parent["label"] if parent else "the parent")
     as_dict = decision.to_dict()
+    # A preference run gates twice when its DPO model is refused (then the SFT parent): no reason of the first
+    # decision may be left beside the second's.
+    stale = [k for k in tracking.get_run(ctx.run_id).data.tags if k.startswith(tags.GATE_CHECK_PREFIX)
+             and int(k.removeprefix(tags.GATE_CHECK_PREFIX) or 0) >= len(decision.reasons)]
+    for key in stale:
+        tracking.client().delete_tag(ctx.run_id, key)
     tracking.log_dict(ctx.run_id, as_dict, "gate/decision.json")
     tracking.set_tags(
         ctx.run_id,
@@ -68,8 +77,11 @@ def keep_waiting(params: Params, ctx: RunContext, decision: GateDecision) -> Non
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
 @timed("register")
-def register_candidate(params: Params, ctx: RunContext, data: DataRef, baseline: BaselineRef, decision: GateDecision, model_uri: str) -> str:
-    """Register the run's model as a new version and point alias ``candidate`` at it."""
+def register_candidate(params: Params, ctx: RunContext, data: DataRef, baseline: BaselineRef, decision: GateDecision, model_uri: str,
+                       extra_tags: dict[str, str] | None = None) -> str:
+    """Register the run's model as a new version and point alias ``candidate`` at it. ``extra_tags``: a run that
+    tuned twice says which of its models this is (``tunegate.model_artifact``, ``tunegate.registered_stage``,
+    the parent)."""
     if decision.action != "register":
         raise RuntimeError(f"refusing to register a candidate the gate did not let through (action {decision.action})")
     name = params.model.registered_name
@@ -86,6 +98,7 @@ def register_candidate(params: Params, ctx: RunContext, data: DataRef, baseline:
             tags.GATE: "passed",
             tags.BASELINE_SOURCE: baseline.source,
             tags.BASELINE_VERSION: baseline.version or "",
+            **(extra_tags or {}),
         },
     )
     waiting = decision.waiting

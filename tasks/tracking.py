@@ -87,7 +87,7 @@ def start_run(params: Params, params_file: str, resume_run_id: str | None = None
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
 def finish_run(
     params: Params, ctx: RunContext, data: DataRef, baseline: BaselineRef, comparison: Comparison, tuned: TunedModel,
-    decision: GateDecision, registered_version: str | None, report: str | None = None,
+    decision: GateDecision, registered_version: str | None, report: str | None = None, preference=None,
 ) -> RunSummary:
     """Build the run summary, attach it to MLflow and Prefect, close the run successfully. ``report``: the
     evaluation report's path (:func:`tasks.evaluate.write_report`)."""
@@ -101,13 +101,17 @@ def finish_run(
         baseline=asdict(baseline),
         baseline_metrics=comparison.baseline_metrics,
         candidate_metrics=comparison.candidate_metrics,
-        train=asdict(tuned),
+        train={k: v for k, v in asdict(tuned).items() if k != "checks"},
         gate=decision.to_dict(),
         registered_version=registered_version,
         baseline_evaluation=comparison.baseline_evaluation,
     )
     summary = complete_summary(summary, comparison, decision, report=report, trigger=ctx.trigger, timings=timings.snapshot(),
                                required_low_above=params.gate.min_improvement_over_base)
+    if preference is not None:  # tasks.preference.PreferenceOutcome: which of the run's two models this is about
+        summary["preference"] = preference.summary
+        summary["candidate"]["stage"] = preference.stage
+        summary["candidate"]["role"] = "candidate" if preference.stage == "preference" else "parent"  # its MLflow metric prefix
     tracking.log_metrics(ctx.run_id, timings.as_metrics(summary["timings"]))
     markdown = render_markdown(summary)
     tracking.log_dict(ctx.run_id, summary, "summary/summary.json")

@@ -3,7 +3,8 @@ checkpoint logged to MLflow."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -18,7 +19,7 @@ from tunegate.governance.trail import record
 from tunegate.operations import timings
 from tunegate.params import Params
 from tunegate.tuning.modeling import read_model_info
-from tunegate.tuning.training import TrainResult, latest_checkpoint, step_metrics, train_model
+from tunegate.tuning.training import TrainResult, latest_checkpoint, sft_stage_params, step_metrics, train_model
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class TunedModel:
     num_tokens: int = 0
     started_at: float = 0.0  # epoch seconds: when this run's (last attempt's) training began and ended
     finished_at: float = 0.0
+    stage: str = "sft"  # "sft" | "preference" (a run that tunes twice: train.objective dpo from its SFT model)
+    checks: dict[str, Any] = field(default_factory=dict)  # the objective's checks (dpo: reference, held-out margins)
 
     @classmethod
     def of(cls, result: TrainResult, model_uri: str, chat_template: str) -> TunedModel:
@@ -46,6 +49,7 @@ class TunedModel:
 @timed("tuning")
 def tune(params: Params, data: DataRef, ctx: RunContext) -> TunedModel:
     logger = get_run_logger()
+    params = sft_stage_params(params)  # train.objective dpo: this is the SFT model it starts from
     records = read_canonical(Path(data.train_path))
     logger.info("tuning %s (%s) on %d records", params.model.base_model, params.train.method, len(records))
 

@@ -47,6 +47,16 @@ LATEST_CHECKPOINT = "tunegate.latest_checkpoint"
 CHAT_TEMPLATE = "tunegate.chat_template"  # what rendered the data, not what params asked
 STOP_TOKEN_IDS = "tunegate.stop_token_ids"  # comma-separated
 
+# the preference stage (train.objective: dpo)
+PREFERENCE_TRAIN_MD5 = "tunegate.preference_train_md5"  # the canonical pair files the stage tuned and was scored on
+PREFERENCE_EVAL_MD5 = "tunegate.preference_eval_md5"
+PREFERENCE_SOURCE_MD5_PREFIX = "tunegate.preference_source_md5."  # + source name
+PARENT = "tunegate.parent"  # what the preference stage started from: "sft" (this run) or "version:<n>"; also on the version
+PARENT_VERSION = "tunegate.parent_version"  # the registered version it started from ("" for this run's SFT model)
+REFERENCE = "tunegate.reference"  # the DPO reference: always the parent, frozen ("parent:<what>")
+REGISTERED_STAGE = "tunegate.registered_stage"  # "preference" | "sft": which of the run's models was registered
+MODEL_ARTIFACT = "tunegate.model_artifact"  # on the version: the run's artifact path of its tunegate model directory
+
 # evaluation
 BASELINE_SOURCE = "tunegate.baseline_source"  # also on the registered version
 BASELINE_VERSION = "tunegate.baseline_version"  # also on the registered version ("" for the base model)

@@ -147,8 +147,10 @@ def log_dataset(run_id: str, records: list[dict[str, Any]], name: str, source: s
     import pandas as pd
     from mlflow.entities import DatasetInput, InputTag
 
+    # A chat record's turns; a preference pair's prompt turns plus its answer.
     frame = pd.DataFrame(
-        [{"id": r["id"], "family": r.get("family", ""), "n_messages": len(r["messages"])} for r in records]
+        [{"id": r["id"], "family": r.get("family", ""), "n_messages": len(r["messages"]) if "messages" in r else len(r.get("prompt") or []) + 1}
+         for r in records]
     )
     import warnings
 
@@ -189,7 +191,7 @@ def recent_runs(experiment: str, limit: int = 5) -> list[Any]:
     )
 
 
-def log_transformers_model(run_id: str, model_dir: Path) -> str:
+def log_transformers_model(run_id: str, model_dir: Path, name: str = "model") -> str:
     """Log a saved tunegate model as an MLflow transformers model; returns its ``models:/`` URI.
 
     Adapters are logged without base weights, referencing the local base model through
@@ -213,7 +215,7 @@ def log_transformers_model(run_id: str, model_dir: Path) -> str:
     with mlflow.start_run(run_id=run_id):
         logged = mlflow.transformers.log_model(
             transformers_model={"model": model, "tokenizer": tokenizer},
-            name="model",
+            name=name,
             task="text-generation",
             # Explicit: MLflow's inference of requirements imports optional packages (torchvision).
             pip_requirements=_model_requirements(),
@@ -301,7 +303,10 @@ def download_version(ref: VersionRef, dest: Path | None = None) -> Path:
     dest = dest or Path(tempfile.mkdtemp(prefix=f"tunegate-{ref.name}-v{ref.version}-"))
     dest.mkdir(parents=True, exist_ok=True)
     client()
-    return Path(mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path="tunegate_model", dst_path=str(dest)))
+
+    # A run that tuned twice (SFT, then preference) names which of its models the version is.
+    artifact = ref.tags.get(tags.MODEL_ARTIFACT) or "tunegate_model"
+    return Path(mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=artifact, dst_path=str(dest)))
 
 
 # --- transient failures -------------------------------------------------------------------
