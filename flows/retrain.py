@@ -47,13 +47,14 @@ def retrain(
     # One run of this model at a time from data to registration: a second one waits here (tasks.queue).
     with run_slot(params, ctx):
         data = prepare_data(params, ctx)
-        freshness = check_unchanged(params, ctx, data, force)
+        preference = params.preference is not None  # train.objective dpo: SFT (or a registered version), then DPO
+        pairs = prepare_preference(params, ctx) if preference else None
+        freshness = check_unchanged(params, ctx, data, force, pairs)
         if freshness.skip:  # an unattended run whose inputs equal an existing model's
             return Completed(name="Nothing to do", message=freshness.reason, data=skip_run(params, ctx, data, freshness))
         data = validate_data(params, data, ctx)
-        preference = params.preference is not None  # train.objective dpo: SFT (or a registered version), then DPO
-        if preference:  # the pairs are read and validated before anything is tuned
-            pairs = validate_preference_data(params, prepare_preference(params, ctx), data, ctx)
+        if preference:  # the pairs are validated before anything is tuned
+            pairs = validate_preference_data(params, pairs, data, ctx)
         tuned = tune(params, data, ctx) if not preference or params.preference.starts_from_sft() else None
         if preference:
             parent = sft_parent(tuned) if tuned is not None else resolve_parent(params, ctx)

@@ -8,12 +8,13 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 from tasks.common import RETRY_TRANSIENT, DataRef, RunContext, timed
+from tasks.preference import PreferenceRef
 from tunegate import tags
 from tunegate.adapters import mlflow as tracking
 from tunegate.governance.trail import record
 from tunegate.governance.summary import RunSummary, render_markdown
 from tunegate.operations import timings
-from tunegate.operations.freshness import FreshnessCheck, Reference, RunInputs, check
+from tunegate.operations.freshness import FreshnessCheck, Reference, RunInputs, check, preference_sources
 from tunegate.params import Params
 
 
@@ -26,10 +27,15 @@ def _reference(role: str, ref: tracking.VersionRef | None) -> Reference | None:
 
 @task(cache_policy=NONE, **RETRY_TRANSIENT)
 @timed("freshness")
-def check_unchanged(params: Params, ctx: RunContext, data: DataRef, force: bool = False) -> FreshnessCheck:
-    """Compare this run's data md5s, params and code with the champion's and a waiting candidate's runs."""
+def check_unchanged(params: Params, ctx: RunContext, data: DataRef, force: bool = False,
+                    pairs: PreferenceRef | None = None) -> FreshnessCheck:
+    """Compare this run's data md5s (and its preference pairs'), params and code with the champion's and a
+    waiting candidate's runs."""
     name = params.model.registered_name
-    current = RunInputs(data.data_md5, params.fingerprint(), ctx.code, dict(data.sources))
+    sources = dict(data.sources)
+    if pairs is not None:
+        sources.update(preference_sources(pairs.train_md5, pairs.sources))
+    current = RunInputs(data.data_md5, params.fingerprint(), ctx.code, sources)
     references = [
         ref for ref in (
             _reference("champion", tracking.alias_version(name, tracking.CHAMPION)),

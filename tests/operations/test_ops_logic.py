@@ -50,6 +50,21 @@ def test_inputs_come_from_run_tags():
     assert RunInputs.from_tags({"tunegate.data_md5": "d"}) is None  # a run from before these tags
 
 
+def test_a_preference_runs_pairs_are_among_its_inputs():
+    """train.objective dpo: new pairs alone (same SFT data, params and code) are something to do."""
+    from tunegate.operations.freshness import preference_sources
+
+    tags = {"tunegate.data_md5": "d", "tunegate.params_sha256": "p", "tunegate.code_fingerprint": "c", "tunegate.source_md5.a": "1",
+            "tunegate.preference_train_md5": "q", "tunegate.preference_eval_md5": "e", "tunegate.preference_source_md5.pairs_a": "2"}
+    recorded = RunInputs.from_tags(tags)
+    assert recorded == RunInputs("d", "p", "c", {"a": "1", **preference_sources("q", {"pairs_a": "2"})})
+    same = RunInputs("d", "p", "c", {"a": "1", **preference_sources("q", {"pairs_a": "2"})})
+    assert check(same, [Reference("champion", "1", "r1", recorded)], unattended=True, force=False).skip
+    new_pairs = RunInputs("d", "p", "c", {"a": "1", **preference_sources("r", {"pairs_a": "3"})})
+    result = check(new_pairs, [Reference("champion", "1", "r1", recorded)], unattended=True, force=False)
+    assert not result.skip and "source preference:pairs_a: 2 -> 3" in result.reason, result.reason
+
+
 def test_params_fingerprint_ignores_the_schedule_only():
     base = load_params(DEMO)
     assert load_params(DEMO, ["schedule.cron=0 4 * * *"]).fingerprint() == base.fingerprint()

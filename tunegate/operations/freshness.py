@@ -1,6 +1,7 @@
 """Skip when unchanged: has a model already been trained from exactly these inputs?
 
-A run's inputs are its data md5s (the dataset's and every source file's), the
+A run's inputs are its data md5s (the dataset's and every source file's; with a preference stage also its
+pairs' and every pair file's), the
 fingerprint of its params (``Params.fingerprint``: everything but the schedule)
 and the code it ran (``gitinfo.code_fingerprint``). They are tags on every
 MLflow run; an unattended run compares its own with those of the champion's
@@ -15,6 +16,12 @@ from typing import Any
 from tunegate import tags as tag_names
 
 SOURCE_PREFIX = tag_names.SOURCE_MD5_PREFIX
+PREFERENCE = "preference:"  # a preference source's key among the sources (train.objective dpo)
+
+
+def preference_sources(train_md5: str, sources: dict[str, str]) -> dict[str, str]:
+    """The preference stage's inputs under ``sources``' keys: its canonical pairs' md5 and each pair file's."""
+    return {f"{PREFERENCE}pairs": train_md5, **{f"{PREFERENCE}{name}": md5 for name, md5 in sources.items()}}
 
 
 def short_code(code: str) -> str:
@@ -37,6 +44,10 @@ class RunInputs:
         if not all(tags.get(key) for key in needed):
             return None
         sources = {k.removeprefix(SOURCE_PREFIX): v for k, v in tags.items() if k.startswith(SOURCE_PREFIX)}
+        if tags.get(tag_names.PREFERENCE_TRAIN_MD5):  # a run that tuned on preference pairs too
+            pairs = {k.removeprefix(tag_names.PREFERENCE_SOURCE_MD5_PREFIX): v for k, v in tags.items()
+                     if k.startswith(tag_names.PREFERENCE_SOURCE_MD5_PREFIX)}
+            sources.update(preference_sources(tags[tag_names.PREFERENCE_TRAIN_MD5], pairs))
         return cls(tags[tag_names.DATA_MD5], tags[tag_names.PARAMS_SHA256], tags[tag_names.CODE_FINGERPRINT], sources)
 
     def differences(self, other: RunInputs) -> list[str]:
