@@ -139,3 +139,22 @@ def test_dpo_moves_the_margin_towards_chosen(sft_and_pairs, tmp_path):
                 log_step=lambda s, v: steps.append((s, v)))
     margins = [v["rewards/margins"] for _, v in steps if "rewards/margins" in v]
     assert len(margins) >= 10 and margins[-1] > 0.05, margins
+
+
+def test_a_killed_dpo_run_resumes_from_its_checkpoint_to_the_same_loss(sft_and_pairs, tmp_path):
+    """A DPO attempt that died after checkpoint-4 continues there (the policy from the checkpoint, the reference
+    again the starting SFT model) and ends where an uninterrupted run ends."""
+    import shutil
+
+    sft_dirs, pairs = sft_and_pairs
+    params = dpo_params(steps=6)
+    params = params.model_copy(update={"train": params.train.model_copy(update={"save_steps": 2})})
+    steps_first: list = []
+    first = train_model(params, pairs, tmp_path / "first", start_from=sft_dirs["lora"], log_step=lambda s, v: steps_first.append(s))
+    shutil.copytree(tmp_path / "first" / "checkpoints" / "checkpoint-4", tmp_path / "again" / "checkpoints" / "checkpoint-4")
+    steps_again: list = []
+    again = train_model(params, pairs, tmp_path / "again", start_from=sft_dirs["lora"], log_step=lambda s, v: steps_again.append((s, v)))
+    assert again.resumed_from and again.resumed_from.endswith("checkpoint-4")
+    assert "reference_check" not in again.checks  # checked once, before the first step of the fresh start
+    assert min(s for s, v in steps_again if "loss" in v) == 5 and again.global_step == first.global_step == 6
+    assert abs(again.final_loss - first.final_loss) <= 1e-5, (again.final_loss, first.final_loss)
