@@ -90,6 +90,9 @@ def _case_pii(d: Path):
     return _write(d / "train.jsonl", rows), None, 40, "pii"
 
 
+# Caught by the preflight before the flow starts anything (the rule is then the fix the preflight names).
+CAUGHT_BY_PREFLIGHT = {"preference_pairs": "list it under preference.data.train and set train.objective: dpo"}
+
 BAD_INPUTS = {
     "broken_json": _case_broken_json,
     "invalid_utf8": _case_bad_utf8,

@@ -30,7 +30,7 @@ from tunegate.governance.gate import decide_promotion
 from tunegate.params import load_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bad_inputs import BAD_INPUTS  # noqa: E402
+from bad_inputs import BAD_INPUTS, CAUGHT_BY_PREFLIGHT  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -379,6 +379,20 @@ def test_bad_data_stops_before_tuning_and_registers_nothing(kind, prefect_harnes
     versions_before = len(tracking.client().search_model_versions(f"name='{name}'"))
     overrides = ["data.dvc_stage=null", f"data.train=[{{path: '{train}'}}]", f"data.eval=[{{path: '{evaluation}'}}]",
                  "validation.coverage=[]", "validation.refusal_share=[0, 1]", "train.max_length=128"]
+    if kind in CAUGHT_BY_PREFLIGHT:  # refused before the flow starts anything: no MLflow run, no version; audited
+        from tunegate.operations.preflight import PreflightError
+
+        runs_before = [r.info.run_id for r in tracking.recent_runs(params.project.name, limit=1)]
+        entries_before = len(audit.store().entries())
+        with pytest.raises(PreflightError) as err:
+            retrain(params_file=str(DEMO), overrides=overrides)
+        message = str(err.value)
+        assert str(train) in message and CAUGHT_BY_PREFLIGHT[kind] in message, message
+        assert [r.info.run_id for r in tracking.recent_runs(params.project.name, limit=1)] == runs_before
+        assert len(tracking.client().search_model_versions(f"name='{name}'")) == versions_before
+        [entry] = audit.store().entries()[entries_before:]
+        assert entry["event"] == "run_failed" and CAUGHT_BY_PREFLIGHT[kind] in entry["data"]["reason"]
+        return
     with pytest.raises(DataError) as err:
         retrain(params_file=str(DEMO), overrides=overrides)
     message = str(err.value)
