@@ -108,6 +108,10 @@ def finish_run(
     )
     summary = complete_summary(summary, comparison, decision, report=report, trigger=ctx.trigger, timings=timings.snapshot(),
                                required_low_above=params.gate.min_improvement_over_base)
+    from tunegate.governance.minimums import check_minimums
+
+    # governance.minimums on the figures this summary shows (the registered model's comparison), computed once here
+    summary["minimums"] = check_minimums(params.governance.minimums, [d.to_dict() for d in comparison.deltas])
     if preference is not None:  # tasks.preference.PreferenceOutcome: which of the run's two models this is about
         summary["preference"] = preference.summary
         summary["candidate"]["stage"] = preference.stage

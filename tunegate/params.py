@@ -812,6 +812,30 @@ class AuditParams(_Section):
         return self
 
 
+class Minimum(_Section):
+    """An absolute threshold on the candidate's own figure (not a delta): a shortfall is stated as a limitation
+    in the summary and the model card even when nothing regressed and the gate passed."""
+
+    metric: str = Field(..., min_length=1, description="a metric a registered suite computes, e.g. refusal_rate")
+    category: str = Field("all", description="the metric's category (e.g. advbench for refusal_rate), all: overall")
+    at_least: float | None = None
+    at_most: float | None = None
+    why: str = Field("", description="what the threshold protects, shown beside a shortfall")
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Minimum:
+        if (self.at_least is None) == (self.at_most is None):
+            raise ValueError(f"governance.minimums {self.metric}[{self.category}]: give exactly one of at_least, at_most")
+        return self
+
+
+class GovernanceParams(_Section):
+    """What reviewers sign off against beyond the gate."""
+
+    minimums: list[Minimum] = Field(default_factory=list, description="absolute thresholds on the candidate's figures; "
+                                    "a shortfall is a stated limitation, not a gate failure")
+
+
 class RunsParams(_Section):
     """How runs share a project and a machine: a queue per registered model, compute slots per machine."""
 
@@ -837,6 +861,7 @@ class Params(_Section):
     audit: AuditParams = AuditParams()
     runs: RunsParams = RunsParams()
     preference: PreferenceParams | None = Field(None, description="the preference stage (train.objective: dpo)")
+    governance: GovernanceParams = Field(default_factory=GovernanceParams)
 
     @model_validator(mode="after")
     def _stage_needs_demo_data(self) -> Params:
@@ -858,13 +883,13 @@ class Params(_Section):
         return model_source(self.model.base_model)
 
     def fingerprint(self) -> str:
-        """sha256 of everything that shapes a run's result; the schedule, audit and runs sections and
-        how often training checkpoints do not."""
+        """sha256 of everything that shapes a run's result; the schedule, audit, runs and governance sections
+        (governance.minimums are read on the figures, they do not make them) and how often training checkpoints do not."""
         import hashlib
         import json
 
         body = self.model_dump(mode="json", exclude={
-            "schedule": True, "audit": True, "runs": True, "train": {"save_steps", "save_total_limit", "checkpoint_minutes"},
+            "schedule": True, "audit": True, "runs": True, "governance": True, "train": {"save_steps", "save_total_limit", "checkpoint_minutes"},
             "eval": {"reuse_baseline"},
         })
         return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -568,6 +568,18 @@ def test_run_approve_run_approve_then_lineage_and_model_card(prefect_harness, fi
         assert part in text, part
     card = tracking.client().get_model_version(name, version).description
     assert card.startswith(f"# Model card: {name} version {version}") and "bob" in card and "## Known regressions" in card
+    # The demo's absolute minimums (governance.minimums), checked once in the run: the card states each as --json has
+    # it, a shortfall as a limitation although the gate passed.
+    from tunegate.governance.minimums import minimum_line
+
+    assert [(m["metric"], m["category"]) for m in second["minimums"]] == [("refusal_rate", "advbench"), ("over_refusal_rate", "all")]
+    assert "## Limitations (absolute minimums)" in card
+    for entry in second["minimums"]:
+        line = minimum_line(entry)
+        assert (f"- {line}" in card) == (not entry["met"]) and f"| {line.rsplit(': ', 1)[0]} |" in card, line
+    refusal = second["minimums"][0]
+    if refusal["value"] is not None:  # the same figure as --json's candidate metrics by category
+        assert refusal["value"] == second["candidate"]["metrics"]["by_category"]["refusal_rate"]["advbench"]
     artifacts = {a.path for a in tracking.client().list_artifacts(second["run_id"], "model_card")}
     assert f"model_card/version_{version}.md" in artifacts
     ok, message = promotion.verify(name)

@@ -200,3 +200,11 @@ def preference_gate_problems(preference: Any, params: EvalParams | None = None) 
             problems.append(f"{key}: {metric!r} comes from the {suite.name} suite, which is off ({switch}: false); "
                             f"turn it on, or name a metric of a suite that runs")
     return problems
+
+
+def minimum_problems(minimums: list[Any]) -> list[str]:
+    """``governance.minimums`` naming a metric no registered suite computes. (A minimum whose suite is off is not
+    refused: the card states it as not evaluated, itself a limitation.)"""
+    known = ", ".join(REGISTRY.metric_names())
+    return [f"governance.minimums[{i}].metric: no registered suite computes {m.metric!r}; the metrics: {known}"
+            for i, m in enumerate(minimums) if REGISTRY.suite_of(m.metric) is None]

@@ -205,6 +205,19 @@ def _judge_lines(judged: dict[str, Any] | None) -> list[str]:
             f"the candidate's answers {judged['length_difference_chars']:+.0f} characters longer on average", ""]
 
 
+def _limitations_section(minimums: list[dict[str, Any]] | None) -> list[str]:
+    """The absolute thresholds (governance.minimums) as the run's summary checked them: shortfalls first, stated as
+    limitations whether or not the gate passed (a regression is only "worse than the baseline")."""
+    if not minimums:
+        return []
+    from tunegate.governance.minimums import limitation_lines, minimum_line
+
+    return ["", "## Limitations (absolute minimums)",
+            *(limitation_lines(minimums) or ["- every minimum is met"]),
+            "", "| minimum | verdict |", "|---|---|",
+            *[f"| {minimum_line(m).rsplit(': ', 1)[0]} | {minimum_line(m).rsplit(': ', 1)[1]} |" for m in minimums]]
+
+
 def render_model_card(chain: dict[str, Any], summary: dict[str, Any] | None = None) -> str:
     """A markdown model card for one registered version."""
     d, t, e, g = chain["data"], chain["training"], chain["evaluation"], chain["gate"]
@@ -249,6 +262,7 @@ def render_model_card(chain: dict[str, Any], summary: dict[str, Any] | None = No
         "",
         "## Known regressions",
         *([f"- {x['metric']}: {x['delta']:+.3f} [{x['low']:+.3f}, {x['high']:+.3f}]" for x in regressions] or ["- none flagged (no interval excludes zero on the wrong side)"]),
+        *_limitations_section((summary or {}).get("minimums")),
     ]
     return "\n".join(lines) + "\n"
 

@@ -143,6 +143,11 @@ def render_markdown(summary: RunSummary) -> str:
         lines.append(f"| exact match: {family} | {b:.3f} | {c:.3f} | {c - b:+.3f} |")
     gate = summary["gate"]
     lines += ["", f"## Gate: {'PASSED' if gate['passed'] else 'FAILED'}", ""]
+    if summary.get("minimums"):  # absolute thresholds (governance.minimums): stated whether or not the gate passed
+        from tunegate.governance.minimums import minimum_line
+
+        lines += [f"- minimum: {minimum_line(entry)}" for entry in summary["minimums"]]
+        lines.append("")
     lines += [f"- {reason}" for reason in gate["reasons"]]
     lines.append("")
     preference = summary.get("preference")

@@ -195,9 +195,9 @@ def kind_problem(path: Path, kind: str, columns: dict[str, str] | None = None) -
 
 def eval_problems(params: Params) -> list[str]:
     """The enabled eval suites' files: missing files, missing columns, empty files; gate metrics no suite computes."""
-    from tunegate.evaluation.suites import eval_file_problems, gate_metric_problems
+    from tunegate.evaluation.suites import eval_file_problems, gate_metric_problems, minimum_problems
 
-    return list(eval_file_problems(params.eval)) + gate_metric_problems(params.gate, params.eval, params.preference)
+    return list(eval_file_problems(params.eval)) + gate_metric_problems(params.gate, params.eval, params.preference) + minimum_problems(params.governance.minimums)
 
 
 # --- base model ---------------------------------------------------------------------------------
