@@ -15,7 +15,7 @@ from tunegate.adapters import dvc as dvc_adapter
 from tunegate.adapters import mlflow as tracking
 from tunegate.data.dataset import build_dataset, validate_canonical, without
 from tunegate.data.digest import file_md5
-from tunegate.data.sources import read_canonical, write_jsonl
+from tunegate.data.sources import read_canonical, write_jsonl, write_split
 from tunegate.data.validation import DataError, error_message, save_report
 from tunegate.governance.trail import record
 from tunegate.operations import validation_ahead
@@ -33,11 +33,7 @@ def prepare_data(params: Params, ctx: RunContext) -> DataRef:
         logger.info("dvc repro %s", params.data.dvc_stage)
         stage_md5 = dvc_adapter.reproduce_md5(repo_root(), params.data.dvc_stage, tunegate_home())
     dataset = build_dataset(params)
-    data_dir = Path(ctx.work_dir) / "data"
-    train_path, eval_path = data_dir / "train.jsonl", data_dir / "eval.jsonl"
-    write_jsonl(train_path, dataset.train)
-    write_jsonl(eval_path, dataset.eval)
-    canonical_md5, eval_md5 = file_md5(train_path), file_md5(eval_path)
+    train_path, eval_path, canonical_md5, eval_md5 = write_split(Path(ctx.work_dir) / "data", dataset.train, dataset.eval)
     data_md5 = stage_md5 or canonical_md5
     source_md5s = dataset.source_md5s()
     tracking.set_tags(ctx.run_id, {tags.DATA_MD5: data_md5, tags.CANONICAL_TRAIN_MD5: canonical_md5,

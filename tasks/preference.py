@@ -16,8 +16,7 @@ from tasks.queue import compute_slot
 from tasks.train import TunedModel
 from tunegate import tags
 from tunegate.adapters import mlflow as tracking
-from tunegate.data.digest import file_md5
-from tunegate.data.sources import read_canonical, write_jsonl
+from tunegate.data.sources import read_canonical, write_split
 from tunegate.data.validation import DataError, error_message, save_report
 from tunegate.governance.trail import record
 from tunegate.operations import timings
@@ -81,11 +80,7 @@ def prepare_preference(params: Params, ctx: RunContext) -> PreferenceRef:
 
     logger = get_run_logger()
     dataset = build_preference_dataset(params)
-    out = Path(ctx.work_dir) / "preference_data"
-    train_path, eval_path = out / "train.jsonl", out / "eval.jsonl"
-    write_jsonl(train_path, dataset.train)
-    write_jsonl(eval_path, dataset.eval)
-    train_md5, eval_md5 = file_md5(train_path), file_md5(eval_path)
+    train_path, eval_path, train_md5, eval_md5 = write_split(Path(ctx.work_dir) / "preference_data", dataset.train, dataset.eval)
     sources = dataset.source_md5s()
     tracking.set_tags(ctx.run_id, {tags.PREFERENCE_TRAIN_MD5: train_md5, tags.PREFERENCE_EVAL_MD5: eval_md5,
                                    **{f"{tags.PREFERENCE_SOURCE_MD5_PREFIX}{k}": v for k, v in sources.items()}})
@@ -132,11 +127,9 @@ def validate_preference_data(params: Params, pref: PreferenceRef, data: DataRef,
     if dropped:
         train = [r for r in train if r["id"] not in dropped]
         held_out = [r for r in held_out if r["id"] not in dropped]
-        write_jsonl(Path(pref.train_path), train)
-        write_jsonl(Path(pref.eval_path), held_out)
+        _, _, train_md5, eval_md5 = write_split(Path(pref.train_path).parent, train, held_out)  # prepare_preference's files
         logger.info("dropped %d preference pairs by policy", len(dropped))
-        pref = replace(pref, n_train=len(train), n_eval=len(held_out), train_md5=file_md5(Path(pref.train_path)),
-                       eval_md5=file_md5(Path(pref.eval_path)))
+        pref = replace(pref, n_train=len(train), n_eval=len(held_out), train_md5=train_md5, eval_md5=eval_md5)
     logger.info("preference validation passed: %d train, %d held-out pairs", len(train), len(held_out))
     return pref
 

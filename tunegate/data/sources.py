@@ -147,6 +147,16 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
             handle.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+def write_split(out_dir: Path, train: list[dict[str, Any]], evaluation: list[dict[str, Any]]) -> tuple[Path, Path, str, str]:
+    """``out_dir/train.jsonl`` and ``out_dir/eval.jsonl`` written canonically: (train path, eval path, their md5s)."""
+    from tunegate.data.digest import file_md5
+
+    train_path, eval_path = Path(out_dir) / "train.jsonl", Path(out_dir) / "eval.jsonl"
+    write_jsonl(train_path, train)
+    write_jsonl(eval_path, evaluation)
+    return train_path, eval_path, file_md5(train_path), file_md5(eval_path)
+
+
 def read_canonical(path: Path) -> list[dict[str, Any]]:
     """Read back a canonical JSONL file written by :func:`write_jsonl`."""
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

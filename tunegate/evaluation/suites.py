@@ -158,16 +158,7 @@ def gate_metric_problems(gate: GateParams, params: EvalParams | None = None, pre
     each rule's), and with ``params`` one per metric whose suite is disabled there (the gate would have no
     figure to judge). For a preflight: the metric names a rule may use are the registry's."""
     named = [("gate.primary_metric", gate.primary_metric)] + [(f"gate.rules[{i}].metric", r.metric) for i, r in enumerate(gate.rules)]
-    known = ", ".join(REGISTRY.metric_names())
-    problems = []
-    for key, metric in named:
-        suite = REGISTRY.suite_of(metric)
-        if suite is None:
-            problems.append(f"{key}: no registered suite computes {metric!r}; the metrics: {known}")
-        elif params is not None and not suite.enabled(params):
-            switch = f"eval.{suite.section}" + ("" if suite.params is bool else ".enabled")
-            problems.append(f"{key}: {metric!r} comes from the {suite.name} suite, which is off ({switch}: false); "
-                            f"turn it on, or name a metric of a suite that runs")
+    problems = named_metric_problems(named, params)
     judge = REGISTRY.suite_of("judge_win_rate")
     if gate.min_win_rate is not None and params is not None and judge is not None and not judge.enabled(params):
         problems.append("gate.min_win_rate: the judge suite is off (eval.judge.enabled: false); turn it on, or set "
@@ -187,10 +178,23 @@ def preference_gate_problems(preference: Any, params: EvalParams | None = None) 
     gate = preference.gate
     named = [("preference.gate.beat_parent_on", gate.beat_parent_on)]
     named += [(f"preference.gate.max_drop_vs_parent.{m}", m) for m in gate.max_drop_vs_parent]
-    known = ", ".join([*REGISTRY.metric_names(), "preference_accuracy"])
+    # preference_accuracy is always measured: the held-out pairs (data.eval or eval_fraction of train)
+    return named_metric_problems(named, params, also=("preference_accuracy",))
+
+
+def minimum_problems(minimums: list[Any]) -> list[str]:
+    """``governance.minimums`` naming a metric no registered suite computes. (A minimum whose suite is off is not
+    refused: the card states it as not evaluated, itself a limitation.)"""
+    return named_metric_problems([(f"governance.minimums[{i}].metric", m.metric) for i, m in enumerate(minimums)])
+
+
+def named_metric_problems(named: list[tuple[str, str]], params: EvalParams | None = None, also: tuple[str, ...] = ()) -> list[str]:
+    """For each ``(params key, metric)``: a sentence when no registered suite computes the metric (``also``: names
+    measured outside the suites), and with ``params`` when its suite is off there."""
+    known = ", ".join([*REGISTRY.metric_names(), *also])
     problems = []
     for key, metric in named:
-        if metric == "preference_accuracy":  # always measured: the held-out pairs (data.eval or eval_fraction of train)
+        if metric in also:
             continue
         suite = REGISTRY.suite_of(metric)
         if suite is None:
@@ -200,11 +204,3 @@ def preference_gate_problems(preference: Any, params: EvalParams | None = None) 
             problems.append(f"{key}: {metric!r} comes from the {suite.name} suite, which is off ({switch}: false); "
                             f"turn it on, or name a metric of a suite that runs")
     return problems
-
-
-def minimum_problems(minimums: list[Any]) -> list[str]:
-    """``governance.minimums`` naming a metric no registered suite computes. (A minimum whose suite is off is not
-    refused: the card states it as not evaluated, itself a limitation.)"""
-    known = ", ".join(REGISTRY.metric_names())
-    return [f"governance.minimums[{i}].metric: no registered suite computes {m.metric!r}; the metrics: {known}"
-            for i, m in enumerate(minimums) if REGISTRY.suite_of(m.metric) is None]
